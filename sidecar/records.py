@@ -1,0 +1,194 @@
+"""Spool record models and the total line parser.
+
+Field names follow Opik's write models so that Opik users recognise them; the
+agent fields (``agent_name``, ``agent_tier``, ``events``) are ours. The JSON
+Schema in ``schema/spool-record.schema.json`` is generated from these models
+(``python -m sidecar.records``) and a test fails when the two drift.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
+
+SpanType = Literal["general", "llm", "tool", "guardrail"]
+# Timestamps must be RFC 3339 strings with an offset: strict mode refuses the
+# unix numbers pydantic would otherwise accept, and AwareDatetime the naive ones.
+Timestamp = Annotated[AwareDatetime, Field(strict=True)]
+JsonObject = dict[str, Any]
+
+
+class _Model(BaseModel):
+    # Unknown fields are dropped, as Opik drops them: a newer writer never
+    # gets its records quarantined by an older sidecar.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ErrorInfo(_Model):
+    exception_type: str = Field(min_length=1)
+    message: str | None = None
+    traceback: str | None = None
+
+
+class Event(_Model):
+    name: str
+    time: Timestamp | None = None
+    attributes: JsonObject = Field(default_factory=dict)
+
+
+class SpanRecord(_Model):
+    kind: Literal["span"] = "span"
+    v: Literal[1] = 1
+    id: UUID
+    trace_id: UUID
+    parent_span_id: UUID | None = None
+    name: str = Field(min_length=1)
+    type: SpanType = "general"
+    start_time: Timestamp
+    end_time: Timestamp | None = None
+    input: JsonObject | None = None
+    output: JsonObject | None = None
+    metadata: JsonObject | None = None
+    tags: list[str] | None = None
+    model: str | None = None
+    provider: str | None = None
+    usage: dict[str, StrictInt] | None = None
+    total_estimated_cost: float | None = Field(default=None, ge=0)
+    error_info: ErrorInfo | None = None
+    project_name: str | None = None
+    agent_name: str | None = None
+    agent_tier: StrictInt | None = None
+    events: list[Event] | None = None
+    last_updated_at: Timestamp | None = None
+
+    @property
+    def status(self) -> Literal["ok", "error"]:
+        return "error" if self.error_info is not None else "ok"
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.end_time is None:
+            return None
+        return (self.end_time - self.start_time).total_seconds() * 1000.0
+
+
+class TraceRecord(_Model):
+    kind: Literal["trace"]
+    v: Literal[1] = 1
+    id: UUID
+    name: str = Field(min_length=1)
+    start_time: Timestamp
+    end_time: Timestamp | None = None
+    input: JsonObject | None = None
+    output: JsonObject | None = None
+    metadata: JsonObject | None = None
+    tags: list[str] | None = None
+    error_info: ErrorInfo | None = None
+    thread_id: str | None = None
+    project_name: str | None = None
+    last_updated_at: Timestamp | None = None
+
+
+class FeedbackRecord(_Model):
+    kind: Literal["feedback"]
+    v: Literal[1] = 1
+    target: Literal["trace", "span"]
+    id: UUID
+    name: str = Field(min_length=1)
+    value: float
+    reason: str | None = None
+    project_name: str | None = None
+
+
+Record = SpanRecord | TraceRecord | FeedbackRecord
+
+
+def _kind_of(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kind = value.get("kind", "span")
+        return kind if isinstance(kind, str) else None
+    return "span"  # lets the span model report "not a JSON object"
+
+
+AnyRecord = Annotated[
+    Annotated[SpanRecord, Tag("span")]
+    | Annotated[TraceRecord, Tag("trace")]
+    | Annotated[FeedbackRecord, Tag("feedback")],
+    Discriminator(_kind_of, custom_error_type="unknown_kind",
+                  custom_error_message="kind must be 'span', 'trace' or 'feedback'"),
+]
+RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(AnyRecord)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A line that will never ship, and why (the quarantine's reason field)."""
+
+    reason: str
+
+
+def parse_line(line: bytes) -> Record | Rejected:
+    """Parse one complete spool line (without its newline); never raises.
+
+    Every failure (bad UTF-8, bad JSON, not an object, missing or mistyped
+    fields) comes back as ``Rejected`` with a short reason naming the fields.
+    """
+    try:
+        return RECORD_ADAPTER.validate_json(line)
+    except ValidationError as exc:
+        return Rejected(_describe(exc))
+    except Exception as exc:  # a parser bug must not stop the spool
+        return Rejected(f"unparseable: {type(exc).__name__}")
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("span", "trace", "feedback"))
+        if err["type"] in ("json_invalid", "json_type"):
+            return "invalid JSON: " + err["msg"].removeprefix("Invalid JSON: ")
+        if err["type"] in ("model_type", "model_attributes_type", "dict_type") and not loc:
+            return "not a JSON object"
+        if err["type"] == "unknown_kind":
+            return "unknown kind (expected span, trace or feedback)"
+        parts.append(f"{loc or '<record>'}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    suffix = f" (+{more} more)" if more > 0 else ""
+    return "invalid record: " + "; ".join(parts) + suffix
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spool line, as published in ``schema/``."""
+    schema = RECORD_ADAPTER.json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "span-sidecar spool record"
+    schema["description"] = (
+        "One line of a span-sidecar spool file (JSON Lines). 'kind' defaults to 'span'."
+    )
+    return schema
+
+
+def utc_iso(ts: datetime) -> str:
+    """RFC 3339 in UTC with a Z, the form Opik and Postgres both accept."""
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+if __name__ == "__main__":
+    json.dump(json_schema(), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

@@ -1,0 +1,293 @@
+"""The configuration: one frozen pydantic tree, one section per component.
+
+Loading is ``YAML -> ${VAR} expansion -> environments overlay -> validation``.
+Every key has a default (an empty file is valid) and unknown keys are errors,
+so a typo in an operator's file is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+DEFAULT_CONFIG = Path("config/sidecar.yaml")
+ENVIRONMENTS = ("development", "staging", "production")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpoolSettings(Section):
+    dir: Path = Path("/var/spool/span-sidecar")
+    state_dir: Path = Path("/var/lib/span-sidecar")
+    patterns: tuple[str, ...] = ("*.jsonl", "*.jsonl.done")
+    # inotify (watchfiles) plus a periodic rescan; "poll" for network volumes.
+    watch: Literal["inotify", "poll"] = "inotify"
+    rescan_interval_s: float = Field(default=5.0, gt=0)
+    poll_interval_ms: int = Field(default=250, gt=0)
+    # Files of writers that died are treated as done after this idle time.
+    idle_done_after_s: float = Field(default=86400.0, gt=0)
+    # Where acknowledged .done files go; null deletes them.
+    archive_dir: Path | None = None
+    read_chunk_bytes: int = Field(default=1 << 20, ge=4096)
+
+
+class BatchSettings(Section):
+    max_records: int = Field(default=500, ge=1)
+    max_wait_ms: int = Field(default=1000, ge=1)
+    # Batches built ahead of the one being sent (bounds memory per sink).
+    queue_batches: int = Field(default=1, ge=1, le=16)
+
+
+class PostgresSettings(Section):
+    enabled: bool = True
+    dsn: str = "postgresql://localhost/postgres"
+    # Kept apart from the DSN so that it can come from a secret; never printed.
+    password: SecretStr | None = None
+    db_schema: str = Field(default="public", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    auto_migrate: bool = True
+    # Postgres is fastest with thousands of rows per COPY (../shared/PERFORMANCE.md).
+    max_batch_records: int = Field(default=5000, ge=1)
+    pool_size: int = Field(default=2, ge=1, le=32)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    command_timeout_s: float = Field(default=60.0, gt=0)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class OpikSettings(Section):
+    # null: on when OPIK_URL_OVERRIDE or OPIK_API_KEY is set (see Settings).
+    enabled: bool | None = None
+    url: str = "http://localhost:5173/api"
+    api_key: SecretStr | None = None
+    workspace: str = "default"
+    project_name: str = "Default Project"
+    max_batch_records: int = Field(default=1000, ge=1, le=1000)
+    max_request_bytes: int = Field(default=8 << 20, ge=64 << 10)
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_in_flight: int = Field(default=2, ge=1, le=16)
+    max_events_per_minute: int | None = Field(default=None, ge=1)
+
+
+class RedisSettings(Section):
+    url: str = "redis://localhost:6379/0"
+
+
+class BreakerSettings(Section):
+    failure_threshold: int = Field(default=5, ge=1)
+    reset_timeout_s: float = Field(default=30.0, gt=0)
+    half_open_max_calls: int = Field(default=1, ge=1)
+
+
+class RetrySettings(Section):
+    initial_backoff_s: float = Field(default=0.5, gt=0)
+    max_backoff_s: float = Field(default=30.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1)
+
+
+class SamplingSettings(Section):
+    rate: float = Field(default=1.0, ge=0, le=1)
+
+
+class SpansSettings(Section):
+    max_line_bytes: int = Field(default=1 << 20, ge=1024)
+    redact_keys: tuple[str, ...] = ()
+
+
+class RetentionSettings(Section):
+    postgres_days: int | None = Field(default=None, ge=1)
+    quarantine_days: int | None = Field(default=None, ge=1)
+
+
+class CacheSettings(Section):
+    ttl_s: float = Field(default=60.0, gt=0)
+    key_prefix: str = "span-sidecar:"
+
+
+class HealthThresholds(Section):
+    error_rate_warning: float = Field(default=0.10, ge=0, le=1)
+    error_rate_critical: float = Field(default=0.50, ge=0, le=1)
+    latency_p95_warning_ms: float = Field(default=2000.0, gt=0)
+    latency_p95_critical_ms: float = Field(default=10000.0, gt=0)
+    lag_warning_s: float = Field(default=60.0, gt=0)
+    lag_critical_s: float = Field(default=600.0, gt=0)
+
+
+class HealthSettings(Section):
+    enabled: bool = True
+    interval_s: float = Field(default=60.0, gt=0)
+    window_s: float = Field(default=300.0, gt=0)
+    thresholds: HealthThresholds = HealthThresholds()
+
+
+class HttpSettings(Section):
+    enabled: bool = True
+    listen: str = Field(default="127.0.0.1:9464", pattern=r"^.+:\d{1,5}$")
+
+
+class LoggingSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ShutdownSettings(Section):
+    drain_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class Settings(Section):
+    spool: SpoolSettings = SpoolSettings()
+    batch: BatchSettings = BatchSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    opik: OpikSettings = OpikSettings()
+    redis: RedisSettings = RedisSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    retry: RetrySettings = RetrySettings()
+    sampling: SamplingSettings = SamplingSettings()
+    spans: SpansSettings = SpansSettings()
+    retention: RetentionSettings = RetentionSettings()
+    cache: CacheSettings = CacheSettings()
+    health: HealthSettings = HealthSettings()
+    http: HttpSettings = HttpSettings()
+    logging: LoggingSettings = LoggingSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+
+    @model_validator(mode="after")
+    def _opik_default(self) -> Settings:
+        if self.opik.enabled is None:
+            on = bool(os.environ.get("OPIK_URL_OVERRIDE") or os.environ.get("OPIK_API_KEY"))
+            object.__setattr__(self, "opik", self.opik.model_copy(update={"enabled": on}))
+        return self
+
+
+class ConfigError(Exception):
+    """An invalid configuration: every problem, each with where it is."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand(value: Any, env: Mapping[str, str]) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a YAML tree."""
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: expand(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(v, env) for v in value]
+    return value
+
+
+def _overlay(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, expand, overlay and validate a config file; raise ``ConfigError``.
+
+    A missing default file means all defaults; a missing named file is an error.
+    """
+    env = os.environ if env is None else env
+    source = str(path or DEFAULT_CONFIG)
+    raw = _read_yaml(path, source)
+    environments = raw.pop("environments", None) or {}
+    chosen = env.get("SIDECAR_ENV", "")
+    problems: list[str] = []
+    if not isinstance(environments, dict):
+        problems.append("environments: must be a mapping of environment name to overrides")
+        environments = {}
+    for name in environments:
+        if name not in ENVIRONMENTS:
+            problems.append(f"environments.{name}: unknown environment (use {', '.join(ENVIRONMENTS)})")
+    if chosen and chosen not in ENVIRONMENTS:
+        problems.append(f"SIDECAR_ENV={chosen!r}: unknown environment (use {', '.join(ENVIRONMENTS)})")
+    if chosen and isinstance(environments.get(chosen), dict):
+        raw = _overlay(raw, environments[chosen])
+    try:
+        settings = Settings.model_validate(expand(raw, env))
+    except ValidationError as exc:
+        problems.extend(_problems(exc))
+        raise ConfigError(source, problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return settings
+
+
+def _read_yaml(path: Path | None, source: str) -> dict[str, Any]:
+    target = path or DEFAULT_CONFIG
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if path is None:
+            return {}
+        raise ConfigError(source, ["file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, [f"{where}invalid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["the top level must be a mapping of sections"])
+    return data
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] != "extra_forbidden" and "input" in err and not _secret_loc(loc):
+            msg += f" (got {err['input']!r})"
+        out.append(f"{loc}: {msg}")
+    return out
+
+
+def _secret_loc(loc: str) -> bool:
+    return any(word in loc for word in ("password", "api_key", "dsn", "url"))
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL/DSN (``postgresql://u:***@h/db``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective config as plain data with every secret masked."""
+    data = settings.model_dump(mode="json", by_alias=True)
+    data["postgres"]["dsn"] = mask_url(settings.postgres.dsn)
+    data["redis"]["url"] = mask_url(settings.redis.url)
+    data["opik"]["url"] = mask_url(settings.opik.url)
+    for section, key in (("postgres", "password"), ("opik", "api_key")):
+        if data[section][key] is not None:
+            data[section][key] = "***"
+    return data

@@ -1,0 +1,1 @@
+"""Sinks: where batches go (PostgreSQL, Opik), all behind one Protocol."""

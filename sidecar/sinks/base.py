@@ -1,0 +1,93 @@
+"""The Sink protocol and the outcomes a sink answers with.
+
+A sink only delivers: it knows nothing of breakers, retries or checkpoints.
+The pipeline reads the outcome and decides (Vector's delivered / retry /
+rejected, OpenTelemetry's exporter interface).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sidecar.records import Record
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Every record of the batch is stored (or deliberately not for this sink)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Nothing (durable) happened; send the same batch again later.
+
+    ``after_s`` is the server's wish (Retry-After, RateLimit-Reset).
+    ``failure`` is False for back-pressure (429): it must not open a breaker.
+    """
+
+    reason: str
+    after_s: float | None = None
+    failure: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PartlyRejected:
+    """The sink stored all but these records, which it will never accept.
+
+    ``reasons`` maps the index in the batch to the sink's own error text.
+    """
+
+    reasons: dict[int, str] = field(default_factory=dict)
+
+
+Outcome = Delivered | Retry | PartlyRejected
+
+
+class Sink(Protocol):
+    """One destination. Entered as an async context manager by the app."""
+
+    name: str
+    max_batch_records: int
+
+    async def send(self, batch: Sequence[Record]) -> Outcome:
+        """Deliver a batch; never raises except on cancellation."""
+        ...
+
+    async def check(self) -> bool:
+        """A cheap probe: can the backend be reached right now?"""
+        ...
+
+
+class RejectError(Exception):
+    """Raised inside a sink's attempt: these records are invalid for the sink."""
+
+
+async def isolate_rejects(
+    batch: Sequence[Record],
+    attempt: Callable[[Sequence[Record]], Awaitable[None]],
+) -> dict[int, str]:
+    """Find the records a backend refuses by splitting the batch in halves.
+
+    ``attempt`` stores a sub-batch or raises ``RejectError`` (invalid data,
+    nothing stored) or any other exception (propagated: a retry of the whole
+    batch, which is safe because every write is idempotent). Returns the
+    index -> reason of each refused record; all others are stored.
+    """
+    rejects: dict[int, str] = {}
+
+    async def go(lo: int, hi: int) -> None:
+        try:
+            await attempt(batch[lo:hi])
+        except RejectError as exc:
+            if hi - lo == 1:
+                rejects[lo] = str(exc) or "rejected by the sink"
+                return
+            mid = (lo + hi) // 2
+            await go(lo, mid)
+            await go(mid, hi)
+
+    if batch:
+        await go(0, len(batch))
+    return rejects

@@ -1,0 +1,43 @@
+"""Frozen snapshots that components report (habit 9 of STYLE.md).
+
+The health span, ``/metrics`` and ``span-sidecar status`` read these; they
+never reach inside a component.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStats:
+    state: BreakerState
+    consecutive_failures: int
+    opened_total: int  # transitions into "open" since start
+    transitions_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStats:
+    """One sink's pipeline, counters since the process started."""
+
+    sink: str
+    records_read: int  # parsed lines handed to this sink's batches
+    records_shipped: int  # acknowledged by the sink
+    records_quarantined: int  # parse rejects + the sink's own rejects
+    batches_shipped: int
+    attempts_failed: int  # send attempts answered with Retry (incl. 429)
+    rate_limited_total: int  # 429s
+    lag_bytes: int  # spool bytes not yet acknowledged by this sink
+    lag_records: int  # records read but not yet acknowledged
+    lag_seconds: float  # age of the oldest unacknowledged data (0 when current)
+    breaker: BreakerStats
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    files: int
+    bytes: int
