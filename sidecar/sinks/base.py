@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sidecar.records import Record
 
@@ -64,9 +64,12 @@ class RejectError(Exception):
     """Raised inside a sink's attempt: these records are invalid for the sink."""
 
 
+T = TypeVar("T")
+
+
 async def isolate_rejects(
-    batch: Sequence[Record],
-    attempt: Callable[[Sequence[Record]], Awaitable[None]],
+    batch: Sequence[T],
+    attempt: Callable[[Sequence[T]], Awaitable[None]],
 ) -> dict[int, str]:
     """Find the records a backend refuses by splitting the batch in halves.
 

@@ -1,0 +1,121 @@
+"""The composition root: builds every component once and owns the TaskGroup.
+
+Lifecycle: start (sinks entered on an AsyncExitStack, checkpoints loaded),
+run (watcher, one pipeline per sink, janitor), drain (on stop: readers stop,
+in-flight batches are delivered within ``shutdown.drain_timeout_s``), stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import structlog
+
+from sidecar.clock import Clock, SystemClock
+from sidecar.janitor import Janitor
+from sidecar.pipeline import Observe, PipelineSettings, SinkPipeline
+from sidecar.settings import Settings, mask_url
+from sidecar.sinks.base import Sink
+from sidecar.spool.checkpoints import CheckpointStore
+from sidecar.spool.quarantine import Quarantine
+from sidecar.spool.tailer import SpoolReader
+from sidecar.spool.watcher import SpoolWatcher
+
+log = structlog.get_logger("sidecar.app")
+
+
+@dataclass
+class Running:
+    """What the health side of the app may look at (snapshots only)."""
+
+    pipelines: list[SinkPipeline]
+    watcher: SpoolWatcher
+
+
+class App:
+    def __init__(self, settings: Settings, clock: Clock | None = None,
+                 observe: Observe | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.observe = observe
+        self.running: Running | None = None
+        self.started = asyncio.Event()
+
+    async def _open_sinks(self, stack: AsyncExitStack) -> list[Sink]:
+        s = self.settings
+        sinks: list[Sink] = []
+        if s.postgres.enabled:
+            from sidecar.sinks.postgres import PostgresSink
+
+            sinks.append(await stack.enter_async_context(
+                PostgresSink(s.postgres, s.opik.project_name)))
+        if s.opik.enabled:
+            from sidecar.sinks.opik import OpikSink
+
+            sinks.append(await stack.enter_async_context(OpikSink(s.opik, clock=self.clock)))
+        if not sinks:
+            log.warning("app.sinks.none", hint="enable postgres or opik; spans stay in the spool")
+        return sinks
+
+    def _pipeline(self, sink: Sink, watcher: SpoolWatcher) -> SinkPipeline:
+        s = self.settings
+        store = CheckpointStore(s.spool.state_dir, sink.name)
+        reader = SpoolReader(s.spool.dir, s.spool.patterns, s.spans.max_line_bytes,
+                             s.spool.read_chunk_bytes, store.load(), sink.name)
+        quarantine = Quarantine(s.spool.state_dir, sink.name)
+        quarantine.open()
+        settings = PipelineSettings(s.batch, s.breaker, s.retry, s.spans.max_line_bytes)
+        kwargs = {"observe": self.observe} if self.observe else {}
+        return SinkPipeline(sink, reader, store, quarantine, settings, watcher.subscribe(),
+                            self.clock, **kwargs)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain and return."""
+        s = self.settings
+        s.spool.dir.mkdir(parents=True, exist_ok=True)
+        s.spool.state_dir.mkdir(parents=True, exist_ok=True)
+        async with AsyncExitStack() as stack:
+            sinks = await self._open_sinks(stack)
+            watcher = SpoolWatcher(s.spool)
+            pipelines = [self._pipeline(sink, watcher) for sink in sinks]
+            for p in pipelines:
+                stack.callback(p.reader.close)
+                stack.callback(p.quarantine.close)
+            self.running = Running(pipelines, watcher)
+            janitor = Janitor([p.reader for p in pipelines], s.spool, self.clock)
+            log.info("app.started", spool_dir=str(s.spool.dir), state_dir=str(s.spool.state_dir),
+                     sinks=[p.sink.name for p in pipelines], postgres=mask_url(s.postgres.dsn)
+                     if s.postgres.enabled else None, opik=mask_url(s.opik.url)
+                     if s.opik.enabled else None)
+            await self._supervise(stop, pipelines, watcher, janitor)
+
+    async def _supervise(self, stop: asyncio.Event, pipelines: list[SinkPipeline],
+                         watcher: SpoolWatcher, janitor: Janitor) -> None:
+        background = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(watcher.run(background))
+            tg.create_task(janitor.run(background))
+            tasks = [tg.create_task(p.run(stop)) for p in pipelines]
+            self.started.set()
+            await stop.wait()
+            log.info("app.drain.started", timeout_s=self.settings.shutdown.drain_timeout_s)
+            drained = await self._drain(tasks)
+            background.set()
+        log.info("app.stopped", drained=drained)
+
+    async def _drain(self, tasks: list[asyncio.Task[None]]) -> bool:
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown.drain_timeout_s)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if pending:
+            log.warning("app.drain.timed_out", undelivered_sinks=len(pending),
+                        note="checkpoints trail what was stored; the rest ships after restart")
+        return not pending

@@ -1,0 +1,60 @@
+"""Size-or-time batches of parsed lines, with the spool positions they reach."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sidecar.records import Record
+from sidecar.spool.tailer import Line, TrackedFile
+
+
+@dataclass(slots=True)
+class Batch:
+    records: list[Record] = field(default_factory=list)
+    lines: list[Line] = field(default_factory=list)  # lines[i] holds records[i]
+    # Per file, the end of the last line this batch covers (parsed or quarantined).
+    ends: dict[tuple[int, int], tuple[TrackedFile, int, int]] = field(default_factory=dict)
+    quarantined: int = 0
+    started: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def empty(self) -> bool:
+        return not self.ends
+
+
+class Batcher:
+    """Collects lines until ``max_records`` or ``max_wait_s`` after the first."""
+
+    def __init__(self, max_records: int, max_wait_s: float) -> None:
+        self.max_records = max_records
+        self.max_wait_s = max_wait_s
+        self._batch = Batch()
+
+    def add(self, line: Line, record: Record | None, now: float) -> None:
+        """Add a parsed record, or only the position of a quarantined line."""
+        batch = self._batch
+        if batch.empty:
+            batch.started = now
+        if record is None:
+            batch.quarantined += 1
+        else:
+            batch.records.append(record)
+            batch.lines.append(line)
+        batch.ends[line.file.key] = (line.file, line.gen, line.end)
+
+    @property
+    def full(self) -> bool:
+        return len(self._batch.records) >= self.max_records
+
+    def time_left(self, now: float) -> float | None:
+        """Seconds until the pending batch is due; None when there is none."""
+        if self._batch.empty:
+            return None
+        return max(0.0, self._batch.started + self.max_wait_s - now)
+
+    def take(self) -> Batch:
+        batch, self._batch = self._batch, Batch()
+        return batch

@@ -1,0 +1,162 @@
+"""The ``span-sidecar`` command: the only place that turns errors into exit codes.
+
+Exit codes: 0 success, 2 bad usage or invalid config, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+
+from sidecar.settings import ConfigError, Settings, load_settings, redacted
+
+log = structlog.get_logger("sidecar.cli")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="span-sidecar", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument("--config", type=Path, default=None,
+                       help="YAML config file (default: config/sidecar.yaml)")
+        return c
+
+    cmd("run", "run the daemon")
+    cmd("migrate", "create or upgrade the Postgres schema (idempotent)")
+    cmd("check-config", "validate and print the effective config, secrets masked")
+    st = cmd("status", "spool files and lag per sink, breaker states, quarantine counts")
+    st.add_argument("--json", action="store_true")
+    stats = cmd("stats", "latency percentiles and quality metrics per agent")
+    stats.add_argument("--window", choices=("1h", "24h", "7d"), default="1h")
+    stats.add_argument("--agent", default=None)
+    stats.add_argument("--json", action="store_true")
+    emit = cmd("emit", "write a test span into the spool, as an agent would")
+    emit.add_argument("--name", default="span-sidecar.test")
+    emit.add_argument("--agent", default="span-sidecar-cli")
+    emit.add_argument("--type", default="general", choices=("general", "llm", "tool", "guardrail"))
+    emit.add_argument("--count", type=int, default=1)
+    rq = cmd("replay-quarantine", "re-read quarantined records and ship those now valid")
+    rq.add_argument("--sink", default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"span-sidecar: invalid configuration in {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    from sidecar.logging import configure
+
+    configure(settings.logging)
+    handler: Callable[[Settings, argparse.Namespace], int] = COMMANDS[args.command]
+    try:
+        return handler(settings, args)
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    except Exception as exc:
+        print(f"span-sidecar {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _check_config(settings: Settings, args: argparse.Namespace) -> int:
+    yaml.safe_dump(redacted(settings), sys.stdout, sort_keys=False)
+    return EXIT_OK
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.daemon import run_daemon
+
+    return asyncio.run(run_daemon(settings))
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from sidecar.migrate import migrate
+
+    async def go() -> list[str]:
+        pg = settings.postgres
+        conn = await asyncpg.connect(pg.dsn, timeout=pg.connect_timeout_s,
+                                     password=pg.password.get_secret_value() if pg.password else None)
+        try:
+            return await migrate(conn, pg.db_schema)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(go())
+    print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    return EXIT_OK
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.status import collect, render
+
+    report = collect(settings)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return EXIT_OK
+
+
+def _emit(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.client import emit_test_span
+
+    for _ in range(max(1, args.count)):
+        span_id = emit_test_span(settings.spool.dir, args.name, args.agent, type=args.type)
+        print(span_id)
+    return EXIT_OK
+
+
+def _stats(settings: Settings, args: argparse.Namespace) -> int:
+    print("span-sidecar stats: not available yet (it arrives with the statistics issue)",
+          file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.replay import replay
+
+    result: dict[str, Any] = replay(settings, args.sink)
+    print(json.dumps(result))
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "run": _run, "migrate": _migrate, "check-config": _check_config, "status": _status,
+    "emit": _emit, "stats": _stats, "replay-quarantine": _replay,
+}
+
+
+def install_signal_handlers(stop: asyncio.Event, force: Callable[[], None]) -> None:
+    """First SIGTERM/SIGINT: drain; a second: exit at once (still safe)."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("app.signal.forced", signal=signal.Signals(signum).name)
+            force()
+        else:
+            log.info("app.signal.received", signal=signal.Signals(signum).name)
+            stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

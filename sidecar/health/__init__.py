@@ -1,0 +1,27 @@
+"""Self-monitoring: latency windows, the health verdict and span, probes, metrics, systemd.
+
+The app builds each piece once and passes it where it is needed (no
+singletons); see each module's docstring for why it is shaped as it is.
+"""
+
+from sidecar.health.http import HttpServer, readiness_check
+from sidecar.health.latency import LatencySnapshot, LatencyWindow
+from sidecar.health.metrics import CONTENT_TYPE, Metrics
+from sidecar.health.monitor import HealthStatus, SelfMonitor, Status, rss_bytes
+from sidecar.health.notify import Notifier
+from sidecar.health.report import HealthReporter
+
+__all__ = [
+    "CONTENT_TYPE",
+    "HealthReporter",
+    "HealthStatus",
+    "HttpServer",
+    "LatencySnapshot",
+    "LatencyWindow",
+    "Metrics",
+    "Notifier",
+    "SelfMonitor",
+    "Status",
+    "readiness_check",
+    "rss_bytes",
+]

@@ -1,0 +1,229 @@
+"""The probe and scrape server: ``/healthz``, ``/readyz``, ``/metrics``, ``/stats``.
+
+``/healthz`` answers "is the event loop alive?". A handler cannot run while
+the loop is blocked, so a blocked loop shows to the prober first as a timeout
+(the kubelet's ``timeoutSeconds``). To make it *also* fail once the loop is
+free again, a heartbeat task ticks every ``heartbeat_s`` and the handler
+answers 503 when either
+
+- the last tick is older than ``stale_after_s`` (the handler ran before the
+  heartbeat caught up, or the heartbeat task died), or
+- the heartbeat saw a stall longer than ``stale_after_s`` (a tick arriving
+  that late) within the last ``stale_after_s``.
+
+Either order of "handler" and "heartbeat" after the loop unblocks therefore
+yields 503 for the first probe after a stall, and 200 again once the loop has
+been responsive for ``stale_after_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from sidecar.clock import Clock, SystemClock
+from sidecar.health.metrics import CONTENT_TYPE
+from sidecar.settings import HttpSettings, SpoolSettings
+from sidecar.stats import SinkStats
+
+log = structlog.get_logger("sidecar.http")
+
+ReadyResult = tuple[bool, Sequence[str]]
+Readiness = Callable[[], ReadyResult | Awaitable[ReadyResult]]
+# Gets the query parameters; returns JSON-serialisable data. Raises
+# ValueError for a bad parameter (answered 400 with its message).
+StatsHandler = Callable[[Mapping[str, str]], Awaitable[Any]]
+# Probes and scrapes are GETs; nobody needs to send us a body.
+MAX_REQUEST_BYTES = 4096
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` to (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Heartbeat:
+    """Records when the loop last ran a tick and the worst recent stall."""
+
+    def __init__(self, clock: Clock, interval_s: float, stale_after_s: float) -> None:
+        self._clock = clock
+        self._interval_s = interval_s
+        self._stale_after_s = stale_after_s
+        self.last_tick = clock.monotonic()
+        self._stall_end = -float("inf")  # when the last long stall ended
+
+    def start(self) -> None:
+        """Forget the past: the server starts now, not when it was built."""
+        self.last_tick = self._clock.monotonic()
+        self._stall_end = -float("inf")
+
+    def tick(self) -> None:
+        """Note that the loop ran now, and whether it ran late."""
+        now = self._clock.monotonic()
+        late = now - self.last_tick - self._interval_s
+        if late > self._stale_after_s:
+            self._stall_end = now
+            log.warning("health.loop.stalled", stalled_s=round(late, 3))
+        self.last_tick = now
+
+    def problem(self) -> str | None:
+        """Why the loop is not healthy, or None."""
+        now = self._clock.monotonic()
+        age = now - self.last_tick
+        if age > self._stale_after_s:
+            return f"event loop heartbeat is {age:.1f} s old"
+        if now - self._stall_end <= self._stale_after_s:
+            return "event loop was blocked longer than the deadline"
+        return None
+
+    async def run(self) -> None:
+        """Tick forever; a late wake-up is exactly what we measure."""
+        while True:
+            await asyncio.sleep(self._interval_s)
+            self.tick()
+
+
+class HttpServer:
+    """aiohttp server entered as an async context manager (start/stop)."""
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        metrics: Callable[[], bytes],
+        readiness: Readiness,
+        clock: Clock | None = None,
+        heartbeat_s: float = 0.5,
+        stale_after_s: float = 5.0,
+    ) -> None:
+        self._host, self._wanted_port = parse_listen(settings.listen)
+        self._metrics = metrics
+        self._readiness = readiness
+        self._stats: StatsHandler | None = None
+        self.heartbeat = Heartbeat(clock or SystemClock(), heartbeat_s, stale_after_s)
+        self._runner: web.AppRunner | None = None
+        self._beat: asyncio.Task[None] | None = None
+
+    def set_stats_handler(self, handler: StatsHandler | None) -> None:
+        """Serve ``GET /stats`` with ``handler`` (404 while none is set)."""
+        self._stats = handler
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``listen: 127.0.0.1:0``)."""
+        if self._runner is None or not self._runner.addresses:
+            raise RuntimeError("the HTTP server is not started")
+        return int(self._runner.addresses[0][1])
+
+    async def __aenter__(self) -> HttpServer:
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_get("/stats", self._stats_page)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._wanted_port, shutdown_timeout=2.0).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.heartbeat.start()
+        self._beat = asyncio.create_task(self.heartbeat.run(), name="http-heartbeat")
+        log.info("http.server.started", host=self._host, port=self.port)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        problem = self.heartbeat.problem()
+        if problem is not None:
+            return _json(503, {"status": "unhealthy", "reasons": [problem]})
+        return _json(200, {"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        try:
+            result = self._readiness()
+            ok, reasons = await result if inspect.isawaitable(result) else result
+        except Exception as exc:
+            log.error("http.readiness.failed", error_type=type(exc).__name__)
+            ok, reasons = False, [f"readiness check failed: {type(exc).__name__}"]
+        return _json(200 if ok else 503, {"ready": ok, "reasons": list(reasons)})
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        try:
+            body = self._metrics()
+        except Exception as exc:
+            log.error("http.metrics.failed", error_type=type(exc).__name__)
+            return web.Response(status=500, text="metrics unavailable\n")
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def _stats_page(self, request: web.Request) -> web.Response:
+        if self._stats is None:
+            return _json(404, {"error": "stats are not available"})
+        try:
+            data = await self._stats(dict(request.query))
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
+        except Exception as exc:
+            log.error("http.stats.failed", error_type=type(exc).__name__)
+            return _json(500, {"error": "stats failed"})
+        return _json(200, data)
+
+
+def _json(status: int, data: Any) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps(data, default=str), content_type="application/json"
+    )
+
+
+def readiness_check(
+    spool: SpoolSettings, sinks: Callable[[], Sequence[SinkStats]]
+) -> Callable[[], ReadyResult]:
+    """The default ``/readyz`` check for the app.
+
+    Ready means: the spool is readable, the state directory writable, and at
+    least one sink is not failing (breaker not open). A single sink being down
+    is no reason to be unready, since the spool buffers; being unready when
+    every sink fails tells the orchestrator the sidecar is useless right now.
+    The configuration was loaded, or there would be no settings to pass.
+    """
+
+    def check() -> ReadyResult:
+        reasons = []
+        if not (spool.dir.is_dir() and os.access(spool.dir, os.R_OK | os.X_OK)):
+            reasons.append(f"spool directory {spool.dir} is not readable")
+        state = spool.state_dir
+        if not (state.is_dir() and os.access(state, os.W_OK | os.X_OK)):
+            reasons.append(f"state directory {state} is not writable")
+        stats = sinks()
+        if not stats:
+            reasons.append("no sink is enabled")
+        elif all(s.breaker.state == "open" for s in stats):
+            names = ", ".join(s.sink for s in stats)
+            reasons.append(f"every sink is failing (breaker open): {names}")
+        return not reasons, reasons
+
+    return check

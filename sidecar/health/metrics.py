@@ -1,0 +1,153 @@
+"""Prometheus exposition for ``/metrics``, in a private registry.
+
+The counters and gauges are not kept here: a collector reads the components'
+frozen snapshots at scrape time (habit 9 of STYLE.md), so the numbers in
+``/metrics``, the health span and ``span-sidecar status`` are the same ones.
+Only the operation latency histograms hold state, fed through
+``SelfMonitor(recorder=metrics)``. Nothing is registered in prometheus-client's
+global registry, so several instances (tests, one per app) never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+from sidecar.health.monitor import STATUSES, rss_bytes
+from sidecar.stats import BreakerState, SinkStats, SpoolStats
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+PREFIX = "span_sidecar_"
+BREAKER_STATES: tuple[BreakerState, ...] = ("closed", "open", "half_open")
+# From a cache hit (sub-millisecond) to a slow Opik request (tens of seconds).
+DURATION_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+)
+
+# (metric name without prefix, help, SinkStats field) for the per-sink numbers.
+_SINK_COUNTERS = (
+    ("records_read", "Parsed records handed to the sink's batches.", "records_read"),
+    ("records_shipped", "Records acknowledged by the sink.", "records_shipped"),
+    ("records_quarantined", "Records quarantined (parse or sink rejects).",
+     "records_quarantined"),
+    ("batches_shipped", "Batches acknowledged by the sink.", "batches_shipped"),
+    ("send_failures", "Send attempts answered with retry (429 included).", "attempts_failed"),
+    ("rate_limited", "Send attempts answered with 429.", "rate_limited_total"),
+)
+_SINK_GAUGES = (
+    ("lag_bytes", "Spool bytes not yet acknowledged by the sink.", "lag_bytes"),
+    ("lag_records", "Records read but not yet acknowledged by the sink.", "lag_records"),
+    ("lag_seconds", "Age of the oldest unacknowledged data (0 when current).", "lag_seconds"),
+)
+
+
+class SnapshotCollector(Collector):
+    """Turns the snapshots returned by the callables into metric families."""
+
+    def __init__(
+        self,
+        sinks: Callable[[], Sequence[SinkStats]],
+        spool: Callable[[], SpoolStats],
+        status: Callable[[], str],
+        rss: Callable[[], int] = rss_bytes,
+    ) -> None:
+        self._sinks = sinks
+        self._spool = spool
+        self._status = status
+        self._rss = rss
+
+    def describe(self) -> Iterable[Metric]:
+        # Registration must not call the snapshot callables (the components
+        # may not exist yet); names are unique by construction.
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        sinks = self._sinks()
+        yield from _sink_families(sinks)
+        yield from _breaker_families(sinks)
+        spool = self._spool()
+        yield _gauge("spool_files", "Spool files being tracked.", spool.files)
+        yield _gauge("spool_bytes", "Bytes in the spool files being tracked.", spool.bytes)
+        yield _gauge("resident_memory_bytes", "Resident memory of the sidecar.", self._rss())
+        health = GaugeMetricFamily(
+            PREFIX + "health_status", "1 for the current health status.", labels=["status"]
+        )
+        current = self._status()
+        for status in STATUSES:
+            health.add_metric([status], 1.0 if status == current else 0.0)
+        yield health
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, help_text, value=value)
+
+
+def _sink_families(sinks: Sequence[SinkStats]) -> Iterable[Metric]:
+    for name, help_text, field in _SINK_COUNTERS:
+        counter = CounterMetricFamily(PREFIX + name, help_text, labels=["sink"])
+        for stats in sinks:
+            counter.add_metric([stats.sink], getattr(stats, field))
+        yield counter
+    for name, help_text, field in _SINK_GAUGES:
+        gauge = GaugeMetricFamily(PREFIX + name, help_text, labels=["sink"])
+        for stats in sinks:
+            gauge.add_metric([stats.sink], getattr(stats, field))
+        yield gauge
+
+
+def _breaker_families(sinks: Sequence[SinkStats]) -> Iterable[Metric]:
+    state = GaugeMetricFamily(
+        PREFIX + "breaker_state", "1 for the breaker's current state.", labels=["sink", "state"]
+    )
+    opened = CounterMetricFamily(
+        PREFIX + "breaker_opened", "Times the sink's breaker opened.", labels=["sink"]
+    )
+    for stats in sinks:
+        for name in BREAKER_STATES:
+            state.add_metric([stats.sink, name], 1.0 if stats.breaker.state == name else 0.0)
+        opened.add_metric([stats.sink], stats.breaker.opened_total)
+    yield state
+    yield opened
+
+
+class Metrics:
+    """The ``/metrics`` document: snapshot metrics plus operation histograms.
+
+    Pass it as ``recorder`` to ``SelfMonitor`` so that every observed duration
+    also lands in ``span_sidecar_operation_duration_seconds{op}``.
+    """
+
+    def __init__(
+        self,
+        sinks: Callable[[], Sequence[SinkStats]],
+        spool: Callable[[], SpoolStats],
+        status: Callable[[], str],
+        rss: Callable[[], int] = rss_bytes,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._durations = Histogram(
+            PREFIX + "operation_duration_seconds",
+            "Duration of the sidecar's own operations.",
+            ["op"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        # labels() takes a lock and builds a tuple; cache the children.
+        self._children: dict[str, Histogram] = {}
+        self.registry.register(SnapshotCollector(sinks, spool, status, rss))
+
+    def observe(self, op: str, seconds: float) -> None:
+        """Add one duration to the ``op`` histogram (``DurationRecorder``)."""
+        child = self._children.get(op)
+        if child is None:
+            child = self._children[op] = self._durations.labels(op=op)
+        child.observe(max(0.0, seconds))
+
+    def render(self) -> bytes:
+        """The exposition text (``CONTENT_TYPE``); calls the snapshot callables."""
+        return generate_latest(self.registry)

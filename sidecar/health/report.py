@@ -1,0 +1,150 @@
+"""The self-health span (CONTRACT.md section 7).
+
+Every ``health.interval_s`` the sidecar writes a ``span-sidecar.health`` span
+into its own spool, so it reaches Opik and Postgres through the same pipelines
+as any agent's spans and operators see the sidecar where they see agents. The
+span covers the interval since the previous report (start_time to end_time).
+
+Its metadata is built only from the snapshots listed in the contract (counts,
+lag, breaker states, latency, spool, memory, verdict): never settings, so no
+DSN, URL or key can leak into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+import uuid6
+
+from sidecar import __version__
+from sidecar.clock import Clock
+from sidecar.health.latency import LatencySnapshot
+from sidecar.health.monitor import HealthStatus, SelfMonitor, rss_bytes
+from sidecar.settings import HealthSettings
+from sidecar.stats import SinkStats, SpoolStats
+
+log = structlog.get_logger("sidecar.health")
+
+SPAN_NAME = "span-sidecar.health"
+AGENT_NAME = "span-sidecar"
+# The latency the contract names; other ops the monitor knows are added too.
+REPORTED_OPERATIONS = ("batch_flush", "postgres_write", "opik_request", "cache")
+
+Span = dict[str, Any]
+
+
+def _rfc3339(wall: float) -> str:
+    """RFC 3339 in UTC with a Z, millisecond precision."""
+    ts = datetime.fromtimestamp(wall, tz=UTC)
+    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _sink_metadata(stats: SinkStats) -> dict[str, Any]:
+    return {
+        "records_read": stats.records_read,
+        "records_shipped": stats.records_shipped,
+        "records_quarantined": stats.records_quarantined,
+        "lag": {
+            "records": stats.lag_records,
+            "bytes": stats.lag_bytes,
+            "seconds": round(stats.lag_seconds, 3),
+        },
+        "breaker": stats.breaker.state,
+        "breaker_opened_total": stats.breaker.opened_total,
+    }
+
+
+class HealthReporter:
+    """Builds the health span on a timer and hands it to ``write``."""
+
+    def __init__(
+        self,
+        settings: HealthSettings,
+        monitor: SelfMonitor,
+        sinks: Callable[[], Sequence[SinkStats]],
+        spool: Callable[[], SpoolStats],
+        write: Callable[[Span], None],
+        clock: Clock,
+    ) -> None:
+        self._interval_s = settings.interval_s
+        self._monitor = monitor
+        self._sinks = sinks
+        self._spool = spool
+        self._write = write
+        self._clock = clock
+        self._since = clock.wall()
+
+    def build(self) -> Span:
+        """One health span covering the time since the previous one."""
+        now = self._clock.wall()
+        sinks = self._sinks()
+        health = self._monitor.evaluate(sinks)
+        span: Span = {
+            "kind": "span",
+            "v": 1,
+            "id": str(uuid6.uuid7()),
+            "trace_id": str(uuid6.uuid7()),
+            "parent_span_id": None,
+            "name": SPAN_NAME,
+            "type": "general",
+            "start_time": _rfc3339(self._since),
+            "end_time": _rfc3339(now),
+            "agent_name": AGENT_NAME,
+            "tags": [health.status],
+            "metadata": self._metadata(sinks, health),
+        }
+        self._since = now
+        return span
+
+    def _metadata(self, sinks: Sequence[SinkStats], health: HealthStatus) -> dict[str, Any]:
+        latencies = self._monitor.latencies()
+        ops = list(REPORTED_OPERATIONS) + [op for op in latencies if op not in REPORTED_OPERATIONS]
+        spool = self._spool()
+        return {
+            "status": health.status,
+            "reasons": list(health.reasons),
+            "sinks": {stats.sink: _sink_metadata(stats) for stats in sinks},
+            "latency_ms": {op: _percentiles(latencies.get(op)) for op in ops},
+            "spool": {"files": spool.files, "bytes": spool.bytes},
+            "rss_bytes": rss_bytes(),
+            "version": __version__,
+        }
+
+    def tick(self) -> Span | None:
+        """Build and write one span; a failure is logged, not raised.
+
+        The health span is best effort: a full disk or a closed spool must not
+        stop the sidecar from shipping what is already spooled.
+        """
+        try:
+            span = self.build()
+            with self._monitor.timed("span_emit"):
+                self._write(span)
+        except Exception as exc:
+            log.error("health.span.failed", error_type=type(exc).__name__, error=str(exc)[:200])
+            return None
+        log.debug("health.span.written", status=span["tags"][0])
+        return span
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        """Write a span every ``interval_s`` until ``stop_event`` is set."""
+        while not stop_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_event.wait(), timeout=self._interval_s)
+            if not stop_event.is_set():
+                self.tick()
+
+
+def _percentiles(snapshot: LatencySnapshot | None) -> dict[str, float]:
+    snapshot = snapshot or LatencySnapshot()
+    return {
+        "count": snapshot.count,
+        "p50": round(snapshot.p50, 3),
+        "p95": round(snapshot.p95, 3),
+        "p99": round(snapshot.p99, 3),
+    }

@@ -1,0 +1,69 @@
+"""Deterministic UUIDv7 ids for Opik, which accepts no other version.
+
+Agents may write any UUID (``uuid4()`` is the usual habit). Opik answers 400
+"Invalid UUID" unless every id is a version 7, so the Opik sink maps the
+others with ``to_v7``. The mapping depends on the id alone (never on the
+time of sending or on the record), which is what keeps it usable:
+
+- the same input always gives the same output, so a resend is idempotent;
+- every span of a trace maps its ``trace_id`` to the same v7 id, and a
+  feedback score maps its target id to the one the span or trace got.
+
+The 48-bit time field of the result is the id's own time for a version 1 or
+6 UUID (which carry one); for any other version it is drawn from a hash of
+the id into the years 2020-2054. Caveat: Opik can optionally refuse ids whose
+embedded time is more than 24 h away from now (off when self-hosted, unknown
+on Opik Cloud); with that check on, hash-timed ids are rejected. Agents that
+want to be safe write version 7 ids, which pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from uuid import UUID
+
+_EPOCH_2020_MS = 1_577_836_800_000
+_HASH_SPAN_MS = 1 << 40  # about 34.8 years from 2020
+_MAX_MS = (1 << 48) - 1
+# 100 ns intervals between the Gregorian epoch (1582-10-15) and 1970-01-01.
+_GREGORIAN_OFFSET = 0x01B21DD213814000
+_RANDOM_80 = (1 << 80) - 1
+_VERSION_MASK = 0xF << 76
+_VARIANT_MASK = 0x3 << 62
+
+
+def is_v7(value: UUID) -> bool:
+    """True for an RFC 9562 version 7 UUID (``version`` is None for other variants)."""
+    return value.version == 7
+
+
+def to_v7(value: UUID) -> UUID:
+    """``value`` itself when it is a v7, else its deterministic v7 image."""
+    if is_v7(value):
+        return value
+    digest = hashlib.blake2b(value.bytes, digest_size=16, person=b"span-sidecar-v7").digest()
+    ms = _embedded_ms(value)
+    if ms is None:
+        ms = _EPOCH_2020_MS + int.from_bytes(digest[:6], "big") % _HASH_SPAN_MS
+    bits = (ms << 80) | (int.from_bytes(digest[6:], "big") & _RANDOM_80)
+    bits = (bits & ~_VERSION_MASK) | (7 << 76)
+    bits = (bits & ~_VARIANT_MASK) | (0b10 << 62)
+    return UUID(int=bits)
+
+
+def _embedded_ms(value: UUID) -> int | None:
+    """Unix milliseconds of a time-based (v1 or v6) UUID, if plausible."""
+    i = value.int
+    if value.version == 1:
+        ticks = (((i >> 64) & 0xFFF) << 48) | (((i >> 80) & 0xFFFF) << 32) | (i >> 96)
+    elif value.version == 6:
+        ticks = ((i >> 96) << 28) | (((i >> 80) & 0xFFFF) << 12) | ((i >> 64) & 0xFFF)
+    else:
+        return None
+    ms = (ticks - _GREGORIAN_OFFSET) // 10_000
+    return ms if 0 <= ms <= _MAX_MS else None
+
+
+def v7_time_ms(value: UUID) -> int:
+    """The 48-bit millisecond time field of a v7 UUID."""
+    return value.int >> 80

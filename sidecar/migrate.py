@@ -1,0 +1,80 @@
+"""Schema migrations: ordered SQL files applied once, under an advisory lock.
+
+Safe to run from many sidecars at once: the transaction-scoped advisory lock
+serialises them, and each sees the versions the others recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger("sidecar.migrate")
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+TABLE = "span_sidecar_migrations"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped with the package, in order."""
+    found = []
+    for entry in resources.files("sidecar.migrations").iterdir():
+        m = _NAME.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
+    return sorted(found, key=lambda mig: mig.version)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
+    """Apply the missing migrations in one transaction; return their names."""
+    lock = int.from_bytes(hashlib.sha256(f"span-sidecar:{schema}".encode()).digest()[:8],
+                          "big", signed=True)
+    applied: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        await conn.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} (version integer PRIMARY KEY, name text NOT NULL,"
+            " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {TABLE}")}
+        for mig in migrations():
+            if mig.version in done:
+                continue
+            await conn.execute(mig.sql)
+            await conn.execute(f"INSERT INTO {TABLE} (version, name, checksum) VALUES ($1, $2, $3)",
+                               mig.version, mig.name, mig.checksum)
+            applied.append(f"{mig.version:04d}_{mig.name}")
+    for name in applied:
+        log.info("migrate.migration.applied", schema=schema, migration=name)
+    return applied
+
+
+async def is_current(conn: asyncpg.Connection, schema: str) -> bool:
+    """Whether every shipped migration is recorded in ``schema``."""
+    exists = await conn.fetchval("SELECT to_regclass($1)", f"{quote_ident(schema)}.{TABLE}")
+    if exists is None:
+        return False
+    done = {r["version"] for r in await conn.fetch(
+        f"SELECT version FROM {quote_ident(schema)}.{TABLE}")}
+    return all(m.version in done for m in migrations())

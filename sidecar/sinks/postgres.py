@@ -1,0 +1,190 @@
+"""The PostgreSQL sink: spans into ``ml_observability_spans``, effectively once.
+
+The fast path is a plain ``COPY`` into the table inside a transaction. Only a
+batch that hits a unique violation (a re-delivery after a crash) takes the
+slow path: ``COPY`` into a temporary staging table, then ``INSERT ... SELECT
+... ON CONFLICT DO NOTHING``. Either way the batch is one transaction, so a
+crash leaves it all or nothing, and the span id keeps it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+
+from sidecar.migrate import is_current, migrate, quote_ident
+from sidecar.records import Record, SpanRecord
+from sidecar.settings import PostgresSettings
+from sidecar.sinks.base import Delivered, Outcome, PartlyRejected, RejectError, Retry, isolate_rejects
+
+log = structlog.get_logger("sidecar.sinks.postgres")
+
+TABLE = "ml_observability_spans"
+Row = tuple[Any, ...]
+COLUMNS = (
+    "span_id", "trace_id", "parent_span_id", "name", "type", "agent_name", "agent_tier",
+    "project_name", "start_time", "end_time", "duration_ms", "status", "model", "provider",
+    "prompt_tokens", "completion_tokens", "total_tokens", "total_estimated_cost",
+    "error_info", "input", "output", "metadata", "events", "tags", "last_updated_at",
+)
+_COLS = ", ".join(COLUMNS)
+# Errors of the data itself (SQLSTATE classes 22 and 23 but unique): retrying
+# cannot help, so the record is isolated and quarantined.
+_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+def _json(value: Any) -> bytes | None:
+    return None if value is None else orjson.dumps(value)
+
+
+def span_row(span: SpanRecord, default_project: str) -> tuple[Any, ...]:
+    """The table row of a span (jsonb columns pre-serialised with orjson)."""
+    usage = span.usage or {}
+    return (
+        span.id, span.trace_id, span.parent_span_id, span.name, span.type, span.agent_name,
+        span.agent_tier, span.project_name or default_project, span.start_time, span.end_time,
+        span.duration_ms, span.status, span.model, span.provider, usage.get("prompt_tokens"),
+        usage.get("completion_tokens"), usage.get("total_tokens"), span.total_estimated_cost,
+        None if span.error_info is None else orjson.dumps(span.error_info.model_dump()),
+        _json(span.input), _json(span.output), _json(span.metadata),
+        None if span.events is None else orjson.dumps([e.model_dump(mode="json") for e in span.events]),
+        span.tags, span.last_updated_at,
+    )
+
+
+def _jsonb_encode(value: bytes) -> bytes:
+    return b"\x01" + value  # jsonb binary format: version 1, then the text
+
+
+def _jsonb_decode(value: bytes) -> Any:
+    return orjson.loads(value[1:])
+
+
+class PostgresSink:
+    """Async context manager owning an asyncpg pool, created lazily so that
+    the daemon starts (and ships to the other sink) while Postgres is down."""
+
+    name = "postgres"
+
+    def __init__(self, settings: PostgresSettings, default_project: str) -> None:
+        self.settings = settings
+        self.max_batch_records = settings.max_batch_records
+        self.default_project = default_project
+        self.schema = settings.db_schema
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._table = f"{quote_ident(self.schema)}.{TABLE}"
+
+    async def __aenter__(self) -> PostgresSink:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _init_conn(self, conn: asyncpg.Connection) -> None:
+        await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode,
+                                  schema="pg_catalog", format="binary")
+
+    async def pool(self) -> asyncpg.Pool:
+        """The pool, connecting (and migrating when allowed) on first use."""
+        async with self._pool_lock:
+            if self._pool is None:
+                s = self.settings
+                pool = await asyncpg.create_pool(
+                    s.dsn, password=s.password.get_secret_value() if s.password else None,
+                    min_size=1, max_size=s.pool_size, timeout=s.connect_timeout_s,
+                    command_timeout=s.command_timeout_s, init=self._init_conn)
+                try:
+                    await self._ensure_schema(pool)
+                except BaseException:
+                    await pool.close()
+                    raise
+                self._pool = pool
+                log.info("sink.postgres.connected", schema=self.schema)
+            return self._pool
+
+    async def _ensure_schema(self, pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn:
+            if await is_current(conn, self.schema):
+                return
+            if not self.settings.auto_migrate:
+                raise RuntimeError("schema missing or old: run `span-sidecar migrate`")
+            await migrate(conn, self.schema)
+
+    async def send(self, batch: Sequence[Record]) -> Outcome:
+        rows = [(i, span_row(r, self.default_project)) for i, r in enumerate(batch)
+                if isinstance(r, SpanRecord)]
+        if not rows:
+            return Delivered()
+        try:
+            pool = await self.pool()
+            rejects = await isolate_rejects([r for _, r in rows], self._attempt(pool))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
+                RuntimeError) as exc:
+            await self._reset_on_connection_error(exc)
+            return Retry(f"{type(exc).__name__}: {_safe(exc)}")
+        if not rejects:
+            return Delivered()
+        return PartlyRejected({rows[i][0]: reason for i, reason in rejects.items()})
+
+    def _attempt(self, pool: asyncpg.Pool) -> Callable[[Sequence[Row]], Awaitable[None]]:
+        async def attempt(part: Sequence[Row]) -> None:
+            async with pool.acquire() as conn:
+                try:
+                    await self._copy(conn, part)
+                except asyncpg.UniqueViolationError:
+                    await self._merge(conn, part)
+                except _DATA_ERRORS as exc:
+                    raise RejectError(_safe(exc)) from None
+        return attempt
+
+    async def _copy(self, conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        async with conn.transaction():
+            await conn.copy_records_to_table(TABLE, records=rows, columns=COLUMNS,
+                                             schema_name=self.schema)
+
+    async def _merge(self, conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    f"CREATE TEMP TABLE IF NOT EXISTS span_sidecar_stage "
+                    f"(LIKE {self._table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+                await conn.copy_records_to_table("span_sidecar_stage", records=rows,
+                                                 columns=COLUMNS)
+                await conn.execute(
+                    f"INSERT INTO {self._table} ({_COLS}) SELECT {_COLS} FROM span_sidecar_stage "
+                    "ON CONFLICT (span_id) DO NOTHING")
+        except _DATA_ERRORS as exc:
+            raise RejectError(_safe(exc)) from None
+
+    async def _reset_on_connection_error(self, exc: BaseException) -> None:
+        if isinstance(exc, asyncpg.PostgresError) and not isinstance(
+                exc, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError):
+            return
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.terminate()
+
+    async def check(self) -> bool:
+        try:
+            pool = await self.pool()
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+
+def _safe(exc: BaseException) -> str:
+    """The error text without anything a DSN might have leaked into it."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:500]

@@ -1,0 +1,1 @@
+"""The spool: discovery and identity of files, offsets, checkpoints, quarantine."""

@@ -1,0 +1,123 @@
+"""Per-sink checkpoints: where each file was acknowledged up to.
+
+Written atomically (temp file, fsync, rename, fsync of the directory) and
+only after the sink acknowledged. A checkpoint that cannot be read (empty,
+truncated, garbled, NUL-filled: RELIABILITY.md group 7) is set aside and the
+sink starts again from the beginning of the spool: it may re-ship, and every
+write is idempotent, so nothing is lost and Postgres gets no duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+log = structlog.get_logger("sidecar.checkpoints")
+
+VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FileMark:
+    """How far one file is acknowledged, and how to recognise the file again."""
+
+    dev: int
+    ino: int
+    fp: str  # hex digest of the first fp_len bytes (inode reuse, RELIABILITY.md 3)
+    fp_len: int
+    offset: int
+    path: str  # the name last seen (informational: identity is dev+ino+fp)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.dev, self.ino)
+
+
+class CheckpointStore:
+    """One JSON file per sink under ``state_dir/checkpoints``."""
+
+    def __init__(self, state_dir: Path, sink: str) -> None:
+        self.dir = state_dir / "checkpoints"
+        self.path = self.dir / f"{sink}.json"
+        self.sink = sink
+
+    def load(self) -> dict[tuple[int, int], FileMark]:
+        """The saved marks; an unreadable file is moved aside and means 'none'."""
+        self._remove_stale_temp()
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            return _decode(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            aside = self.path.with_suffix(".corrupt")
+            os.replace(self.path, aside)
+            log.warning("checkpoint.file.corrupt", sink=self.sink, path=str(self.path),
+                        moved_to=str(aside), error=str(exc)[:200], size=len(data))
+            return {}
+
+    def save(self, marks: dict[tuple[int, int], FileMark]) -> None:
+        """Replace the checkpoint atomically and durably."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        body = orjson.dumps({
+            "version": VERSION, "sink": self.sink,
+            "files": [_encode(m) for m in marks.values()],
+        })
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def _remove_stale_temp(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        if tmp.exists():
+            log.info("checkpoint.temp.removed", sink=self.sink, path=str(tmp))
+            tmp.unlink(missing_ok=True)
+
+
+def _encode(m: FileMark) -> dict[str, Any]:
+    return {"dev": m.dev, "ino": m.ino, "fp": m.fp, "fp_len": m.fp_len,
+            "offset": m.offset, "path": m.path}
+
+
+def _decode(data: bytes) -> dict[tuple[int, int], FileMark]:
+    doc = orjson.loads(data)
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        raise ValueError("not a checkpoint document of version 1")
+    marks: dict[tuple[int, int], FileMark] = {}
+    for f in doc["files"]:
+        mark = FileMark(dev=int(f["dev"]), ino=int(f["ino"]), fp=str(f["fp"]),
+                        fp_len=int(f["fp_len"]), offset=int(f["offset"]), path=str(f["path"]))
+        if mark.offset < 0 or mark.fp_len < 0 or mark.fp_len > mark.offset:
+            raise ValueError(f"impossible mark for {mark.path}")
+        marks[mark.key] = mark
+    return marks
+
+
+def read_all(state_dir: Path) -> dict[str, dict[tuple[int, int], FileMark]]:
+    """Every sink's marks, for ``status`` and the janitor (read-only)."""
+    out: dict[str, dict[tuple[int, int], FileMark]] = {}
+    cdir = state_dir / "checkpoints"
+    if not cdir.is_dir():
+        return out
+    for path in sorted(cdir.glob("*.json")):
+        try:
+            out[path.stem] = _decode(path.read_bytes())
+        except (OSError, ValueError, KeyError, TypeError):
+            out[path.stem] = {}
+    return out

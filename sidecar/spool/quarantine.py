@@ -1,0 +1,78 @@
+"""The dead-letter file: lines that will never ship to a sink, and why.
+
+One JSONL file per sink (``state_dir/quarantine/<sink>.jsonl``), so that
+``replay-quarantine --sink`` re-ships to the sink that refused. Each entry
+holds the raw line (``raw``, or ``raw_b64`` when it is not UTF-8), the source
+file and offset, the reason, and the time. It is flushed and fsynced before
+the checkpoint passes the line, so a quarantined line is never lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from pathlib import Path
+
+import orjson
+import structlog
+
+log = structlog.get_logger("sidecar.quarantine")
+
+# A line larger than this is kept by its head only (the source file still
+# holds it whole until every sink has passed it).
+MAX_RAW_BYTES = 64 << 10
+
+
+class Quarantine:
+    def __init__(self, state_dir: Path, sink: str) -> None:
+        self.dir = state_dir / "quarantine"
+        self.path = self.dir / f"{sink}.jsonl"
+        self.sink = sink
+        self.count = 0
+        self._fd: int | None = None
+        self._dirty = False
+
+    def open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self.sync()
+            os.close(self._fd)
+            self._fd = None
+
+    def put(self, raw: bytes, source: str, offset: int, reason: str, size: int | None = None) -> None:
+        """Append one entry (not yet durable: ``sync`` before checkpointing)."""
+        if self._fd is None:
+            self.open()
+        assert self._fd is not None
+        entry: dict[str, object] = {
+            "sink": self.sink, "source": source, "offset": offset, "reason": reason,
+            "size": len(raw) if size is None else size, "time": time.time(),
+        }
+        head = raw[:MAX_RAW_BYTES]
+        try:
+            entry["raw"] = head.decode("utf-8")
+        except UnicodeDecodeError:
+            entry["raw_b64"] = base64.b64encode(head).decode("ascii")
+        if len(head) < (size or len(raw)):
+            entry["truncated"] = True
+        os.write(self._fd, orjson.dumps(entry) + b"\n")
+        self._dirty = True
+        self.count += 1
+        log.warning("quarantine.record.stored", sink=self.sink, source=source,
+                    offset=offset, reason=reason[:300])
+
+    def sync(self) -> None:
+        if self._fd is not None and self._dirty:
+            os.fsync(self._fd)
+            self._dirty = False
+
+
+def raw_of(entry: dict[str, object]) -> bytes:
+    """The raw line of a quarantine entry."""
+    if "raw_b64" in entry:
+        return base64.b64decode(str(entry["raw_b64"]))
+    return str(entry.get("raw", "")).encode("utf-8")
