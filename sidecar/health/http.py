@@ -130,10 +130,10 @@ class HttpServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/stats", self._stats_page)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._host, self._wanted_port, shutdown_timeout=2.0).start()
+            await web.TCPSite(runner, self._host, self._wanted_port).start()
         except BaseException:
             await runner.cleanup()
             raise

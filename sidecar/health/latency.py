@@ -73,10 +73,16 @@ def _bin_of(ms: float) -> int:
 
 
 def _bin_value(i: int) -> float:
-    """The geometric middle of bin ``i`` (the value reported for it)."""
+    """The geometric middle of bin ``i`` (the value reported for it).
+
+    The first and last bins are open-ended; the caller clamps their values
+    to the observed min and max.
+    """
     if i == 0:
         return _MIN_MS
-    return _MIN_MS * _GROWTH ** (i - 0.5)
+    if i == _BINS - 1:
+        return math.inf
+    return _MIN_MS * math.pow(_GROWTH, i - 0.5)
 
 
 class LatencyWindow:
@@ -148,7 +154,7 @@ def _percentile(bins: list[int], count: int, q: float) -> float:
         seen += n
         if seen >= rank:
             return _bin_value(i)
-    return _bin_value(len(bins) - 1)
+    return math.inf  # unreachable while count == sum(bins)
 
 
 def _clamp(value: float, lo: float, hi: float) -> float:

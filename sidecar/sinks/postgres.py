@@ -163,6 +163,8 @@ class PostgresSink:
                 await conn.execute(
                     f"INSERT INTO {self._table} ({_COLS}) SELECT {_COLS} FROM span_sidecar_stage "
                     "ON CONFLICT (span_id) DO NOTHING")
+            log.info("sink.postgres.merged", rows=len(rows),
+                     note="batch overlapped stored rows (a re-delivery); duplicates skipped")
         except _DATA_ERRORS as exc:
             raise RejectError(_safe(exc)) from None
 

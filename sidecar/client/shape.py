@@ -1,0 +1,103 @@
+"""Coerce what agents pass into the shapes the spool schema requires.
+
+The client never raises into agent code, and the sidecar quarantines a record
+with a wrong type, so values are made valid here instead: a non-object input is
+wrapped (``{"input": value}``, as the Opik SDK does), token counts become ints,
+an invalid cost or tier is dropped rather than the span.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+SPAN_TYPES = frozenset({"general", "llm", "tool", "guardrail"})
+_USAGE_ALIASES = {"input_tokens": "prompt_tokens", "output_tokens": "completion_tokens"}
+_MAX_TEXT = 32 * 1024
+
+
+def as_object(value: Any, key: str) -> dict[Any, Any] | None:
+    """A JSON object: dicts as they are, anything else wrapped under ``key``."""
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    return {key: value}
+
+
+def span_type(value: str) -> str:
+    """One of the four span types; anything else is ``general``."""
+    return value if value in SPAN_TYPES else "general"
+
+
+def name_of(value: Any, default: str = "unnamed") -> str:
+    """A non-empty name (the schema requires one)."""
+    text = value if isinstance(value, str) else _safe_str(value)
+    return text or default
+
+
+def str_list(values: Iterable[Any] | str | None) -> list[str] | None:
+    """Tags as a list of strings; a lone string is one tag, not its letters."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        return [values]
+    return [v if isinstance(v, str) else _safe_str(v) for v in values]
+
+
+def usage_of(usage: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """Integer token counts; OpenAI and Anthropic names both accepted, total derived."""
+    if not usage:
+        return None
+    out: dict[str, int] = {}
+    for key, value in usage.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        out[_USAGE_ALIASES.get(str(key), str(key))] = int(value)
+    if "total_tokens" not in out and ("prompt_tokens" in out or "completion_tokens" in out):
+        out["total_tokens"] = out.get("prompt_tokens", 0) + out.get("completion_tokens", 0)
+    return out or None
+
+
+def real_number(value: Any, minimum: float = -math.inf) -> float | None:
+    """A finite number not below ``minimum``, else None (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number >= minimum else None
+
+
+def tier_of(value: Any) -> int | None:
+    """An integer agent tier, or None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def utc_time(value: datetime | float | None) -> datetime:
+    """An aware UTC datetime: epoch seconds, aware or naive (local) datetimes, or now."""
+    if value is None:
+        return datetime.now(UTC)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return datetime.fromtimestamp(float(value), UTC)
+
+
+def error_info(exc: BaseException) -> dict[str, str]:
+    """Opik's ``error_info`` for an exception, text capped at 32 KiB each."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {
+        "exception_type": type(exc).__name__ or "Exception",
+        "message": _safe_str(exc)[:_MAX_TEXT],
+        "traceback": text[-_MAX_TEXT:],
+    }
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:  # an exception whose __str__ fails must not hide the error
+        return object.__repr__(value)

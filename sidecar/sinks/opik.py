@@ -1,0 +1,277 @@
+"""The Opik sink: spans, traces and feedback scores over Opik's REST API.
+
+It speaks HTTP with one shared ``httpx.AsyncClient`` (HTTP/1.1 keep-alive)
+and never imports the ``opik`` package (about 50 MB and 400 MB of
+dependencies for a few JSON requests). A batch becomes up to four kinds of
+requests (spans, traces, trace scores, span scores), each cut to at most
+``max_batch_records`` items and ``max_request_bytes``; spans and traces go
+concurrently (up to ``max_in_flight``), scores after them.
+
+Outcomes: every request 2xx -> Delivered. 429 -> Retry(failure=False) after
+``RateLimit-Reset``. 408, 409, 5xx, 401/402/403/404 (a configuration or
+account problem, not a record's: quarantining every record would be wrong),
+timeouts and connection errors -> Retry(failure=True). Any other 4xx means
+invalid data: the request is split in halves until the refused records are
+found, and those come back in PartlyRejected with the server's error text.
+A Retry after a partial success resends the requests that already
+succeeded, which is safe: every payload is a function of its record alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+
+import httpx
+import orjson
+import structlog
+
+from sidecar.clock import Clock, SystemClock
+from sidecar.records import Record, SpanRecord
+from sidecar.settings import OpikSettings
+from sidecar.sinks.base import (
+    Delivered,
+    Outcome,
+    PartlyRejected,
+    RejectError,
+    Retry,
+    isolate_rejects,
+)
+from sidecar.sinks.opik_payloads import ROUTES, Group, bodies_of, envelope, plan
+
+log = structlog.get_logger("sidecar.sinks.opik")
+
+# Not the record's fault: retrying (and the breaker) is the right answer.
+_RETRY_STATUSES = frozenset({401, 402, 403, 404, 408, 409})
+_MAX_ERROR_TEXT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class OpikStats:
+    """Counters since start, for the health span and /metrics."""
+
+    requests: int
+    items_sent: int  # items in requests answered 2xx (resends included)
+    rate_limited: int  # 429 answers
+    server_errors: int  # 5xx answers
+    rejected: int  # records refused as invalid
+    last_error_type: str | None
+
+
+class _RetryNow(Exception):
+    """Raised inside a request: abandon the batch with this outcome."""
+
+    def __init__(self, outcome: Retry) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
+class TokenBucket:
+    """Client-side rate limit in events per minute, over an injected clock.
+
+    ``take`` never sleeps: it answers how long to wait, and the pipeline
+    waits (a Retry with ``failure=False``). A batch larger than the bucket
+    passes when the bucket is full, leaving a debt that later batches wait off.
+    """
+
+    def __init__(self, per_minute: int, clock: Clock) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.tokens = self.capacity
+        self.clock = clock
+        self.last = clock.monotonic()
+
+    def take(self, n: int) -> float:
+        """Take ``n`` tokens and return 0, or take none and return the wait in seconds."""
+        now = self.clock.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        need = min(float(n), self.capacity)
+        if self.tokens >= need:
+            self.tokens -= n
+            return 0.0
+        return (need - self.tokens) / self.rate
+
+
+class OpikSink:
+    """Sink to Opik; ``async with OpikSink(settings.opik) as sink: ...``."""
+
+    name = "opik"
+
+    def __init__(self, settings: OpikSettings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.max_batch_records = settings.max_batch_records
+        self.clock = clock or SystemClock()
+        limit = settings.max_events_per_minute
+        self._bucket = None if limit is None else TokenBucket(limit, self.clock)
+        self._client: httpx.AsyncClient | None = None
+        self._counts = {"requests": 0, "items": 0, "429": 0, "5xx": 0, "rejected": 0}
+        self._last_error: str | None = None
+
+    async def __aenter__(self) -> OpikSink:
+        s = self.settings
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if s.api_key is not None and s.api_key.get_secret_value():
+            headers["authorization"] = s.api_key.get_secret_value()
+            headers["Comet-Workspace"] = s.workspace
+        self._client = httpx.AsyncClient(
+            base_url=s.url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(s.timeout_s),
+            limits=httpx.Limits(max_connections=s.max_in_flight,
+                                max_keepalive_connections=s.max_in_flight),
+        )
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def stats(self) -> OpikStats:
+        c = self._counts
+        return OpikStats(c["requests"], c["items"], c["429"], c["5xx"], c["rejected"],
+                         self._last_error)
+
+    async def check(self) -> bool:
+        """Any HTTP answer from the ping endpoint means Opik is reachable."""
+        try:
+            await self._http().get("is-alive/ping", timeout=min(self.settings.timeout_s, 5.0))
+        except httpx.HTTPError:
+            return False
+        return True
+
+    async def send(self, batch: Sequence[Record]) -> Outcome:
+        """Deliver a batch (see the module docstring); raises only on cancellation."""
+        s = self.settings
+        work = plan(batch, s.project_name, s.max_batch_records, s.max_request_bytes)
+        wait = self._bucket.take(work.items) if self._bucket and work.items else 0.0
+        if wait > 0:
+            return Retry("opik: client-side rate limit", after_s=wait, failure=False)
+        try:
+            rejects = await self._deliver(work.groups, batch)
+        except _RetryNow as exc:
+            return exc.outcome
+        except Exception as exc:  # a bug must not kill the pipeline; the breaker sees it
+            log.exception("sink.send.crashed", sink=self.name, error_type=type(exc).__name__)
+            self._last_error = type(exc).__name__
+            return Retry(f"opik: unexpected {type(exc).__name__}: {exc}")
+        rejects.update(work.rejects)
+        self._counts["rejected"] += len(rejects)
+        return PartlyRejected(dict(sorted(rejects.items()))) if rejects else Delivered()
+
+    async def _deliver(self, groups: list[Group], batch: Sequence[Record]) -> dict[int, str]:
+        """Spans and traces first, then scores (they refer to them)."""
+        rejects: dict[int, str] = {}
+        first = [g for g in groups if g.endpoint in ("spans", "traces")]
+        later = [g for g in groups if g.endpoint not in ("spans", "traces")]
+        for phase in (first, later):
+            for group, found in zip(phase, await self._gather(phase), strict=True):
+                for pos, reason in found.items():
+                    index = group.indices[pos]
+                    derived = group.endpoint == "traces" and isinstance(batch[index], SpanRecord)
+                    text = f"derived trace: {reason}" if derived else reason
+                    rejects[index] = f"{rejects[index]}; {text}" if index in rejects else text
+        return rejects
+
+    async def _gather(self, groups: list[Group]) -> list[dict[int, str]]:
+        """Run the groups' requests, at most ``max_in_flight`` at a time."""
+        gate = asyncio.Semaphore(self.settings.max_in_flight)
+
+        async def one(group: Group) -> dict[int, str]:
+            async def attempt(records: Sequence[Record]) -> None:
+                async with gate:
+                    await self._request(group, records)
+
+            return await isolate_rejects(group.records, attempt)
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                running = [tasks.create_task(one(g)) for g in groups]
+        except ExceptionGroup as eg:
+            retries, rest = eg.split(_RetryNow)
+            if rest is not None or retries is None:
+                raise
+            raise _merge([e for e in retries.exceptions if isinstance(e, _RetryNow)]) from None
+        return [task.result() for task in running]
+
+    async def _request(self, group: Group, records: Sequence[Record]) -> None:
+        """One request; raises RejectError (invalid data) or _RetryNow."""
+        method, path, _ = ROUTES[group.endpoint]
+        body = envelope(group.endpoint, bodies_of(group, records))
+        self._counts["requests"] += 1
+        try:
+            response = await self._http().request(method, path, content=body)
+        except httpx.HTTPError as exc:
+            self._last_error = type(exc).__name__
+            kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"
+            raise _RetryNow(Retry(f"opik: {kind}: {type(exc).__name__}")) from None
+        if response.is_success:
+            self._counts["items"] += len(records)
+            return
+        self._fail(response)
+
+    def _fail(self, response: httpx.Response) -> None:
+        """Turn a non-2xx answer into RejectError or _RetryNow."""
+        status = response.status_code
+        text = f"opik {status}: {_error_text(response)}"
+        self._last_error = f"http_{status}"
+        if status == 429:
+            self._counts["429"] += 1
+            after = _seconds(response.headers.get("RateLimit-Reset"), self.clock.wall())
+            after = after if after is not None else self._retry_after(response)
+            raise _RetryNow(Retry(text, after_s=after, failure=False))
+        if status >= 500 or status in _RETRY_STATUSES:
+            self._counts["5xx"] += status >= 500
+            raise _RetryNow(Retry(text, after_s=self._retry_after(response)))
+        raise RejectError(text)
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        return _seconds(response.headers.get("Retry-After"), self.clock.wall())
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("OpikSink used outside 'async with'")
+        return self._client
+
+
+def _merge(retries: list[_RetryNow]) -> _RetryNow:
+    """One Retry for concurrent failures: the longest wait, a failure if any is."""
+    outcomes = [r.outcome for r in retries]
+    waits = [o.after_s for o in outcomes if o.after_s is not None]
+    worst = next((o for o in outcomes if o.failure), outcomes[0])
+    return _RetryNow(Retry(worst.reason, after_s=max(waits, default=None),
+                           failure=any(o.failure for o in outcomes)))
+
+
+def _seconds(value: str | None, now_wall: float) -> float | None:
+    """Delay-seconds or an HTTP date (Retry-After) as seconds from now."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now_wall)
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The server's reason: Opik's ``errors`` list or ``message``, else the text."""
+    try:
+        data = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.text[:_MAX_ERROR_TEXT] or response.reason_phrase
+    if isinstance(data, dict):
+        errors = data.get("errors")
+        if isinstance(errors, list) and errors:
+            return "; ".join(str(e) for e in errors)[:_MAX_ERROR_TEXT]
+        if data.get("message"):
+            return str(data["message"])[:_MAX_ERROR_TEXT]
+    return response.text[:_MAX_ERROR_TEXT]

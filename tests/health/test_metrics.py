@@ -1,0 +1,89 @@
+"""/metrics text: every value equals the snapshot it was read from."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.clock import FakeClock
+from sidecar.health.metrics import Metrics
+from sidecar.health.monitor import SelfMonitor
+from sidecar.settings import HealthSettings
+from sidecar.stats import SinkStats, SpoolStats
+
+from .conftest import SinkFactory
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = metrics.render().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_snapshot_values_are_exported(make_sink: SinkFactory) -> None:
+    sinks = [
+        make_sink("postgres", records_read=100, records_shipped=90, records_quarantined=3,
+                  batches_shipped=7, attempts_failed=4, rate_limited_total=1, lag_bytes=2048,
+                  lag_records=7, lag_seconds=1.5, opened=2),
+        make_sink("opik", breaker="half_open", records_read=5),
+    ]
+    metrics = Metrics(sinks=lambda: sinks, spool=lambda: SpoolStats(files=3, bytes=4096),
+                      status=lambda: "degraded", rss=lambda: 123456)
+    got = samples(metrics)
+    pg = (("sink", "postgres"),)
+    expected = {
+        "span_sidecar_records_read_total": 100, "span_sidecar_records_shipped_total": 90,
+        "span_sidecar_records_quarantined_total": 3, "span_sidecar_batches_shipped_total": 7,
+        "span_sidecar_send_failures_total": 4, "span_sidecar_rate_limited_total": 1,
+        "span_sidecar_lag_bytes": 2048, "span_sidecar_lag_records": 7,
+        "span_sidecar_lag_seconds": 1.5, "span_sidecar_breaker_opened_total": 2,
+    }
+    for name, value in expected.items():
+        assert got[(name, pg)] == value, name
+    assert got[("span_sidecar_records_read_total", (("sink", "opik"),))] == 5
+    for sink, current in (("postgres", "closed"), ("opik", "half_open")):
+        for state in ("closed", "open", "half_open"):
+            key = ("span_sidecar_breaker_state", (("sink", sink), ("state", state)))
+            assert got[key] == (1.0 if state == current else 0.0)
+    assert got[("span_sidecar_spool_files", ())] == 3
+    assert got[("span_sidecar_spool_bytes", ())] == 4096
+    assert got[("span_sidecar_resident_memory_bytes", ())] == 123456
+    for status in ("healthy", "degraded", "unhealthy"):
+        assert got[("span_sidecar_health_status", (("status", status),))] == (
+            1.0 if status == "degraded" else 0.0)
+
+
+def test_values_are_read_at_scrape_time(make_sink: SinkFactory) -> None:
+    current: list[SinkStats] = [make_sink(records_shipped=1)]
+    metrics = Metrics(sinks=lambda: current, spool=lambda: SpoolStats(0, 0),
+                      status=lambda: "healthy")
+    assert samples(metrics)[("span_sidecar_records_shipped_total", (("sink", "postgres"),))] == 1
+    current[0] = make_sink(records_shipped=42)
+    assert samples(metrics)[("span_sidecar_records_shipped_total", (("sink", "postgres"),))] == 42
+    assert samples(metrics)[("span_sidecar_resident_memory_bytes", ())] > 0
+
+
+def test_monitor_observations_feed_the_duration_histogram(
+    health_settings: HealthSettings, clock: FakeClock
+) -> None:
+    metrics = Metrics(sinks=list, spool=lambda: SpoolStats(0, 0), status=lambda: "healthy")
+    monitor = SelfMonitor(health_settings, clock, recorder=metrics)
+    for seconds in (0.002, 0.003, 0.7):
+        monitor.observe("postgres_write", seconds)
+    got = samples(metrics)
+    op = (("op", "postgres_write"),)
+    assert got[("span_sidecar_operation_duration_seconds_count", op)] == 3
+    assert abs(got[("span_sidecar_operation_duration_seconds_sum", op)] - 0.705) < 1e-9
+    le = (("le", "0.005"), ("op", "postgres_write"))
+    assert got[("span_sidecar_operation_duration_seconds_bucket", le)] == 2
+
+
+def test_instances_use_private_registries() -> None:
+    """Two apps (or tests) in one process must not collide on metric names."""
+    first = Metrics(sinks=list, spool=lambda: SpoolStats(0, 0), status=lambda: "healthy")
+    second = Metrics(sinks=list, spool=lambda: SpoolStats(0, 0), status=lambda: "healthy")
+    first.observe("cache", 0.1)
+    assert b'op="cache"' in first.render()
+    assert b'op="cache"' not in second.render()
