@@ -87,5 +87,9 @@ class Backoff:
         self._rand = rand or random.Random()
 
     def delay(self, attempt: int) -> float:
-        ceiling = min(self.max_s, self.initial_s * self.multiplier ** min(attempt, 64))
-        return self._rand.uniform(0.0, ceiling)
+        """A random delay in ``[0, min(max_s, initial_s * multiplier**attempt)]``."""
+        try:
+            grown = self.initial_s * float(self.multiplier) ** attempt
+        except OverflowError:  # far past the cap
+            grown = self.max_s
+        return self._rand.uniform(0.0, min(self.max_s, grown))

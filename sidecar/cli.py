@@ -93,8 +93,9 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
     async def go() -> list[str]:
         pg = settings.postgres
+        password = pg.password.get_secret_value() if pg.password else None
         conn = await asyncpg.connect(pg.dsn, timeout=pg.connect_timeout_s,
-                                     password=pg.password.get_secret_value() if pg.password else None)
+                                     password=password or None)
         try:
             return await migrate(conn, pg.db_schema)
         finally:

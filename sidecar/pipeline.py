@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 import structlog
 
 from sidecar.batching import Batch, Batcher
@@ -60,6 +62,7 @@ class SinkPipeline:
         self.read_total = self.shipped_total = self.quarantined_total = 0
         self.batches_total = self.failed_total = self.limited_total = 0
         self._behind_since: float | None = None
+        self._recorded_state = ""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Ship until ``stop`` is set, then deliver what was read and return."""
@@ -91,12 +94,12 @@ class SinkPipeline:
             await queue.put(self.batcher.take())
         await queue.put(None)
 
-    async def _idle(self, stop: asyncio.Event, timeout: float | None) -> None:
+    async def _idle(self, stop: asyncio.Event, wait_s: float | None) -> None:
         if self.reader.lag_bytes() == 0 and not self.batcher.time_left(0.0):
             self._behind_since = None
         waiters = [asyncio.ensure_future(self.changed.wait()), asyncio.ensure_future(stop.wait())]
         try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
@@ -142,8 +145,11 @@ class SinkPipeline:
             self.observe(op, self.clock.monotonic() - t0)
             if isinstance(outcome, Delivered | PartlyRejected):
                 self.breaker.record_success()
+                self._record_breaker()
                 return outcome.reasons if isinstance(outcome, PartlyRejected) else {}
-            await asyncio.sleep(self._after_retry(outcome, attempt, len(batch)))
+            delay = self._after_retry(outcome, attempt, len(batch))
+            self._record_breaker()
+            await asyncio.sleep(delay)
             attempt += 1
         return {}
 
@@ -181,6 +187,18 @@ class SinkPipeline:
         self.batches_total += 1
         log.debug("sink.batch.shipped", sink=self.sink.name, records=len(batch.records),
                   rejected=len(rejects))
+
+    def _record_breaker(self) -> None:
+        """Leave the breaker state on disk for ``span-sidecar status``."""
+        state = self.breaker.state
+        if state == self._recorded_state:
+            return
+        self._recorded_state = state
+        path = self.store.dir.parent / "status" / f"{self.sink.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"breaker": state, "time": self.clock.wall()}))
+        os.replace(tmp, path)
 
     # -- reporting -----------------------------------------------------------
     def stats(self) -> SinkStats:

@@ -18,6 +18,7 @@ from uuid import UUID
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -28,16 +29,37 @@ from pydantic import (
 )
 
 SpanType = Literal["general", "llm", "tool", "guardrail"]
-# Timestamps must be RFC 3339 strings with an offset: strict mode refuses the
-# unix numbers pydantic would otherwise accept, and AwareDatetime the naive ones.
-Timestamp = Annotated[AwareDatetime, Field(strict=True)]
+
+
+def _rfc3339_shape(value: Any) -> Any:
+    # pydantic would also take unix times, as numbers or digit strings
+    # ("1700000000"). Cheap on the hot path: the rest is pydantic's own check.
+    if not isinstance(value, str) or value[4:5] != "-":
+        raise ValueError("must be an RFC 3339 timestamp string, like 2025-01-31T12:00:00Z")
+    return value
+
+
+def _not_bool(value: Any) -> Any:
+    # Literal[1] would take JSON true (True == 1); the schema says const 1.
+    if isinstance(value, bool):
+        raise ValueError("must be the integer 1")
+    return value
+
+
+# Timestamps must be RFC 3339 strings with an offset: the shape check refuses
+# the unix times pydantic would otherwise accept, AwareDatetime the naive ones.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_shape)]
+# A JSON number: strict refuses strings and booleans; NaN/Infinity are refused
+# by the models' allow_inf_nan=False (they are not JSON).
+Number = Annotated[float, Field(strict=True)]
+Version = Annotated[Literal[1], BeforeValidator(_not_bool)]
 JsonObject = dict[str, Any]
 
 
 class _Model(BaseModel):
     # Unknown fields are dropped, as Opik drops them: a newer writer never
     # gets its records quarantined by an older sidecar.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class ErrorInfo(_Model):
@@ -54,7 +76,7 @@ class Event(_Model):
 
 class SpanRecord(_Model):
     kind: Literal["span"] = "span"
-    v: Literal[1] = 1
+    v: Version = 1
     id: UUID
     trace_id: UUID
     parent_span_id: UUID | None = None
@@ -69,7 +91,7 @@ class SpanRecord(_Model):
     model: str | None = None
     provider: str | None = None
     usage: dict[str, StrictInt] | None = None
-    total_estimated_cost: float | None = Field(default=None, ge=0)
+    total_estimated_cost: Number | None = Field(default=None, ge=0)
     error_info: ErrorInfo | None = None
     project_name: str | None = None
     agent_name: str | None = None
@@ -90,7 +112,7 @@ class SpanRecord(_Model):
 
 class TraceRecord(_Model):
     kind: Literal["trace"]
-    v: Literal[1] = 1
+    v: Version = 1
     id: UUID
     name: str = Field(min_length=1)
     start_time: Timestamp
@@ -107,11 +129,11 @@ class TraceRecord(_Model):
 
 class FeedbackRecord(_Model):
     kind: Literal["feedback"]
-    v: Literal[1] = 1
+    v: Version = 1
     target: Literal["trace", "span"]
     id: UUID
     name: str = Field(min_length=1)
-    value: float
+    value: Number
     reason: str | None = None
     project_name: str | None = None
 
@@ -152,15 +174,27 @@ def parse_line(line: bytes) -> Record | Rejected:
     try:
         return RECORD_ADAPTER.validate_json(line)
     except ValidationError as exc:
-        return Rejected(_describe(exc))
+        return Rejected(_not_utf8(line) or _describe(exc))
     except Exception as exc:  # a parser bug must not stop the spool
         return Rejected(f"unparseable: {type(exc).__name__}")
+
+
+def _not_utf8(line: bytes) -> str | None:
+    # Checked only once parsing failed: the JSON parser's own message for bad
+    # UTF-8 ("invalid unicode code point") does not say so.
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not valid UTF-8 (byte {exc.start})"
+    return None
 
 
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False)[:5]:
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("span", "trace", "feedback"))
+        tagged = err["loc"][:1] in (("span",), ("trace",), ("feedback",))  # the union's tag
+        path = err["loc"][1:] if tagged else err["loc"]
+        loc = ".".join(str(p) for p in path)
         if err["type"] in ("json_invalid", "json_type"):
             return "invalid JSON: " + err["msg"].removeprefix("Invalid JSON: ")
         if err["type"] in ("model_type", "model_attributes_type", "dict_type") and not loc:

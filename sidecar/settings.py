@@ -15,7 +15,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 DEFAULT_CONFIG = Path("config/sidecar.yaml")
 ENVIRONMENTS = ("development", "staging", "production")
@@ -159,9 +167,11 @@ class Settings(Section):
     shutdown: ShutdownSettings = ShutdownSettings()
 
     @model_validator(mode="after")
-    def _opik_default(self) -> Settings:
+    def _opik_default(self, info: ValidationInfo) -> Settings:
         if self.opik.enabled is None:
-            on = bool(os.environ.get("OPIK_URL_OVERRIDE") or os.environ.get("OPIK_API_KEY"))
+            # The environment load_settings() was given, else the process's.
+            env = (info.context or {}).get("env", os.environ)
+            on = bool(env.get("OPIK_URL_OVERRIDE") or env.get("OPIK_API_KEY"))
             object.__setattr__(self, "opik", self.opik.model_copy(update={"enabled": on}))
         return self
 
@@ -206,37 +216,47 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     """
     env = os.environ if env is None else env
     source = str(path or DEFAULT_CONFIG)
-    raw = _read_yaml(path, source)
+    raw, lines = _read_yaml(path, source)
     environments = raw.pop("environments", None) or {}
     chosen = env.get("SIDECAR_ENV", "")
     problems: list[str] = []
     if not isinstance(environments, dict):
-        problems.append("environments: must be a mapping of environment name to overrides")
+        problems.append(f"{_line_of(lines, ('environments',))}environments: "
+                        "must be a mapping of environment name to overrides")
         environments = {}
-    for name in environments:
+    for name, section in environments.items():
+        where = _line_of(lines, ("environments", str(name)))
         if name not in ENVIRONMENTS:
-            problems.append(f"environments.{name}: unknown environment (use {', '.join(ENVIRONMENTS)})")
+            problems.append(f"{where}environments.{name}: unknown environment "
+                            f"(use {', '.join(ENVIRONMENTS)})")
+        elif section is not None and not isinstance(section, dict):
+            problems.append(f"{where}environments.{name}: must be a mapping of overrides")
     if chosen and chosen not in ENVIRONMENTS:
-        problems.append(f"SIDECAR_ENV={chosen!r}: unknown environment (use {', '.join(ENVIRONMENTS)})")
+        problems.append(f"SIDECAR_ENV={chosen!r}: unknown environment "
+                        f"(use {', '.join(ENVIRONMENTS)})")
     if chosen and isinstance(environments.get(chosen), dict):
         raw = _overlay(raw, environments[chosen])
     try:
-        settings = Settings.model_validate(expand(raw, env))
+        settings = Settings.model_validate(expand(raw, env), context={"env": env})
     except ValidationError as exc:
-        problems.extend(_problems(exc))
+        problems.extend(_problems(exc, lines, chosen))
         raise ConfigError(source, problems) from None
     if problems:
         raise ConfigError(source, problems)
     return settings
 
 
-def _read_yaml(path: Path | None, source: str) -> dict[str, Any]:
+KeyLines = dict[tuple[str, ...], int]
+
+
+def _read_yaml(path: Path | None, source: str) -> tuple[dict[str, Any], KeyLines]:
+    """The YAML tree, and the line of every key in it (for error messages)."""
     target = path or DEFAULT_CONFIG
     try:
         text = target.read_text(encoding="utf-8")
     except FileNotFoundError:
         if path is None:
-            return {}
+            return {}, {}
         raise ConfigError(source, ["file not found"]) from None
     except OSError as exc:
         raise ConfigError(source, [f"cannot read: {exc.strerror}"]) from None
@@ -245,22 +265,62 @@ def _read_yaml(path: Path | None, source: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(source, [f"{where}invalid YAML ({getattr(exc, 'problem', exc)})"]) from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(source, [f"{where}invalid YAML ({problem})"]) from None
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(source, ["the top level must be a mapping of sections"])
-    return data
+    return data, _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
 
 
-def _problems(exc: ValidationError) -> list[str]:
+def _key_lines(root: yaml.Node | None) -> KeyLines:
+    """Map the path of every mapping key to its 1-based line."""
+    lines: KeyLines = {}
+    stack: list[tuple[yaml.Node, tuple[str, ...]]] = [(root, ())] if root is not None else []
+    seen: set[int] = set()  # aliases share nodes (and may be recursive)
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen or not isinstance(node, yaml.MappingNode):
+            continue
+        seen.add(id(node))
+        for key, value in node.value:
+            sub = (*path, str(key.value))
+            lines.setdefault(sub, key.start_mark.line + 1)
+            stack.append((value, sub))
+    return lines
+
+
+def _deepest(lines: KeyLines, loc: tuple[str, ...]) -> tuple[int, int]:
+    """How many keys of ``loc`` the file spells out, and the line of the last."""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return n, lines[loc[:n]]
+    return 0, 0
+
+
+def _line_of(lines: KeyLines, loc: tuple[str, ...], chosen: str = "") -> str:
+    """``"line N: "`` for the key of ``loc`` (or its nearest parent), else ``""``.
+
+    A key that the chosen environment overrides is reported at the override.
+    """
+    depth, line = _deepest(lines, loc)
+    if chosen:
+        env_depth, env_line = _deepest(lines, ("environments", chosen, *loc))
+        if env_depth - 2 >= max(depth, 1):
+            depth, line = env_depth, env_line
+    return f"line {line}: " if depth else ""
+
+
+def _problems(exc: ValidationError, lines: KeyLines, chosen: str) -> list[str]:
     out = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"])
+        path = tuple(str(p) for p in err["loc"])
+        loc = ".".join(path)
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         if err["type"] != "extra_forbidden" and "input" in err and not _secret_loc(loc):
             msg += f" (got {err['input']!r})"
-        out.append(f"{loc}: {msg}")
+        out.append(f"{_line_of(lines, path, chosen)}{loc}: {msg}")
     return out
 
 
@@ -268,8 +328,13 @@ def _secret_loc(loc: str) -> bool:
     return any(word in loc for word in ("password", "api_key", "dsn", "url"))
 
 
+# libpq key/value DSNs and URL query strings may carry the password too.
+_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """Hide the password of a URL/DSN (``postgresql://u:***@h/db``)."""
+    """Hide the password of a URL/DSN (``postgresql://u:***@h/db``, ``password=***``)."""
+    url = _PASSWORD_PARAM.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -207,6 +207,7 @@ class OpikEmulator:
         self._per_id: Counter[tuple[str, str]] = Counter()  # (kind, id) -> times accepted
         self._requests: list[SeenRequest] = []
         self._stalled = 0
+        self._in_flight = self._peak_in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -309,6 +310,11 @@ class OpikEmulator:
         with self._lock:
             return self._stalled
 
+    def peak_in_flight(self) -> int:
+        """The most ingestion requests ever handled at the same time."""
+        with self._lock:
+            return self._peak_in_flight
+
     def reset(self) -> None:
         """Forget what was stored and seen (modes stay)."""
         with self._changed:
@@ -317,6 +323,7 @@ class OpikEmulator:
             self._accepted.clear()
             self._per_id.clear()
             self._requests.clear()
+            self._peak_in_flight = self._in_flight
 
     def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0,
                  what: str = "condition") -> None:
@@ -405,7 +412,10 @@ class OpikEmulator:
 
     def _handler(self, kind: str) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.Response:
-            size, stored = 0, 0
+            with self._lock:
+                self._in_flight += 1
+                self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+            response, size, stored = _error(HttpError(500, "emulator bug")), 0, 0
             try:
                 body = await request.read()
                 size = len(body)
@@ -415,11 +425,13 @@ class OpikEmulator:
                 response = _error(HttpError(413, "Request Entity Too Large"))
             except HttpError as exc:
                 response = _error(exc)
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            with self._changed:
-                self._requests.append(SeenRequest(kind, request.method, response.status,
-                                                  headers, stored, size))
-                self._changed.notify_all()
+            finally:
+                headers = {k.lower(): v for k, v in request.headers.items()}
+                with self._changed:
+                    self._in_flight -= 1
+                    self._requests.append(SeenRequest(kind, request.method, response.status,
+                                                      headers, stored, size))
+                    self._changed.notify_all()
             return response
         return handle
 

@@ -1,11 +1,14 @@
 """Builders shared by the Opik tests: records of every shape, and settings.
 
+Records go through JSON, as they come from the spool.
+
 Plain functions rather than pytest fixtures, so that test modules import them
 without shadowing (each module declares its own small fixtures).
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +22,11 @@ from tests.opik_emulator import OpikEmulator
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def as_json(values: dict[str, Any]) -> str:
+    """JSON as an agent writes it (stdlib json: big ints stay as they are)."""
+    return json.dumps(values, default=lambda v: v.isoformat() if isinstance(v, datetime) else f"{v}")
 
 
 def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,13 +43,14 @@ def settings_for(emu: OpikEmulator, **overrides: Any) -> OpikSettings:
 
 
 def span(**fields: Any) -> SpanRecord:
-    """A minimal valid span (v7 ids), with ``fields`` overriding."""
+    """A minimal valid child span (v7 ids), with ``fields`` overriding."""
     values: dict[str, Any] = {
-        "id": uuid7(), "trace_id": uuid7(), "name": "step", "start_time": T0,
+        "id": uuid7(), "trace_id": uuid7(), "parent_span_id": uuid7(), "name": "step",
+        "start_time": T0,
         "end_time": T0 + timedelta(seconds=1),
     }
     values.update(fields)
-    return SpanRecord.model_validate(values)
+    return SpanRecord.model_validate_json(as_json(values))
 
 
 def full_span(**fields: Any) -> SpanRecord:
@@ -80,7 +89,7 @@ def trace(**fields: Any) -> TraceRecord:
         "error_info": {"exception_type": "Timeout", "traceback": "Traceback ..."},
     }
     values.update(fields)
-    return TraceRecord.model_validate(values)
+    return TraceRecord.model_validate_json(as_json(values))
 
 
 def feedback(target: str, target_id: uuid.UUID, **fields: Any) -> FeedbackRecord:
@@ -88,4 +97,4 @@ def feedback(target: str, target_id: uuid.UUID, **fields: Any) -> FeedbackRecord
     values: dict[str, Any] = {"kind": "feedback", "target": target, "id": target_id,
                               "name": "helpfulness", "value": 0.75, "reason": "clear"}
     values.update(fields)
-    return FeedbackRecord.model_validate(values)
+    return FeedbackRecord.model_validate_json(as_json(values))

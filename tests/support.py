@@ -37,7 +37,8 @@ def span(i: int = 0, **fields: Any) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "id": str(uuid.uuid4()), "trace_id": str(uuid.uuid4()), "parent_span_id": None,
         "name": "llm.call", "type": "llm", "agent_name": f"agent-{i % 3}", "agent_tier": 1,
-        "start_time": start.isoformat(), "end_time": (start + timedelta(milliseconds=120 + i % 50)).isoformat(),
+        "start_time": start.isoformat(),
+        "end_time": (start + timedelta(milliseconds=120 + i % 50)).isoformat(),
         "input": {"prompt": "Summarise the customer's last three tickets in one paragraph. " * 3},
         "output": {"text": "The customer reported intermittent login failures. " * 3},
         "metadata": {"run": i, "region": "eu-west-1"}, "tags": ["bench", "llm"],
@@ -100,7 +101,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
-        self._log_fh = open(self.log, "ab")  # noqa: SIM115 - closed in wait()
+        self._log_fh = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "run", "--config", str(self.config)],
             stdout=self._log_fh, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)

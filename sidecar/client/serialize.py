@@ -49,4 +49,4 @@ def dumps_line(record: Mapping[str, Any]) -> bytes:
     except orjson.JSONEncodeError:
         text = json.dumps(record, default=_std_default, ensure_ascii=False,
                           separators=(",", ":"), allow_nan=False)
-        return text.encode("utf-8", "backslashreplace") + b"\n"
+        return text.encode("utf-8", "replace") + b"\n"  # lone surrogates become "?"

@@ -123,8 +123,9 @@ class SpoolWriter:
                 return self._drop(f"write {self._path}: {exc.strerror or exc}")
             self._size += n
             if n != len(line):
+                path = self._path
                 self._after_short_write(fd)
-                return self._drop(f"write {self._path}: short write ({n} of {len(line)} bytes)")
+                return self._drop(f"write {path}: short write ({n} of {len(line)} bytes)")
             self._written += 1
             self._bytes += n
             if self._fsync != "never":

@@ -21,7 +21,14 @@ import structlog
 from sidecar.migrate import is_current, migrate, quote_ident
 from sidecar.records import Record, SpanRecord
 from sidecar.settings import PostgresSettings
-from sidecar.sinks.base import Delivered, Outcome, PartlyRejected, RejectError, Retry, isolate_rejects
+from sidecar.sinks.base import (
+    Delivered,
+    Outcome,
+    PartlyRejected,
+    RejectError,
+    Retry,
+    isolate_rejects,
+)
 
 log = structlog.get_logger("sidecar.sinks.postgres")
 
@@ -39,27 +46,27 @@ _COLS = ", ".join(COLUMNS)
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
-def _json(value: Any) -> bytes | None:
-    return None if value is None else orjson.dumps(value)
-
-
 def span_row(span: SpanRecord, default_project: str) -> tuple[Any, ...]:
-    """The table row of a span (jsonb columns pre-serialised with orjson)."""
+    """The table row of a span; jsonb values stay Python objects until encoded.
+
+    (orjson's output buffers carry ~4 KiB each until freed: serialising at
+    encode time keeps a queued batch small.)
+    """
     usage = span.usage or {}
     return (
         span.id, span.trace_id, span.parent_span_id, span.name, span.type, span.agent_name,
         span.agent_tier, span.project_name or default_project, span.start_time, span.end_time,
         span.duration_ms, span.status, span.model, span.provider, usage.get("prompt_tokens"),
         usage.get("completion_tokens"), usage.get("total_tokens"), span.total_estimated_cost,
-        None if span.error_info is None else orjson.dumps(span.error_info.model_dump()),
-        _json(span.input), _json(span.output), _json(span.metadata),
-        None if span.events is None else orjson.dumps([e.model_dump(mode="json") for e in span.events]),
+        None if span.error_info is None else span.error_info.model_dump(),
+        span.input, span.output, span.metadata,
+        None if span.events is None else [e.model_dump(mode="json") for e in span.events],
         span.tags, span.last_updated_at,
     )
 
 
-def _jsonb_encode(value: bytes) -> bytes:
-    return b"\x01" + value  # jsonb binary format: version 1, then the text
+def _jsonb_encode(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value)  # jsonb binary format: version 1, then the text
 
 
 def _jsonb_decode(value: bytes) -> Any:
@@ -99,8 +106,9 @@ class PostgresSink:
         async with self._pool_lock:
             if self._pool is None:
                 s = self.settings
+                password = s.password.get_secret_value() if s.password else ""
                 pool = await asyncpg.create_pool(
-                    s.dsn, password=s.password.get_secret_value() if s.password else None,
+                    s.dsn, password=password or None,
                     min_size=1, max_size=s.pool_size, timeout=s.connect_timeout_s,
                     command_timeout=s.command_timeout_s, init=self._init_conn)
                 try:

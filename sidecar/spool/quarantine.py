@@ -43,7 +43,8 @@ class Quarantine:
             os.close(self._fd)
             self._fd = None
 
-    def put(self, raw: bytes, source: str, offset: int, reason: str, size: int | None = None) -> None:
+    def put(self, raw: bytes, source: str, offset: int, reason: str,
+            size: int | None = None) -> None:
         """Append one entry (not yet durable: ``sync`` before checkpointing)."""
         if self._fd is None:
             self.open()

@@ -136,12 +136,12 @@ class SpoolReader:
         mark = self._marks.pop(f.key, None)
         if mark is None or mark.offset == 0:
             return
-        if size < mark.fp_len or fingerprint(f.fd, mark.fp_len) != mark.fp:
-            log.warning("spool.file.inode_reused", sink=self.sink, path=f.path, old_path=mark.path)
-            return
-        if size < mark.offset:
+        if size < mark.offset:  # checked first: a file truncated to 0 has no fingerprint
             log.warning("spool.file.truncated", sink=self.sink, path=f.path,
                         offset=mark.offset, size=size)
+            return
+        if fingerprint(f.fd, mark.fp_len) != mark.fp:
+            log.warning("spool.file.inode_reused", sink=self.sink, path=f.path, old_path=mark.path)
             return
         f.read_pos = f.acked = mark.offset
         f.fp, f.fp_len = mark.fp, mark.fp_len
@@ -150,7 +150,9 @@ class SpoolReader:
         st = os.fstat(f.fd)
         f.size, f.mtime = st.st_size, st.st_mtime
         f.deleted = st.st_nlink == 0 or not present
-        if st.st_size < f.read_pos or st.st_size < f.acked:
+        # A changed head means truncated and written again, maybe past read_pos.
+        rewritten = f.fp_len > 0 and fingerprint(f.fd, f.fp_len) != f.fp
+        if rewritten or st.st_size < f.read_pos or st.st_size < f.acked:
             log.warning("spool.file.truncated", sink=self.sink, path=f.path,
                         offset=f.read_pos, size=st.st_size)
             f.gen += 1
@@ -175,12 +177,21 @@ class SpoolReader:
         return out
 
     async def _read_file(self, f: TrackedFile) -> list[Line]:
-        size = os.fstat(f.fd).st_size
-        f.size = size
-        if size <= f.read_pos:
-            return []
-        n = min(size - f.read_pos, self.chunk)
-        data = await asyncio.to_thread(os.pread, f.fd, n, f.read_pos)
+        # An over-long line is skipped a chunk at a time within this call: an
+        # empty answer must mean "nothing complete yet", or the caller idles.
+        while True:
+            size = os.fstat(f.fd).st_size
+            f.size = size
+            if size <= f.read_pos:
+                return []
+            n = min(size - f.read_pos, self.chunk)
+            data = await asyncio.to_thread(os.pread, f.fd, n, f.read_pos)
+            out = self._take(f, data)
+            if out or f.skip_from is None or not data:
+                return out
+
+    def _take(self, f: TrackedFile, data: bytes) -> list[Line]:
+        """The complete lines of ``data``, read at ``f.read_pos``; moves ``read_pos``."""
         base = f.read_pos
         out: list[Line] = []
         if f.skip_from is not None:

@@ -17,7 +17,8 @@ from tests.support import SidecarEnv, append, line, span, wait_until, write_span
 def _distinct_and_total(env: SidecarEnv) -> tuple[int, int]:
     from tests.support import query
 
-    row = query(f'SELECT count(DISTINCT span_id), count(*) FROM "{env.schema}".ml_observability_spans')
+    row = query(f'SELECT count(DISTINCT span_id), count(*) FROM "{env.schema}"'
+                ".ml_observability_spans")
     return int(row[0][0]), int(row[0][1])
 
 
@@ -217,10 +218,10 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(sidecar_env: Side
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
     for t in threads:
         t.start()
-    for k in range(5):
+    for _ in range(5):
         d = sidecar_env.daemon().wait_started()
         target = sidecar_env.rows() + rng.randint(200, 3000)
-        wait_until(lambda t=target: sidecar_env.rows() >= min(t, total) or not d.alive, 30)
+        wait_until(lambda t=target, d=d: sidecar_env.rows() >= min(t, total) or not d.alive, 30)
         threading.Event().wait(rng.random() * 0.3)  # a random moment after progress
         d.kill()
     for t in threads:

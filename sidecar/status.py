@@ -1,0 +1,100 @@
+"""``span-sidecar status``: what each sink still has to ship, read from disk.
+
+No running daemon is needed: it reads the spool, the checkpoints and the
+quarantine files, and the breaker state each pipeline last recorded.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sidecar.settings import Settings
+from sidecar.spool.checkpoints import FileMark, read_all
+
+
+def _spool_files(settings: Settings) -> list[tuple[Path, os.stat_result]]:
+    out = []
+    try:
+        entries = list(os.scandir(settings.spool.dir))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        matches = any(fnmatch.fnmatchcase(entry.name, p) for p in settings.spool.patterns)
+        if matches and entry.is_file(follow_symlinks=False):
+            try:
+                out.append((Path(entry.path), entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+    return sorted(out)
+
+
+def _sinks(settings: Settings) -> list[str]:
+    names = []
+    if settings.postgres.enabled:
+        names.append("postgres")
+    if settings.opik.enabled:
+        names.append("opik")
+    return names
+
+
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def _sink_report(name: str, files: list[tuple[Path, os.stat_result]],
+                 marks: dict[tuple[int, int], FileMark], state_dir: Path) -> dict[str, Any]:
+    behind_files, behind_bytes, oldest = 0, 0, None
+    for _path, st in files:
+        mark = marks.get((st.st_dev, st.st_ino))
+        acked = mark.offset if mark and mark.offset <= st.st_size else 0
+        if st.st_size > acked:
+            behind_files += 1
+            behind_bytes += st.st_size - acked
+            oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
+    breaker: dict[str, Any] = {}
+    bpath = state_dir / "status" / f"{name}.json"
+    if bpath.exists():
+        try:
+            breaker = orjson.loads(bpath.read_bytes())
+        except orjson.JSONDecodeError:
+            breaker = {}
+    return {
+        "sink": name, "files_behind": behind_files, "bytes_behind": behind_bytes,
+        "oldest_unshipped_age_s": None if oldest is None else round(time.time() - oldest, 1),
+        "breaker": breaker.get("breaker", "unknown"),
+        "quarantined": _lines(state_dir / "quarantine" / f"{name}.jsonl"),
+    }
+
+
+def collect(settings: Settings) -> dict[str, Any]:
+    files = _spool_files(settings)
+    marks = read_all(settings.spool.state_dir)
+    return {
+        "spool_dir": str(settings.spool.dir),
+        "spool_files": len(files),
+        "spool_bytes": sum(st.st_size for _, st in files),
+        "sinks": [_sink_report(n, files, marks.get(n, {}), settings.spool.state_dir)
+                  for n in _sinks(settings)],
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    out = [f"spool {report['spool_dir']}: {report['spool_files']} files, "
+           f"{report['spool_bytes']} bytes"]
+    for s in report["sinks"]:
+        age = s["oldest_unshipped_age_s"]
+        out.append(
+            f"  {s['sink']:<9} behind: {s['files_behind']} files, {s['bytes_behind']} bytes"
+            f"{'' if age is None else f', oldest {age}s'}; breaker {s['breaker']}; "
+            f"quarantined {s['quarantined']}")
+    return "\n".join(out)

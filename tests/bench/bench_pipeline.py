@@ -1,0 +1,192 @@
+"""Core benchmark: pre-written spool -> daemon -> Postgres, against `psql \\copy`.
+
+Run on demand (not part of the test suite):
+
+    .venv/bin/python tests/bench/bench_pipeline.py --spans 200000 --writers 4
+
+It writes N realistic spans (~820 bytes) from several writers, copies the
+same rows with `psql \\copy` (the machine's ceiling) in the same run, then
+times the daemon until every row is stored, sampling its CPU time and RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sidecar.migrate import migrate
+from sidecar.records import SpanRecord, parse_line
+from sidecar.sinks.postgres import COLUMNS, span_row
+from tests.support import PG_DSN, line, span
+
+
+def write_spool(spool: Path, n: int, writers: int) -> list[bytes]:
+    lines = [line(span(i)) for i in range(n)]
+    per = n // writers
+    for w in range(writers):
+        chunk = lines[w * per:(w + 1) * per if w < writers - 1 else n]
+        (spool / f"bench{w}-host-{w}-0.jsonl").write_bytes(b"".join(chunk))
+    return lines
+
+
+def _csv_value(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, list):
+        return "{" + ",".join('"' + s.replace('"', '\\"') + '"' for s in v) + "}"
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v)
+
+
+def write_csv(lines: list[bytes], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        for raw in lines:
+            rec = parse_line(raw.rstrip(b"\n"))
+            assert isinstance(rec, SpanRecord)
+            out.writerow([_csv_value(v) for v in span_row(rec, "Default Project")])
+
+
+async def make_schema(schema: str) -> None:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await migrate(conn, schema)
+    finally:
+        await conn.close()
+
+
+async def drop_schema(schema: str) -> None:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def count(schema: str) -> int:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        return int(await conn.fetchval(f'SELECT count(*) FROM "{schema}".ml_observability_spans'))
+    finally:
+        await conn.close()
+
+
+def psql_copy(csv_path: Path, schema: str) -> float:
+    asyncio.run(make_schema(schema))
+    cmd = (f"\\copy \"{schema}\".ml_observability_spans ({', '.join(COLUMNS)}) "
+           f"from '{csv_path}' with (format csv)")
+    t0 = time.perf_counter()
+    subprocess.run(["psql", PG_DSN, "-q", "-c", cmd], check=True)
+    return time.perf_counter() - t0
+
+
+def proc_sample(pid: int) -> tuple[float, int, int]:
+    """CPU seconds, current RSS and peak RSS (bytes) of a process."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(stat[11]) + int(stat[12])) / ticks
+    rss = hwm = 0
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmRSS:"):
+            rss = int(row.split()[1]) * 1024
+        elif row.startswith("VmHWM:"):
+            hwm = int(row.split()[1]) * 1024
+    return cpu, rss, hwm
+
+
+def run_daemon(spool: Path, state: Path, schema: str, n: int,
+               extra: dict[str, object]) -> dict[str, float]:
+    asyncio.run(make_schema(schema))
+    cfg = {
+        "spool": {"dir": str(spool), "state_dir": str(state)},
+        "postgres": {"dsn": PG_DSN, "schema": schema},
+        "opik": {"enabled": False}, "http": {"enabled": False},
+        "health": {"enabled": False}, "logging": {"format": "json", "level": "warning"},
+        **extra,
+    }
+    cfg_path = state.parent / f"{schema}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run", "--config", str(cfg_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rss_samples: list[int] = []
+    t10 = None
+    stored = 0
+    try:
+        while stored < n:
+            if proc.poll() is not None:
+                raise SystemExit(f"daemon exited with {proc.returncode}")
+            stored = asyncio.run(count(schema))
+            rss_samples.append(proc_sample(proc.pid)[1])
+            if t10 is None and stored >= n // 10:
+                t10 = (time.perf_counter(), stored)
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - t0
+        cpu, _, hwm = proc_sample(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert t10 is not None
+    steady = (n - t10[1]) / (time.perf_counter() - t10[0]) if n > t10[1] else float("nan")
+    return {"seconds": elapsed, "rows_per_s": n / elapsed, "steady_rows_per_s": steady,
+            "cpu_s": cpu, "peak_rss_mb": hwm / 2**20,
+            "median_rss_mb": sorted(rss_samples)[len(rss_samples) // 2] / 2**20}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spans", type=int, default=200_000)
+    ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--small", type=int, default=50_000, help="the smaller backlog for RSS")
+    ap.add_argument("--out", type=Path, default=Path("tests/bench/out/pipeline.json"))
+    args = ap.parse_args()
+    tag = uuid.uuid4().hex[:8]
+    results: dict[str, object] = {"spans": args.spans, "writers": args.writers}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for size, key in ((args.spans, "large"), (args.small, "small")):
+            spool, state = root / f"spool-{key}", root / f"state-{key}"
+            spool.mkdir()
+            state.mkdir()
+            lines = write_spool(spool, size, args.writers)
+            results["bytes_per_span"] = sum(map(len, lines)) / len(lines)
+            if key == "large":
+                csv_path = root / "rows.csv"
+                write_csv(lines, csv_path)
+                secs = psql_copy(csv_path, f"bench_copy_{tag}")
+                results["psql_copy_rows_per_s"] = size / secs
+                asyncio.run(drop_schema(f"bench_copy_{tag}"))
+            schema = f"bench_{key}_{tag}"
+            results[key] = run_daemon(spool, state, schema, size, {})
+            asyncio.run(drop_schema(schema))
+            print(json.dumps({key: results[key]}), flush=True)
+    large = results["large"]
+    assert isinstance(large, dict)
+    ceiling = float(results["psql_copy_rows_per_s"])  # type: ignore[arg-type]
+    results["ratio_to_psql_copy"] = large["rows_per_s"] / ceiling
+    results["steady_ratio_to_psql_copy"] = large["steady_rows_per_s"] / ceiling
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

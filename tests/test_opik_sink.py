@@ -1,0 +1,357 @@
+"""The Opik sink against the emulator: what it sends, and how it answers faults."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from opik.rest_api.types import FeedbackScoreBatchItem, SpanWrite, TraceWrite
+from pydantic import BaseModel
+from uuid6 import uuid7
+
+from sidecar.clock import FakeClock
+from sidecar.ids import to_v7, v7_time_ms
+from sidecar.records import Record
+from sidecar.sinks.base import Delivered, PartlyRejected, Retry
+from sidecar.sinks.opik import OpikSink, _seconds
+from sidecar.sinks.opik_payloads import envelope, plan, ts
+from tests.opik_emulator import OpikEmulator, validate
+from tests.opik_fixtures import (
+    T0,
+    error_span,
+    feedback,
+    full_span,
+    legacy_span,
+    no_proxies,
+    settings_for,
+    span,
+    trace,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SDK_MODELS: dict[str, type[BaseModel]] = {
+    "spans": SpanWrite, "traces": TraceWrite,
+    "trace_scores": FeedbackScoreBatchItem, "span_scores": FeedbackScoreBatchItem,
+}
+
+
+@pytest.fixture
+def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpikEmulator]:
+    no_proxies(monkeypatch)
+    with OpikEmulator() as server:
+        yield server
+
+
+@pytest.fixture
+async def sink(emu: OpikEmulator) -> AsyncIterator[OpikSink]:
+    async with OpikSink(settings_for(emu)) as opik:
+        yield opik
+
+
+def all_shapes() -> list[Record]:
+    """One record of every shape the sink can turn into a payload."""
+    root, legacy_root = full_span(parent_span_id=None), legacy_span(parent_span_id=None)
+    explicit, legacy_trace = trace(), trace(id=uuid.uuid4())
+    child = legacy_span(trace_id=legacy_root.trace_id, parent_span_id=legacy_root.id)
+    return [
+        root, full_span(trace_id=root.trace_id, parent_span_id=root.id), error_span(),
+        legacy_root, child, span(id=uuid.uuid1(), trace_id=explicit.id), explicit, legacy_trace,
+        feedback("trace", explicit.id), feedback("trace", legacy_trace.id),
+        feedback("span", root.id), feedback("span", child.id, reason=None),
+        feedback("trace", legacy_root.trace_id, name="derived-target", value=-2),
+    ]
+
+
+def test_importing_the_sink_leaves_the_opik_package_out() -> None:
+    code = "import sys, sidecar.sinks.opik; print('opik' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+def test_every_payload_shape_passes_the_sdk_models_and_the_server_rules() -> None:
+    """No field the SDK models do not know (Opik would drop it), none it refuses."""
+    work = plan(all_shapes(), "Default Project", 1000, 8 << 20)
+    assert {g.endpoint for g in work.groups} == set(SDK_MODELS) and not work.rejects
+    for group in work.groups:
+        for body in group.bodies.values():
+            model = SDK_MODELS[group.endpoint].model_validate(orjson.loads(body))
+            assert not model.model_extra, model.model_extra
+            validate(group.endpoint, envelope(group.endpoint, [body]))  # no HttpError
+
+
+async def test_every_payload_shape_is_accepted_by_the_emulator(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    batch = all_shapes()
+    assert await sink.send(batch) == Delivered()
+    assert {r.status for r in emu.requests()} == {204}
+    assert len(emu.spans()) == 6 and len(emu.traces()) == 5  # 2 explicit + 3 derived
+    assert len(emu.scores("trace")) == 3 and len(emu.scores("span")) == 2
+
+
+async def test_a_span_keeps_every_field(sink: OpikSink, emu: OpikEmulator) -> None:
+    record = full_span()
+    assert await sink.send([record]) == Delivered()
+    stored = emu.spans()[str(record.id)]
+    assert stored["trace_id"] == str(record.trace_id)
+    assert stored["parent_span_id"] == str(record.parent_span_id)
+    assert stored["start_time"] == "2025-03-01T12:00:00Z"
+    assert stored["last_updated_at"] == "2025-03-01T12:00:02Z"
+    assert stored["tags"] == ["a", "b"] and stored["usage"]["total_tokens"] == 8
+    assert (stored["project_name"], stored["model"], stored["type"]) == ("agents", "gpt-4o", "llm")
+    meta = stored["metadata"]
+    assert (meta["env"], meta["agent_name"], meta["agent_tier"]) == ("test", "planner", 2)
+    assert meta["events"][0] == {"name": "retry", "time": "2025-03-01T12:00:00.005000Z",
+                                 "attributes": {"attempt": 1}}
+    assert not any(key.startswith("original_") for key in meta)
+
+
+async def test_error_info_gets_the_traceback_opik_requires(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    record = error_span(parent_span_id=None)
+    assert await sink.send([record]) == Delivered()
+    info = emu.spans()[str(record.id)]["error_info"]
+    assert info == {"exception_type": "ValueError", "message": "bad input",
+                    "traceback": "bad input"}
+    assert emu.traces()[str(record.trace_id)]["error_info"] == info
+
+
+async def test_non_v7_ids_map_to_v7_consistently_and_keep_the_originals(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    root = legacy_span(parent_span_id=None, project_name=None)
+    child = legacy_span(trace_id=root.trace_id, parent_span_id=root.id)
+    score = feedback("span", child.id)
+    assert await sink.send([root, child, score]) == Delivered()
+    stored = emu.spans()[str(to_v7(child.id))]
+    assert stored["trace_id"] == str(to_v7(root.trace_id)) == emu.spans()[str(to_v7(root.id))][
+        "trace_id"]
+    assert stored["parent_span_id"] == str(to_v7(root.id))
+    assert stored["project_name"] == "Default Project"
+    assert stored["metadata"] | {} >= {
+        "original_id": str(child.id), "original_trace_id": str(root.trace_id),
+        "original_parent_span_id": str(root.id)}
+    derived = emu.traces()[str(to_v7(root.trace_id))]
+    assert derived["metadata"]["original_id"] == str(root.trace_id)
+    assert (str(to_v7(child.id)), "helpfulness") in emu.scores("span")
+
+
+def test_the_id_mapping_is_deterministic_and_gives_v7() -> None:
+    """Pinned: changing the mapping would duplicate every mapped row in Opik."""
+    fixed = uuid.UUID("6c9b8f3e-2a0f-4b5e-9b1a-1c2d3e4f5a6b")
+    assert str(to_v7(fixed)) == "026c7e82-7601-7517-8e9e-1e068cea0d30"
+    v7 = uuid7()
+    assert to_v7(v7) == v7
+    inputs = [uuid.uuid4() for _ in range(5000)] + [uuid.uuid1(), uuid.UUID(int=0)]
+    outputs = [to_v7(u) for u in inputs]
+    assert outputs == [to_v7(u) for u in inputs]
+    assert len(set(outputs)) == len(inputs)
+    assert all(o.version == 7 and o.variant == uuid.RFC_4122 for o in outputs)
+    v1 = uuid.uuid1()  # time-based ids keep their time (Opik's optional 24 h check)
+    assert abs(v7_time_ms(to_v7(v1)) - (v1.time - 0x01B21DD213814000) // 10_000) <= 1
+
+
+async def test_a_trace_is_derived_from_a_root_span_unless_the_batch_has_one(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    root = full_span(parent_span_id=None, tags=["x"])
+    child = span(trace_id=root.trace_id, parent_span_id=root.id)
+    explicit = trace()
+    covered = span(trace_id=explicit.id)
+    assert await sink.send([root, child, explicit, covered]) == Delivered()
+    derived = emu.traces()[str(root.trace_id)]
+    assert (derived["name"], derived["input"], derived["output"], derived["tags"]) == (
+        root.name, root.input, root.output, ["x"])
+    assert (derived["start_time"], derived["end_time"]) == (ts(root.start_time), ts(root.end_time))
+    assert derived["project_name"] == "agents" and derived["metadata"]["agent_name"] == "planner"
+    assert emu.traces()[str(explicit.id)]["name"] == "conversation"
+    assert len(emu.traces()) == 2 and emu.accepted("traces") == 2
+
+
+@pytest.mark.parametrize("explicit_first", [True, False])
+async def test_an_explicit_trace_wins_over_a_derived_one_in_any_order(
+        sink: OpikSink, emu: OpikEmulator, explicit_first: bool) -> None:
+    root = span(parent_span_id=None, name="root span")
+    explicit = trace(id=root.trace_id, start_time=T0)
+    for batch in ([explicit], [root]) if explicit_first else ([root], [explicit]):
+        assert await sink.send(batch) == Delivered()
+    assert emu.traces()[str(root.trace_id)]["name"] == "conversation"
+
+
+async def test_last_updated_at_comes_from_the_record_never_from_now(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    ended, open_span = span(), span(end_time=None)
+    batch = [ended, open_span]
+    assert await sink.send(batch) == Delivered()
+    assert emu.spans()[str(ended.id)]["last_updated_at"] == ts(T0 + timedelta(seconds=1))
+    assert emu.spans()[str(open_span.id)]["last_updated_at"] == ts(T0)
+    first = [list(g.bodies.values()) for g in plan(batch, "p", 1000, 1 << 20).groups]
+    assert await sink.send(batch) == Delivered()  # a resend: the same bytes, the same rows
+    assert first == [list(g.bodies.values()) for g in plan(batch, "p", 1000, 1 << 20).groups]
+    assert emu.times_accepted(ended.id) == 2 and len(emu.spans()) == 2
+
+
+async def test_the_api_key_and_workspace_headers(emu: OpikEmulator) -> None:
+    emu.require_api_key("secret-key", "team")
+    settings = settings_for(emu, api_key="secret-key", workspace="team")
+    async with OpikSink(settings) as opik:
+        assert await opik.send([span()]) == Delivered()
+    headers = emu.requests("spans")[0].headers
+    assert headers["authorization"] == "secret-key" and headers["comet-workspace"] == "team"
+
+
+async def test_without_an_api_key_no_auth_headers(sink: OpikSink, emu: OpikEmulator) -> None:
+    assert await sink.send([span()]) == Delivered()
+    assert "authorization" not in emu.requests()[0].headers
+    assert "comet-workspace" not in emu.requests()[0].headers
+
+
+async def test_a_wrong_api_key_is_a_retry_not_a_rejection(emu: OpikEmulator) -> None:
+    emu.require_api_key("right")
+    async with OpikSink(settings_for(emu, api_key="wrong")) as opik:
+        outcome = await opik.send([span(), span()])
+    assert isinstance(outcome, Retry) and outcome.failure and "401" in outcome.reason
+
+
+async def test_a_5xx_is_a_failure_retry_with_retry_after(sink: OpikSink, emu: OpikEmulator) -> None:
+    emu.fail(503, retry_after=4)
+    outcome = await sink.send([span()])
+    assert outcome == Retry("opik 503: emulated 503", after_s=4.0, failure=True)
+    emu.fail(500)
+    assert (await sink.send([span()])) == Retry("opik 500: emulated 500", failure=True)
+    assert sink.stats().server_errors == 2 and sink.stats().last_error_type == "http_500"
+
+
+async def test_a_429_is_back_pressure_until_ratelimit_reset(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    emu.rate_limit(reset_s=7)
+    outcome = await sink.send([span(), trace()])
+    assert isinstance(outcome, Retry) and not outcome.failure and outcome.after_s == 7.0
+    assert sink.stats().rate_limited >= 1
+    emu.healthy()
+    assert await sink.send([span(), trace()]) == Delivered()
+
+
+async def test_a_stalled_server_is_a_timeout_retry(emu: OpikEmulator) -> None:
+    emu.stall()
+    async with OpikSink(settings_for(emu, timeout_s=0.2)) as opik:
+        outcome = await opik.send([span()])
+        assert isinstance(outcome, Retry) and outcome.failure and "timeout" in outcome.reason
+        emu.healthy()
+        assert await opik.send([span()]) == Delivered()
+
+
+async def test_a_refused_connection_is_a_retry_and_check_says_unreachable(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    assert await sink.check() and await sink.send([span()]) == Delivered()  # keep-alive open
+    emu.refuse_connections()
+    outcome = await sink.send([span()])
+    assert isinstance(outcome, Retry) and outcome.failure and "connection" in outcome.reason
+    assert not await sink.check()
+    emu.accept_connections()
+    assert await sink.check() and await sink.send([span()]) == Delivered()
+
+
+async def test_only_the_invalid_record_of_a_batch_is_rejected(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    batch: list[Record] = [span() for _ in range(300)]
+    batch[137] = span(usage={"total_tokens": 2**40})  # not an int32: Opik says 422
+    outcome = await sink.send(batch)
+    assert isinstance(outcome, PartlyRejected) and list(outcome.reasons) == [137]
+    assert outcome.reasons[137].startswith("opik 422:") and "int32" in outcome.reasons[137]
+    assert set(emu.spans()) == {str(r.id) for i, r in enumerate(batch) if i != 137}
+    assert len(emu.requests("spans")) <= 2 * 9 + 1  # bisection, not one request a record
+
+
+async def test_rejected_ids_come_back_with_the_servers_reason(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    batch: Sequence[Record] = [span(parent_span_id=None) for _ in range(50)]
+    emu.reject_ids([batch[3].id], status=400, reason="no such project")
+    emu.reject_ids([batch[40].trace_id], status=422, reason="trace refused")
+    outcome = await sink.send(batch)
+    assert outcome == PartlyRejected({3: "opik 400: no such project",
+                                      40: "derived trace: opik 422: trace refused"})
+    assert len(emu.spans()) == 49 and len(emu.traces()) == 49
+    assert sink.stats().rejected == 2
+
+
+async def test_an_unencodable_record_is_rejected_before_sending(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    batch = [span(), span(parent_span_id=None, input={"n": 2**70}), span()]
+    outcome = await sink.send(batch)
+    assert isinstance(outcome, PartlyRejected) and list(outcome.reasons) == [1]
+    assert len(emu.spans()) == 2 and len(emu.traces()) == 0
+
+
+async def test_a_batch_over_1000_items_is_split(sink: OpikSink, emu: OpikEmulator) -> None:
+    assert sink.name == "opik" and sink.max_batch_records == 1000
+    assert await sink.send([span() for _ in range(2500)]) == Delivered()
+    assert sorted(r.items for r in emu.requests("spans")) == [500, 1000, 1000]
+    assert len(emu.spans()) == 2500
+
+
+async def test_requests_stay_under_max_request_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    no_proxies(monkeypatch)
+    limit = 64 << 10
+    with OpikEmulator(max_body_bytes=limit) as small:  # 413 above the limit
+        async with OpikSink(settings_for(small, max_request_bytes=limit)) as opik:
+            batch = [span(input={"text": "x" * 1000}) for _ in range(200)]
+            assert await opik.send(batch) == Delivered()
+        sizes = [r.size for r in small.requests("spans")]
+    assert len(sizes) > 1 and max(sizes) <= limit and small.accepted("spans") == 200
+
+
+def test_an_item_alone_over_max_request_bytes_goes_alone() -> None:
+    big, small = span(input={"t": "x" * 5000}), span()
+    work = plan([small, big, small], "p", 1000, 4000)
+    assert [len(g.records) for g in work.groups] == [1, 1, 1]
+
+
+async def test_requests_run_concurrently_up_to_max_in_flight(emu: OpikEmulator) -> None:
+    emu.stall(then_store=True)
+    async with OpikSink(settings_for(emu, max_in_flight=2)) as opik:
+        batch = [span(parent_span_id=None) for _ in range(2500)]
+        async with asyncio.TaskGroup() as tasks:
+            sending = tasks.create_task(opik.send(batch))
+            await emu.wait_for_async(lambda: emu.stalled() == 2, what="two held requests")
+            emu.healthy()
+        assert sending.result() == Delivered()
+    assert emu.peak_in_flight() == 2
+    assert emu.accepted("spans") == 2500 and emu.accepted("traces") == 2500
+
+
+async def test_scores_are_sent_after_spans_and_traces(sink: OpikSink, emu: OpikEmulator) -> None:
+    root = span(parent_span_id=None)
+    assert await sink.send([feedback("span", root.id), root, trace()]) == Delivered()
+    kinds = [r.kind for r in emu.requests()]
+    assert kinds[-1] == "span_scores" and set(kinds[:-1]) == {"spans", "traces"}
+
+
+async def test_the_client_side_rate_limit_asks_to_wait(emu: OpikEmulator) -> None:
+    clock = FakeClock()
+    settings = settings_for(emu, max_events_per_minute=100)
+    async with OpikSink(settings, clock=clock) as opik:
+        assert await opik.send([span() for _ in range(80)]) == Delivered()
+        outcome = await opik.send([span() for _ in range(40)])
+        assert outcome == Retry("opik: client-side rate limit", after_s=pytest.approx(12.0),
+                                failure=False)
+        assert emu.accepted() == 80
+        clock.advance(12.0)
+        assert await opik.send([span() for _ in range(40)]) == Delivered()
+
+
+def test_retry_after_as_seconds_or_http_date() -> None:
+    assert _seconds("3", 0.0) == 3.0 and _seconds("-1", 0.0) == 0.0
+    assert _seconds("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0) == 10.0
+    assert _seconds("soon", 0.0) is None and _seconds(None, 0.0) is None
+
+
+async def test_stats_count_requests_and_items(sink: OpikSink, emu: OpikEmulator) -> None:
+    assert await sink.send([span(), span(parent_span_id=None)]) == Delivered()
+    stats = sink.stats()
+    assert (stats.requests, stats.items_sent, stats.last_error_type) == (2, 3, None)
