@@ -1,0 +1,115 @@
+"""The Postgres sink and migrations against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from sidecar.migrate import is_current, migrate, migrations
+from sidecar.records import SpanRecord, parse_line
+from sidecar.settings import PostgresSettings
+from sidecar.sinks.base import Delivered, PartlyRejected, Retry
+from sidecar.sinks.postgres import PostgresSink
+from tests.support import PG_DSN, line, span
+
+
+def records(n: int, **fields: Any) -> list[SpanRecord]:
+    out = []
+    for i in range(n):
+        rec = parse_line(line(span(i, **fields)).rstrip(b"\n"))
+        assert isinstance(rec, SpanRecord)
+        out.append(rec)
+    return out
+
+
+async def count(schema: str) -> int:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        return int(await conn.fetchval(f'SELECT count(*) FROM "{schema}".ml_observability_spans'))
+    finally:
+        await conn.close()
+
+
+def sink(schema: str, **kw: Any) -> PostgresSink:
+    return PostgresSink(PostgresSettings(dsn=PG_DSN, schema=schema, **kw), "Default Project")
+
+
+async def test_redelivery_is_a_no_op(pg_schema: str) -> None:
+    """Sending the same batch twice (a crash between COPY and checkpoint) stores it once."""
+    batch = records(300)
+    async with sink(pg_schema) as s:
+        assert await s.send(batch) == Delivered()
+        assert await s.send(batch[100:] + records(50)) == Delivered()
+    assert await count(pg_schema) == 350
+
+
+async def test_data_error_is_isolated_and_the_rest_stored(pg_schema: str) -> None:
+    """One record Postgres refuses is reported by index with the server's reason."""
+    batch = records(40)
+    bad = batch[23].model_copy(update={"name": "nul\x00byte"})
+    batch[23] = bad
+    async with sink(pg_schema) as s:
+        outcome = await s.send(batch)
+    assert isinstance(outcome, PartlyRejected)
+    assert list(outcome.reasons) == [23]
+    assert "0x00" in outcome.reasons[23] or "null" in outcome.reasons[23].lower()
+    assert await count(pg_schema) == 39
+
+
+async def test_unreachable_postgres_is_a_retry_not_a_crash(pg_schema: str) -> None:
+    """A closed port gives Retry (a breaker failure), never an exception."""
+    s = PostgresSink(PostgresSettings(dsn="postgresql://postgres@127.0.0.1:1/test",
+                                      schema=pg_schema, connect_timeout_s=1), "p")
+    async with s:
+        outcome = await s.send(records(3))
+        assert isinstance(outcome, Retry) and outcome.failure
+        assert await s.check() is False
+
+
+async def test_non_span_records_are_acknowledged_without_rows(pg_schema: str) -> None:
+    trace = parse_line(b'{"kind":"trace","id":"0193a1f2-0000-7000-8000-000000000001",'
+                       b'"name":"t","start_time":"2026-01-01T00:00:00Z"}')
+    assert not isinstance(trace, SpanRecord)
+    async with sink(pg_schema) as s:
+        assert await s.send([trace]) == Delivered()  # type: ignore[list-item]
+
+
+async def test_migrate_is_idempotent_and_safe_concurrently(pg_schema: str) -> None:
+    """Eight sidecars migrating at once: each migration applied exactly once."""
+    conns = [await asyncpg.connect(PG_DSN) for _ in range(8)]
+    try:
+        results = await asyncio.gather(*(migrate(c, pg_schema) for c in conns))
+        applied = [name for r in results for name in r]
+        assert sorted(applied) == sorted(f"{m.version:04d}_{m.name}" for m in migrations())
+        assert await migrate(conns[0], pg_schema) == []
+        assert await is_current(conns[0], pg_schema)
+        view = await conns[0].fetch(f'SELECT * FROM "{pg_schema}".v_agent_latency_summary')
+        assert view == []
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_latency_view_summarises_per_agent(pg_schema: str) -> None:
+    async with sink(pg_schema) as s:
+        batch = records(30)
+        batch[0] = batch[0].model_copy(update={"error_info": None})
+        assert await s.send(batch) == Delivered()
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        rows = await conn.fetch(
+            f'SELECT * FROM "{pg_schema}".v_agent_latency_summary ORDER BY agent_name')
+    finally:
+        await conn.close()
+    assert [r["agent_name"] for r in rows] == ["agent-0", "agent-1", "agent-2"]
+    assert sum(r["span_count"] for r in rows) == 30
+    assert all(120 <= r["p50_ms"] <= 170 and r["p99_ms"] >= r["p50_ms"] for r in rows)
+
+
+async def test_auto_migrate_off_reports_missing_schema(pg_schema: str) -> None:
+    """With auto_migrate off and no schema, sends are retried with a clear reason."""
+    async with sink(pg_schema, auto_migrate=False) as s:
+        outcome = await s.send(records(1))
+    assert isinstance(outcome, Retry) and "span-sidecar migrate" in outcome.reason
