@@ -19,7 +19,6 @@ been responsive for ``stale_after_s``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
 import os
@@ -80,7 +79,7 @@ class Heartbeat:
         """Why the loop is not healthy, or None."""
         now = self._clock.monotonic()
         age = now - self.last_tick
-        if False:
+        if age > self._stale_after_s:
             return f"event loop heartbeat is {age:.1f} s old"
         if now - self._stall_end <= self._stale_after_s:
             return "event loop was blocked longer than the deadline"
@@ -151,8 +150,9 @@ class HttpServer:
     ) -> None:
         if self._beat is not None:
             self._beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat
+            # wait() rather than await: our own cancellation must still propagate.
+            await asyncio.wait([self._beat])
+            self._beat = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
