@@ -10,39 +10,54 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from sidecar.clock import Clock, SystemClock
+from sidecar.health import (
+    HealthReporter,
+    HttpServer,
+    Metrics,
+    Notifier,
+    SelfMonitor,
+    readiness_check,
+)
 from sidecar.janitor import Janitor
-from sidecar.pipeline import Observe, PipelineSettings, SinkPipeline
+from sidecar.pipeline import PipelineSettings, SinkPipeline
 from sidecar.settings import Settings, mask_url
 from sidecar.sinks.base import Sink
 from sidecar.spool.checkpoints import CheckpointStore
 from sidecar.spool.quarantine import Quarantine
 from sidecar.spool.tailer import SpoolReader
 from sidecar.spool.watcher import SpoolWatcher
+from sidecar.stats import SinkStats, SpoolStats
 
 log = structlog.get_logger("sidecar.app")
 
 
-@dataclass
-class Running:
-    """What the health side of the app may look at (snapshots only)."""
-
-    pipelines: list[SinkPipeline]
-    watcher: SpoolWatcher
-
-
 class App:
     def __init__(self, settings: Settings, clock: Clock | None = None,
-                 observe: Observe | None = None) -> None:
+                 notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.observe = observe
-        self.running: Running | None = None
+        self.pipelines: list[SinkPipeline] = []
         self.started = asyncio.Event()
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics(sinks=self.sink_stats, spool=self.spool_stats,
+                               status=lambda: self.monitor.status.status)
+        self.monitor = SelfMonitor(settings.health, self.clock, recorder=self.metrics)
+        self.http: HttpServer | None = None
+
+    def sink_stats(self) -> list[SinkStats]:
+        return [p.stats() for p in self.pipelines]
+
+    def spool_stats(self) -> SpoolStats:
+        """Files and bytes in the spool, as the first reader sees them."""
+        if not self.pipelines:
+            return SpoolStats(0, 0)
+        files = self.pipelines[0].reader.files.values()
+        return SpoolStats(len(files), sum(f.size for f in files))
 
     async def _open_sinks(self, stack: AsyncExitStack) -> list[Sink]:
         s = self.settings
@@ -68,9 +83,8 @@ class App:
         quarantine = Quarantine(s.spool.state_dir, sink.name)
         quarantine.open()
         settings = PipelineSettings(s.batch, s.breaker, s.retry, s.spans.max_line_bytes)
-        kwargs = {"observe": self.observe} if self.observe else {}
         return SinkPipeline(sink, reader, store, quarantine, settings, watcher.subscribe(),
-                            self.clock, **kwargs)
+                            self.clock, observe=self.monitor.observe)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and return."""
@@ -80,27 +94,53 @@ class App:
         async with AsyncExitStack() as stack:
             sinks = await self._open_sinks(stack)
             watcher = SpoolWatcher(s.spool)
-            pipelines = [self._pipeline(sink, watcher) for sink in sinks]
+            pipelines = self.pipelines = [self._pipeline(sink, watcher) for sink in sinks]
             for p in pipelines:
                 stack.callback(p.reader.close)
                 stack.callback(p.quarantine.close)
-            self.running = Running(pipelines, watcher)
             janitor = Janitor([p.reader for p in pipelines], s.spool, self.clock)
+            if s.http.enabled:
+                self.http = await stack.enter_async_context(HttpServer(
+                    s.http, self.metrics.render, readiness_check(s.spool, self.sink_stats)))
+                log.info("http.server.started", host=s.http.listen.rpartition(":")[0],
+                         port=self.http.port)
+            reporter = self._reporter(stack)
             log.info("app.started", spool_dir=str(s.spool.dir), state_dir=str(s.spool.state_dir),
                      sinks=[p.sink.name for p in pipelines], postgres=mask_url(s.postgres.dsn)
                      if s.postgres.enabled else None, opik=mask_url(s.opik.url)
                      if s.opik.enabled else None)
-            await self._supervise(stop, pipelines, watcher, janitor)
+            await self._supervise(stop, watcher, janitor, reporter)
 
-    async def _supervise(self, stop: asyncio.Event, pipelines: list[SinkPipeline],
-                         watcher: SpoolWatcher, janitor: Janitor) -> None:
+    def _reporter(self, stack: AsyncExitStack) -> HealthReporter | None:
+        """Health spans go through the spool, like any agent's (CONTRACT 7)."""
+        if not self.settings.health.enabled:
+            return None
+        from sidecar.client.writer import SpoolWriter
+
+        writer = SpoolWriter(self.settings.spool.dir, "span-sidecar")
+        stack.callback(writer.close)
+        def write(span: dict[str, Any]) -> None:
+            if not writer.write(span):
+                log.warning("health.span.dropped", reason=writer.stats().last_error)
+
+        return HealthReporter(self.settings.health, self.monitor, self.sink_stats,
+                              self.spool_stats, write, self.clock)
+
+    async def _supervise(self, stop: asyncio.Event, watcher: SpoolWatcher, janitor: Janitor,
+                         reporter: HealthReporter | None) -> None:
         background = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(watcher.run(background))
             tg.create_task(janitor.run(background))
-            tasks = [tg.create_task(p.run(stop)) for p in pipelines]
+            tg.create_task(self.notifier.run_watchdog(background))
+            if reporter is not None:
+                tg.create_task(reporter.run(background))
+            tasks = [tg.create_task(p.run(stop)) for p in self.pipelines]
             self.started.set()
+            self.notifier.ready()
+            self.notifier.status(f"shipping to {', '.join(p.sink.name for p in self.pipelines)}")
             await stop.wait()
+            self.notifier.stopping()
             log.info("app.drain.started", timeout_s=self.settings.shutdown.drain_timeout_s)
             drained = await self._drain(tasks)
             background.set()

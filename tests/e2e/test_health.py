@@ -1,0 +1,109 @@
+"""Self-monitoring of the real daemon: health spans, probes, metrics, systemd notify."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import Daemon, SidecarEnv, query, span, wait_until, write_spans
+
+
+def _port(d: Daemon) -> int:
+    wait_until(lambda: bool(d.events("http.server.started")), 20, "the HTTP server")
+    return int(d.events("http.server.started")[0]["port"])
+
+
+def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_health_spans_reach_postgres_with_their_metadata(sidecar_env: SidecarEnv) -> None:
+    """With a short interval, span-sidecar.health rows arrive with the documented metadata."""
+    sidecar_env.configure(health={"enabled": True, "interval_s": 0.3})
+    d = sidecar_env.daemon().wait_started()
+    write_spans(sidecar_env.spool / "a-h-1-0.jsonl", [span(i) for i in range(20)])
+    sql = (f'SELECT metadata, tags, agent_name FROM "{sidecar_env.schema}".ml_observability_spans'
+           " WHERE name = 'span-sidecar.health' ORDER BY start_time")
+    wait_until(lambda: sidecar_env.rows() > 20 and len(query(sql)) >= 3, 20, "health spans")
+    row = query(sql)[-1]
+    meta = json.loads(row["metadata"])
+    assert row["agent_name"] == "span-sidecar"
+    assert meta["status"] in ("healthy", "degraded", "unhealthy")
+    assert row["tags"] == [meta["status"]]
+    pg = meta["sinks"]["postgres"]
+    assert pg["records_shipped"] >= 20 and pg["breaker"] == "closed"
+    assert set(pg["lag"]) == {"bytes", "records", "seconds"}
+    assert {"batch_flush", "postgres_write"} <= set(meta["latency_ms"])
+    assert meta["rss_bytes"] > 10 << 20 and meta["spool"]["files"] >= 1
+    assert "dsn" not in row["metadata"] and "password" not in row["metadata"]
+    d.signal(signal.SIGTERM)
+    assert d.wait(15) == 0
+
+
+def test_probes_and_metrics_match_what_was_shipped(sidecar_env: SidecarEnv) -> None:
+    """/healthz and /readyz answer 200; /metrics parses and its counters equal the rows."""
+    sidecar_env.configure(http={"enabled": True, "listen": "127.0.0.1:0"})
+    d = sidecar_env.daemon().wait_started()
+    port = _port(d)
+    write_spans(sidecar_env.spool / "a-h-1-0.jsonl", [span(i) for i in range(250)])
+    (sidecar_env.spool / "a-h-1-0.jsonl").open("ab").write(b"not json\n")
+    wait_until(lambda: sidecar_env.rows() == 250, 15)
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    key = (("sink", "postgres"),)
+    wait_until(lambda: _metrics(port).get(("span_sidecar_records_quarantined_total", key)) == 1,
+               10, "the quarantine counter")
+    m = _metrics(port)
+    assert m[("span_sidecar_records_shipped_total", key)] == 250
+    assert m[("span_sidecar_records_read_total", key)] == 251
+    assert m[("span_sidecar_breaker_state", (("sink", "postgres"), ("state", "closed")))] == 1
+    assert m[("span_sidecar_lag_bytes", key)] == 0
+    d.signal(signal.SIGTERM)
+    assert d.wait(15) == 0
+
+
+def test_readyz_fails_when_every_sink_is_down(sidecar_env: SidecarEnv) -> None:
+    """Postgres unreachable: the breaker opens, /readyz says why, /metrics shows it."""
+    sidecar_env.configure(http={"enabled": True, "listen": "127.0.0.1:0"},
+                          postgres={"dsn": "postgresql://postgres@127.0.0.1:1/test",
+                                    "connect_timeout_s": 0.5},
+                          breaker={"failure_threshold": 2, "reset_timeout_s": 30})
+    d = sidecar_env.daemon().wait_started()
+    port = _port(d)
+    write_spans(sidecar_env.spool / "a-h-1-0.jsonl", [span(1)])
+    url = f"http://127.0.0.1:{port}/readyz"
+    wait_until(lambda: httpx.get(url, timeout=5).status_code == 503, 20, "readyz 503")
+    assert "breaker open" in httpx.get(url, timeout=5).text
+    m = _metrics(port)
+    assert m[("span_sidecar_breaker_state", (("sink", "postgres"), ("state", "open")))] == 1
+    assert m[("span_sidecar_lag_bytes", (("sink", "postgres"),))] > 0
+
+
+def test_systemd_notify_ready_and_stopping(sidecar_env: SidecarEnv, tmp_path: Path) -> None:
+    """Under systemd (NOTIFY_SOCKET): READY=1 once running, STOPPING=1 on SIGTERM."""
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    try:
+        d = sidecar_env.daemon(env={"NOTIFY_SOCKET": str(sock_path)}).wait_started()
+        got: list[str] = []
+        while "READY=1" not in got:
+            got += sock.recv(4096).decode().split("\n")
+        d.signal(signal.SIGTERM)
+        while "STOPPING=1" not in got:
+            got += sock.recv(4096).decode().split("\n")
+        assert d.wait(15) == 0
+        assert any(x.startswith("STATUS=shipping to postgres") for x in got)
+    finally:
+        sock.close()
