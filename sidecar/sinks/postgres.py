@@ -10,6 +10,7 @@ crash leaves it all or nothing, and the span id keeps it once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -89,10 +90,16 @@ class PostgresSink:
         self._table = f"{quote_ident(self.schema)}.{TABLE}"
 
     async def __aenter__(self) -> PostgresSink:
+        # Connect (and migrate) right away when Postgres is up, without
+        # holding back the start of the other sink when it is not.
+        self._warm = asyncio.create_task(self.check())
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
+        self._warm.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._warm
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -190,7 +197,9 @@ class PostgresSink:
             async with pool.acquire() as conn:
                 await conn.fetchval("SELECT 1")
             return True
-        except Exception:
+        except Exception as exc:
+            log.warning("sink.postgres.unavailable", error_type=type(exc).__name__,
+                        error=_safe(exc))
             return False
 
 
