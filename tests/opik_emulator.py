@@ -21,6 +21,7 @@ one per id, the newest ``last_updated_at`` wins (ties: the last write).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -34,8 +35,13 @@ from uuid import UUID
 
 import orjson
 from aiohttp import web
-from opik.rest_api.types import FeedbackScoreBatchItem, SpanWrite, TraceWrite
 from pydantic import BaseModel, ValidationError
+
+# The opik package would report errors and usage over the network outside
+# pytest; nothing here may leave loopback, whoever imports this module.
+os.environ.setdefault("OPIK_SENTRY_ENABLE", "false")
+os.environ.setdefault("OPIK_ANALYTICS_ENABLE", "false")
+from opik.rest_api.types import FeedbackScoreBatchItem, SpanWrite, TraceWrite
 
 # kind -> (method, path under /api, key of the item list, the SDK's item model)
 ROUTES: dict[str, tuple[str, str, str, type[BaseModel]]] = {
@@ -90,32 +96,29 @@ def _deserialize_errors(kind: str, item: Any, where: str) -> None:
 
 def _validation_errors(kind: str, item: dict[str, Any], where: str) -> list[str]:
     """Bean validation and the SDK model's own checks: 422 with every message."""
-    model = ROUTES[kind][3]
     try:
-        model.model_validate(item)
+        model: Any = ROUTES[kind][3].model_validate(item)
     except ValidationError as exc:
         return [f"{where}.{'.'.join(map(str, e['loc']))} {e['msg']}" for e in exc.errors()]
-    errors = []
-    if "project_name" in item and _blank(item["project_name"]):
-        errors.append(f"{where}.project_name must not be blank")
-    if item.get("type") is not None and item["type"] not in _TYPES:
-        errors.append(f"{where}.type must be one of {sorted(_TYPES)}")
-    usage = item.get("usage") or {}
-    if any(type(v) is not int or v not in _INT32 for v in usage.values()):
-        errors.append(f"{where}.usage values must be int32")
-    if (item.get("total_estimated_cost") or 0) < 0:
-        errors.append(f"{where}.total_estimated_cost must be greater than or equal to 0")
-    info = item.get("error_info")
-    if info is not None and (_blank(info.get("exception_type")) or _blank(info.get("traceback"))):
-        errors.append(f"{where}.error_info exception_type and traceback must not be blank")
+    usage = getattr(model, "usage", None) or {}
+    info = getattr(model, "error_info", None)
+    span_type = getattr(model, "type", None)
+    checks = {
+        "project_name must not be blank": "project_name" in item and _blank(item["project_name"]),
+        f"type must be one of {sorted(_TYPES)}": span_type is not None and span_type not in _TYPES,
+        "usage values must be int32": any(
+            type(item["usage"][k]) is not int or v not in _INT32 for k, v in usage.items()),
+        "total_estimated_cost must be greater than or equal to 0":
+            (getattr(model, "total_estimated_cost", None) or 0) < 0,
+        "error_info exception_type and traceback must not be blank": info is not None and (
+            _blank(info.exception_type) or _blank(info.traceback)),
+    }
     if kind.endswith("scores"):
-        if _blank(item.get("name")):
-            errors.append(f"{where}.name must not be blank")
-        if not -_SCORE_LIMIT <= item["value"] <= _SCORE_LIMIT:
-            errors.append(f"{where}.value out of range")
-        if item.get("source") not in ("ui", "sdk", "online_scoring"):
-            errors.append(f"{where}.source must be one of ui, sdk, online_scoring")
-    return errors
+        checks["name must not be blank"] = _blank(model.name)
+        checks["value out of range"] = not -_SCORE_LIMIT <= model.value <= _SCORE_LIMIT
+        checks["source must be one of ui, sdk, online_scoring"] = model.source not in (
+            "ui", "sdk", "online_scoring")
+    return [f"{where}.{message}" for message, failed in checks.items() if failed]
 
 
 def _service_errors(kind: str, item: dict[str, Any], where: str, id_time: bool) -> None:
@@ -399,6 +402,7 @@ class OpikEmulator:
         await self._release()
         if self._runner is not None:
             await self._runner.cleanup()
+        self._runner = self._site = None  # a later start() listens on the same port
 
     async def _release(self) -> None:
         self._unstall.set()

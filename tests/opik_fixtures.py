@@ -25,8 +25,12 @@ PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_pro
 
 
 def as_json(values: dict[str, Any]) -> str:
-    """JSON as an agent writes it (stdlib json: big ints stay as they are)."""
-    return json.dumps(values, default=lambda v: v.isoformat() if isinstance(v, datetime) else f"{v}")
+    """JSON as an agent writes it (stdlib json keeps big ints, which orjson refuses)."""
+    return json.dumps(values, default=_plain)
+
+
+def _plain(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,7 +81,9 @@ def error_span(**fields: Any) -> SpanRecord:
 
 def legacy_span(**fields: Any) -> SpanRecord:
     """A span with uuid4 ids, as most agents write them."""
-    return span(id=uuid.uuid4(), trace_id=uuid.uuid4(), parent_span_id=uuid.uuid4(), **fields)
+    values: dict[str, Any] = {"id": uuid.uuid4(), "trace_id": uuid.uuid4(),
+                              "parent_span_id": uuid.uuid4()}
+    return span(**(values | fields))
 
 
 def trace(**fields: Any) -> TraceRecord:

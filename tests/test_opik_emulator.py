@@ -6,6 +6,9 @@ nothing: these tests pin the server rules of ``shared/opik/README.md``.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -242,3 +245,23 @@ def test_wait_for_wakes_on_a_request_and_times_out_otherwise(
 
 def test_ping_answers(http: httpx.Client) -> None:
     assert http.get("is-alive/ping").status_code == 200
+
+
+def test_another_process_reaches_it(emu: OpikEmulator) -> None:
+    """What a daemon subprocess does: POST to base_url from outside this process."""
+    item = span_item()
+    code = ("import httpx, json, sys; r = httpx.post(sys.argv[1] + '/v1/private/spans/batch', "
+            "json={'spans': [json.loads(sys.argv[2])]}, trust_env=False); print(r.status_code)")
+    out = subprocess.run([sys.executable, "-c", code, emu.base_url, json.dumps(item)],
+                         capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout.strip() == "204"
+    emu.wait_for(lambda: item["id"] in emu.spans(), what="the subprocess's span")
+
+
+def test_a_restart_listens_on_the_same_port(emu: OpikEmulator) -> None:
+    port = emu.port
+    emu.stop()
+    emu.start()
+    assert emu.port == port
+    with httpx.Client(base_url=emu.base_url + "/") as client:
+        assert post(client, "spans", [span_item()]).status_code == 204

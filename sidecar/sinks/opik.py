@@ -121,8 +121,9 @@ class OpikSink:
             base_url=s.url.rstrip("/") + "/",
             headers=headers,
             timeout=httpx.Timeout(s.timeout_s),
-            limits=httpx.Limits(max_connections=s.max_in_flight,
-                                max_keepalive_connections=s.max_in_flight),
+            # One connection more than max_in_flight: check() never waits behind a send.
+            limits=httpx.Limits(max_connections=s.max_in_flight + 1,
+                                max_keepalive_connections=s.max_in_flight + 1),
         )
         return self
 
@@ -149,6 +150,8 @@ class OpikSink:
         """Deliver a batch (see the module docstring); raises only on cancellation."""
         s = self.settings
         work = plan(batch, s.project_name, s.max_batch_records, s.max_request_bytes)
+        # Every item is an event to Opik's quota; tokens stay spent if the send
+        # then fails, as the server may have counted the events anyway.
         wait = self._bucket.take(work.items) if self._bucket and work.items else 0.0
         if wait > 0:
             return Retry("opik: client-side rate limit", after_s=wait, failure=False)
@@ -226,7 +229,7 @@ class OpikSink:
             after = after if after is not None else self._retry_after(response)
             raise _RetryNow(Retry(text, after_s=after, failure=False))
         if status >= 500 or status in _RETRY_STATUSES:
-            self._counts["5xx"] += status >= 500
+            self._counts["5xx"] += int(status >= 500)
             raise _RetryNow(Retry(text, after_s=self._retry_after(response)))
         raise RejectError(text)
 
