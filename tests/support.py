@@ -20,6 +20,8 @@ import yaml
 
 PG_DSN = os.environ.get("SIDECAR_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
+# Every request of a test stays on loopback, whatever the environment says.
+_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy"}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
@@ -97,7 +99,8 @@ class Daemon:
 
     def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.config, self.log = config, log
-        self.env = {**os.environ, **(env or {})}
+        base = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
+        self.env = {**base, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
