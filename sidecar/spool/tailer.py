@@ -165,7 +165,12 @@ class SpoolReader:
 
     # -- reading -------------------------------------------------------------
     async def read(self, max_lines: int) -> list[Line]:
-        """Up to about ``max_lines`` complete lines, fairly across files."""
+        """Complete lines, fairly across files: at most one chunk of each file,
+        visiting files (in turn from call to call) until ``max_lines`` is reached.
+
+        Memory is bounded by bytes (``chunk_bytes`` a file), not by ``max_lines``:
+        one chunk of short lines may hold more than ``max_lines`` of them.
+        """
         out: list[Line] = []
         files = list(self.files.values())
         for i in range(len(files)):

@@ -66,7 +66,8 @@ def make_reader(spool: Path, marks: dict[tuple[int, int], FileMark] | None = Non
     return SpoolReader(spool, PATTERNS, max_line, chunk, marks or {}, sink)
 
 
-async def read_all(reader: SpoolReader, max_lines: int = 10_000, *, scan: bool = True) -> list[Line]:
+async def read_all(reader: SpoolReader, max_lines: int = 10_000, *,
+                   scan: bool = True) -> list[Line]:
     """Every line available now (scan once, then read until a read returns nothing)."""
     if scan:
         reader.scan()

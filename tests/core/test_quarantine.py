@@ -1,0 +1,54 @@
+"""The dead-letter file keeps every rejected line, its origin and its reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from structlog.testing import capture_logs
+
+from sidecar.spool.quarantine import MAX_RAW_BYTES, Quarantine, raw_of
+
+
+def entries(q: Quarantine) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in q.path.read_bytes().splitlines()]
+
+
+def test_an_entry_holds_the_raw_line_its_source_offset_and_reason(tmp_path: Path) -> None:
+    q = Quarantine(tmp_path, "postgres")
+    with capture_logs() as logs:
+        q.put(b'{"id": 1}', "/spool/a.jsonl", 120, "invalid record: id: bad")
+    q.close()
+    [entry] = entries(q)
+    assert entry["raw"] == '{"id": 1}' and entry["source"] == "/spool/a.jsonl"
+    assert entry["offset"] == 120 and entry["reason"] == "invalid record: id: bad"
+    assert entry["sink"] == "postgres" and entry["size"] == 9 and "truncated" not in entry
+    assert q.count == 1 and [e["event"] for e in logs] == ["quarantine.record.stored"]
+
+
+def test_a_line_that_is_not_utf8_is_kept_exactly_in_base64(tmp_path: Path) -> None:
+    q = Quarantine(tmp_path, "opik")
+    raw = b"\xff\xfe{\x00}"
+    q.put(raw, "a.jsonl", 0, "not valid UTF-8 (byte 0)")
+    q.close()
+    [entry] = entries(q)
+    assert "raw" not in entry and raw_of(entry) == raw
+
+
+def test_an_over_long_line_keeps_its_head_and_full_size(tmp_path: Path) -> None:
+    q = Quarantine(tmp_path, "opik")
+    head = b"h" * (MAX_RAW_BYTES + 10)
+    q.put(head, "a.jsonl", 7, "too long", size=5 << 20)
+    q.close()
+    [entry] = entries(q)
+    assert entry["size"] == 5 << 20 and entry["truncated"] is True
+    assert raw_of(entry) == head[:MAX_RAW_BYTES]
+
+
+def test_entries_are_appended_across_restarts(tmp_path: Path) -> None:
+    for i in range(3):
+        q = Quarantine(tmp_path, "postgres")
+        q.put(b"x", "a.jsonl", i, "bad")
+        q.sync()
+        q.close()
+    assert [e["offset"] for e in entries(Quarantine(tmp_path, "postgres"))] == [0, 1, 2]

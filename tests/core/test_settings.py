@@ -1,0 +1,276 @@
+"""Configuration: expansion, environments, validation that says where, secrets masked."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sidecar.settings import ConfigError, Settings, expand, load_settings, mask_url, redacted
+
+
+def config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env or {})
+    assert str(path) in str(caught.value)  # says which file
+    return caught.value.problems
+
+
+# -- ${VAR} expansion ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "env", "expanded"), [
+    ("${A}", {"A": "x"}, "x"),
+    ("${A}", {}, ""),
+    ("${A:-fallback}", {}, "fallback"),
+    ("${A:-fallback}", {"A": ""}, "fallback"),  # as in the shell: empty means unset
+    ("${A:-fallback}", {"A": "set"}, "set"),
+    ("${A:-}", {}, ""),
+    ("postgresql://${U}:${P}@${H:-localhost}/db", {"U": "u", "P": "p"}, "postgresql://u:p@localhost/db"),
+    ("$A and {A} and $${A}", {"A": "x"}, "$A and {A} and $x"),  # no other syntax
+    ("${A:-http://h:1/x}", {}, "http://h:1/x"),
+])
+def test_variables_and_defaults_are_expanded(text: str, env: dict[str, str], expanded: str) -> None:
+    assert expand(text, env) == expanded
+
+
+def test_expansion_reaches_nested_values_and_leaves_other_types_alone() -> None:
+    tree = {"a": ["${X}", {"b": "${Y:-2}"}], "n": 5, "t": True, "z": None}
+    assert expand(tree, {"X": "1"}) == {"a": ["1", {"b": "2"}], "n": 5, "t": True, "z": None}
+
+
+def test_expanded_values_are_validated_as_their_keys_types(tmp_path: Path) -> None:
+    path = config(tmp_path, """
+        batch:
+          max_records: ${BATCH:-250}
+        postgres:
+          dsn: ${SIDECAR_PG_DSN:-postgresql://localhost/postgres}
+    """)
+    assert load_settings(path, {}).batch.max_records == 250
+    s = load_settings(path, {"BATCH": "7", "SIDECAR_PG_DSN": "postgresql://db/x"})
+    assert s.batch.max_records == 7 and s.postgres.dsn == "postgresql://db/x"
+
+
+# -- files, defaults, environments -------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "---\n"])
+def test_an_empty_file_means_every_default(tmp_path: Path, text: str) -> None:
+    assert load_settings(config(tmp_path, text), {}) == Settings.model_validate({})
+
+
+def test_a_missing_default_file_means_every_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(None, {}).batch.max_records == 500
+
+
+def test_a_missing_named_file_is_an_error(tmp_path: Path) -> None:
+    assert problems(tmp_path / "nope.yaml") == ["file not found"]
+
+
+ENVIRONMENTS = """
+    batch:
+      max_records: 100
+      max_wait_ms: 2000
+    environments:
+      development:
+        batch: {max_records: 1}
+      staging:
+        batch: {max_records: 2}
+      production:
+        batch: {max_records: 3}
+        logging: {level: warning}
+"""
+
+
+@pytest.mark.parametrize(("name", "records"), [("", 100), ("development", 1), ("staging", 2),
+                                               ("production", 3)])
+def test_sidecar_env_chooses_the_environment_overlay(
+        tmp_path: Path, name: str, records: int) -> None:
+    s = load_settings(config(tmp_path, ENVIRONMENTS), {"SIDECAR_ENV": name} if name else {})
+    assert s.batch.max_records == records
+    assert s.batch.max_wait_ms == 2000  # the overlay is deep: siblings are kept
+    assert s.logging.level == ("warning" if name == "production" else "info")
+
+
+def test_an_environment_without_overrides_is_the_base(tmp_path: Path) -> None:
+    path = config(tmp_path, "batch: {max_records: 9}\n"
+                            "environments: {staging: {batch: {max_records: 1}}}\n")
+    assert load_settings(path, {"SIDECAR_ENV": "production"}).batch.max_records == 9
+
+
+def test_an_unknown_sidecar_env_is_an_error(tmp_path: Path) -> None:
+    [problem] = problems(config(tmp_path, ENVIRONMENTS), {"SIDECAR_ENV": "prod"})
+    assert "SIDECAR_ENV='prod'" in problem and "unknown environment" in problem
+
+
+def test_an_unknown_environment_in_the_file_is_an_error_with_its_line(tmp_path: Path) -> None:
+    path = config(tmp_path, "environments:\n  production: {}\n  qa:\n    batch: {}\n")
+    assert problems(path) == [
+        "line 3: environments.qa: unknown environment (use development, staging, production)"]
+
+
+@pytest.mark.parametrize("text", ["environments: [production]\n",
+                                  "environments:\n  production: [1]\n"])
+def test_environments_that_are_not_mappings_are_errors(tmp_path: Path, text: str) -> None:
+    [problem] = problems(config(tmp_path, text), {"SIDECAR_ENV": "production"})
+    assert "must be a mapping" in problem and problem.startswith("line ")
+
+
+# -- validation errors: what and where (key path and line) ------------------------------------
+
+def test_every_problem_is_listed_with_its_line_and_key_path(tmp_path: Path) -> None:
+    path = config(tmp_path, """
+        # the operator's file
+        batch:
+          max_records: abc
+          max_recods: 5
+        breaker:
+          failure_threshold: 0
+        spool:
+          patterns: ["*.jsonl", 7]
+        unknown_section: {}
+    """)
+    found = problems(path)
+    assert len(found) == 5, found
+    assert any(p.startswith("line 3: batch.max_records: Input should be a valid integer")
+               and p.endswith("(got 'abc')") for p in found)
+    assert "line 4: batch.max_recods: unknown key" in found
+    assert any(p.startswith("line 6: breaker.failure_threshold: ") for p in found)
+    assert "line 8: spool.patterns.1: Input should be a valid string (got 7)" in found
+    assert "line 9: unknown_section: unknown key" in found
+
+
+def test_a_problem_in_an_environment_override_points_at_the_override(tmp_path: Path) -> None:
+    path = config(tmp_path, """
+        batch:
+          max_records: 10
+        environments:
+          production:
+            batch:
+              max_wait_ms: soon
+    """)
+    found = problems(path, {"SIDECAR_ENV": "production"})
+    assert len(found) == 1 and found[0].startswith("line 6: batch.max_wait_ms: "), found
+    # a key the overlay does not touch is still reported where the base file has it
+    base_error = config(tmp_path, "batch:\n  max_records: x\nenvironments:\n  production:\n"
+                                  "    batch: {max_wait_ms: 5}\n")
+    [problem] = problems(base_error, {"SIDECAR_ENV": "production"})
+    assert problem.startswith("line 2: batch.max_records: ")
+
+
+def test_invalid_yaml_says_where(tmp_path: Path) -> None:
+    [problem] = problems(config(tmp_path, "batch:\n  max_records: [1\n  max_wait_ms: 2\n"))
+    assert problem.startswith("line ") and "invalid YAML" in problem
+
+
+def test_a_top_level_that_is_not_a_mapping_is_an_error(tmp_path: Path) -> None:
+    [problem] = problems(config(tmp_path, "- batch\n"))
+    assert problem == "the top level must be a mapping of sections"
+
+
+def test_aliases_and_recursive_anchors_do_not_break_line_lookup(tmp_path: Path) -> None:
+    path = config(tmp_path, """
+        base: &b {max_records: nope}
+        batch: *b
+    """)
+    found = problems(path)
+    assert any(p.startswith("line 1: base: unknown key") for p in found), found
+    assert any("batch.max_records" in p for p in found), found
+
+
+def test_secret_values_are_not_echoed_in_problems(tmp_path: Path) -> None:
+    path = config(tmp_path, """
+        postgres:
+          password: [hunter2-secret]
+          dsn: {pw: s3cr3t-dsn}
+        opik:
+          api_key: {key: opik-secret-key}
+    """)
+    text = "\n".join(problems(path))
+    assert "postgres.password" in text and "opik.api_key" in text and "postgres.dsn" in text
+    for secret in ("hunter2-secret", "s3cr3t-dsn", "opik-secret-key"):
+        assert secret not in text
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("postgresql://app:s3cret@db:5432/spans", "postgresql://app:***@db:5432/spans"),
+    ("postgresql://:s3cret@db/spans", "postgresql://:***@db/spans"),
+    ("postgresql://app:p@ss@db/spans", "postgresql://app:***@db/spans"),
+    ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+    ("postgresql://db/spans?user=app&password=s3cret&sslmode=require",
+     "postgresql://db/spans?user=app&password=***&sslmode=require"),
+    ("host=db user=app password=s3cret dbname=spans", "host=db user=app password=*** dbname=spans"),
+    ("host=db password = 's3 cret' dbname=spans", "host=db password = *** dbname=spans"),
+    ("postgresql://app@db/spans", "postgresql://app@db/spans"),
+    ("http://localhost:5173/api", "http://localhost:5173/api"),
+])
+def test_mask_url_hides_passwords(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_redacted_config_never_contains_a_secret(tmp_path: Path) -> None:
+    path = config(tmp_path, """
+        postgres:
+          dsn: postgresql://app:pg-url-secret@db/spans?password=pg-query-secret
+          password: ${PGPASSWORD}
+        opik:
+          url: https://user:opik-url-secret@opik.example/api
+          api_key: ${OPIK_API_KEY}
+        redis:
+          url: redis://:redis-secret@cache:6379/0
+    """)
+    env = {"PGPASSWORD": "pg-field-secret", "OPIK_API_KEY": "opik-key-secret"}
+    s = load_settings(path, env)
+    assert s.opik.api_key is not None and s.opik.api_key.get_secret_value() == "opik-key-secret"
+    text = json.dumps(redacted(s))
+    assert "secret" not in text, text
+    data = redacted(s)
+    assert data["postgres"]["password"] == "***" and data["opik"]["api_key"] == "***"
+    assert data["postgres"]["dsn"].startswith("postgresql://app:***@db/spans")
+
+
+def test_redacted_leaves_absent_secrets_absent() -> None:
+    data = redacted(Settings.model_validate({}, context={"env": {}}))
+    assert data["postgres"]["password"] is None and data["opik"]["api_key"] is None
+
+
+# -- opik.enabled default --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("env", "enabled"), [
+    ({}, False),
+    ({"OPIK_API_KEY": ""}, False),
+    ({"OPIK_API_KEY": "k"}, True),
+    ({"OPIK_URL_OVERRIDE": "http://opik:5173/api"}, True),
+])
+def test_opik_is_on_by_default_only_when_its_variables_are_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+        enabled: bool) -> None:
+    # The environment given to load_settings decides, not the process's own.
+    monkeypatch.setenv("OPIK_API_KEY", "from-the-process")
+    assert load_settings(config(tmp_path, ""), env).opik.enabled is enabled
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_an_explicit_opik_enabled_wins(tmp_path: Path, explicit: bool) -> None:
+    path = config(tmp_path, f"opik: {{enabled: {str(explicit).lower()}}}\n")
+    assert load_settings(path, {"OPIK_API_KEY": "k"}).opik.enabled is explicit
+    assert load_settings(path, {}).opik.enabled is explicit
+
+
+def test_settings_built_directly_read_the_process_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPIK_API_KEY", raising=False)
+    monkeypatch.delenv("OPIK_URL_OVERRIDE", raising=False)
+    assert Settings().opik.enabled is False
+    monkeypatch.setenv("OPIK_URL_OVERRIDE", "http://opik/api")
+    assert Settings().opik.enabled is True
