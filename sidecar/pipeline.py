@@ -112,6 +112,8 @@ class SinkPipeline:
             result: object = Rejected(
                 f"line exceeds spans.max_line_bytes ({self.settings.max_line_bytes} bytes): "
                 f"{line.too_long} bytes")
+        elif line.unfinished:
+            result = Rejected("unfinished last line of a .done file (no newline)")
         else:
             result = parse_line(line.raw)
         now = self.clock.monotonic()

@@ -500,3 +500,18 @@ async def test_lag_counts_bytes_not_yet_acknowledged(spool: Path) -> None:
     assert reader.lag_bytes() == len(b"".join(chunks))
     ack_all(reader, lines[:2])
     assert reader.lag_bytes() == len(b"".join(chunks[2:]))
+
+
+async def test_an_unfinished_last_line_of_a_done_file_is_handed_on_flagged(spool: Path) -> None:
+    """A .done file ending without a newline (its writer died mid-write) yields that tail
+    once, flagged, so the file can be acknowledged to its end and removed."""
+    path = spool / "a-h-1-0.jsonl"
+    append(path, b"".join(numbered(2)) + b'{"half": ')
+    reader = make_reader(spool)
+    first = await read_all(reader)
+    assert len(first) == 2 and not any(x.unfinished for x in first)
+    os.rename(path, spool / "a-h-1-0.jsonl.done")
+    tail = await read_all(reader)
+    assert [(x.raw, x.unfinished) for x in tail] == [(b'{"half": ', True)]
+    assert tail[0].end == path.with_name("a-h-1-0.jsonl.done").stat().st_size
+    assert await read_all(reader) == []

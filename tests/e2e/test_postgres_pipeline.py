@@ -69,7 +69,7 @@ def test_bad_input_is_quarantined_and_never_blocks(sidecar_env: SidecarEnv) -> N
     wait_until(lambda: sidecar_env.rows() == 8, 10, "the completed line")
     q = sidecar_env.quarantine()
     reasons = [e["reason"] for e in q]
-    assert "invalid JSON" in reasons[0] and "raw_b64" in q[0]
+    assert "UTF-8" in reasons[0] and "raw_b64" in q[0]
     assert "invalid JSON" in reasons[1]
     assert reasons[2] == "not a JSON object"
     assert "id" in reasons[3] and "trace_id" in reasons[3]
