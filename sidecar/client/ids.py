@@ -38,42 +38,55 @@ _VARIANT = 0b10 << 62
 _rng = random.Random()
 # A forked child must not repeat its parent's ids.
 os.register_at_fork(after_in_child=_rng.seed)
+_V7_BITS = 0x7 << 76 | _VARIANT
+_getrandbits = _rng.getrandbits
+_time_ns = time.time_ns
+_new_object = object.__new__
+_set_slot = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def _uuid_from_int_fast(value: int) -> UUID:
+    # UUID(int=...) validates in Python and costs ~1 us more; this fills the
+    # same slots. It is used only if it builds an identical UUID (see below).
+    u = _new_object(UUID)
+    _set_slot(u, "int", value)
+    _set_slot(u, "is_safe", _UNKNOWN)
+    return u
+
+
+def _new_id_fast() -> UUID:
+    r = _getrandbits(74)
+    u = _new_object(UUID)
+    ms = _time_ns() // 1_000_000
+    _set_slot(u, "int", ms << 80 | _V7_BITS | (r >> 62) << 64 | (r & _RAND_B))
+    _set_slot(u, "is_safe", _UNKNOWN)
+    return u
 
 
 def _uuid_from_int_checked(value: int) -> UUID:
     return UUID(int=value)
 
 
-def _uuid_from_int_fast(value: int) -> UUID:
-    # UUID(int=...) validates in Python and costs ~1 us more; this fills the
-    # same slots. It is enabled only if it builds an identical UUID (below).
-    u = object.__new__(UUID)
-    object.__setattr__(u, "int", value)
-    object.__setattr__(u, "is_safe", uuid.SafeUUID.unknown)
-    return u
+def _new_id_checked() -> UUID:
+    r = _getrandbits(74)
+    return UUID(int=(_time_ns() // 1_000_000) << 80 | _V7_BITS | (r >> 62) << 64 | (r & _RAND_B))
 
 
-def _pick_uuid_builder() -> Callable[[int], UUID]:
+def _fast_path_works() -> bool:
     probe = 0x0190_0000_0000_7000_8000_0000_0000_0001
     try:
         fast = _uuid_from_int_fast(probe)
-        if fast == UUID(int=probe) and str(fast) == str(UUID(int=probe)):
-            return _uuid_from_int_fast
+        return fast == UUID(int=probe) and str(fast) == str(UUID(int=probe)) and (
+            hash(fast) == hash(UUID(int=probe)))
     except Exception:  # a Python whose UUID has other slots: use the safe path
-        pass
-    return _uuid_from_int_checked
+        return False
 
 
-uuid_from_int = _pick_uuid_builder()
-
-
-def new_id() -> UUID:
-    """A new UUIDv7 (ms timestamp now, 74 random bits), for a span or a trace."""
-    r = _rng.getrandbits(74)
-    ms = time.time_ns() // 1_000_000
-    return uuid_from_int(
-        (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (r >> 62) << 64 | _VARIANT | (r & _RAND_B)
-    )
+_FAST = _fast_path_works()
+uuid_from_int: Callable[[int], UUID] = _uuid_from_int_fast if _FAST else _uuid_from_int_checked
+new_id: Callable[[], UUID] = _new_id_fast if _FAST else _new_id_checked
+"""A new UUIDv7 (ms timestamp now, 74 random bits), for a span or a trace."""
 
 
 def new_w3c_span_id() -> int:

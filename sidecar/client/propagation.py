@@ -18,6 +18,7 @@ from uuid import UUID
 
 from sidecar.client.context import ParentLike, SpanContext, current
 from sidecar.client.ids import span_uuid, w3c_span_id
+from sidecar.client.shape import warn_once
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -37,14 +38,17 @@ def inject(headers: H, context: ParentLike | None = None) -> H:
     if ctx is None:
         return headers
     parent_id = w3c_span_id(ctx.span_id)
-    headers[TRACEPARENT] = f"00-{ctx.trace_id.hex}-{parent_id:016x}-01"
     entries = []
     if span_uuid(ctx.trace_id, parent_id) != ctx.span_id:
         entries.append(f"{VENDOR_KEY}={ctx.span_id.hex}")
     if ctx.vendor_state:
         entries.append(ctx.vendor_state)
-    if entries:
-        headers[TRACESTATE] = ",".join(entries)
+    try:
+        headers[TRACEPARENT] = f"00-{ctx.trace_id.hex}-{parent_id:016x}-01"
+        if entries:
+            headers[TRACESTATE] = ",".join(entries)
+    except Exception as exc:  # e.g. a read-only headers object
+        warn_once("inject", exc)
     return headers
 
 

@@ -7,7 +7,6 @@ record is built once, at the end.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import Token
 from datetime import UTC, datetime
@@ -21,7 +20,6 @@ from sidecar.client.ids import new_id
 
 UNSET: Any = object()  # "parent not given": use the context's current span
 WriteSpan = Callable[["Span", "datetime | None"], None]
-_log = logging.getLogger("sidecar.client")
 
 
 class Span:
@@ -40,8 +38,8 @@ class Span:
             self.trace_id = parent.trace_id
             self.parent_span_id = parent.span_id
             self.vendor_state = parent.vendor_state
-        self.name = shape.name_of(name)
-        self.type = shape.span_type(type)
+        self.name = name if name.__class__ is str and name else shape.name_of(name)
+        self.type = type if type.__class__ is str and type in shape.SPAN_TYPES else "general"
         self.start_time = start
         self.fields: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
@@ -70,6 +68,14 @@ class Span:
         cost: float | None = None,
     ) -> None:
         """Set fields of the span record; metadata is merged, tags are added."""
+        try:
+            self._update(input, output, metadata, tags, model, provider, usage, cost)
+        except Exception as exc:  # e.g. metadata that is not a mapping
+            shape.warn_once("Span.update", exc)
+
+    def _update(self, input: Any, output: Any, metadata: Mapping[str, Any] | None,
+                tags: Iterable[str] | None, model: str | None, provider: str | None,
+                usage: Mapping[str, Any] | None, cost: float | None) -> None:
         fields = self.fields
         if input is not None:
             fields["input"] = shape.as_object(input, "input")
@@ -80,9 +86,9 @@ class Span:
         if tags:
             fields["tags"] = [*fields.get("tags", ()), *(shape.str_list(tags) or ())]
         if model is not None:
-            fields["model"] = str(model)
+            fields["model"] = model if model.__class__ is str else shape.name_of(model)
         if provider is not None:
-            fields["provider"] = str(provider)
+            fields["provider"] = provider if provider.__class__ is str else shape.name_of(provider)
         if usage is not None and (tokens := shape.usage_of(usage)) is not None:
             fields["usage"] = tokens
         if cost is not None and (amount := shape.real_number(cost, 0.0)) is not None:
@@ -90,8 +96,11 @@ class Span:
 
     def log_event(self, name: str, attributes: Mapping[str, Any] | None = None) -> None:
         """Add a timestamped event (``{name, time, attributes}``) to this span."""
-        self.events.append({"name": shape.name_of(name), "time": datetime.now(UTC),
-                            "attributes": dict(attributes) if attributes else {}})
+        try:
+            self.events.append({"name": shape.name_of(name), "time": datetime.now(UTC),
+                                "attributes": dict(attributes) if attributes else {}})
+        except Exception as exc:
+            shape.warn_once("Span.log_event", exc)
 
 
 class SpanScope:
@@ -114,9 +123,13 @@ class SpanScope:
     def __enter__(self) -> Span:
         name, type, input, metadata, tags = self._args
         parent = current.get() if self._parent is UNSET else self._parent
-        self._parent = parent
-        span = self.span = Span(name, type, parent, datetime.now(UTC))
-        if input is not None or metadata or tags:
+        try:
+            span = Span(name, type, parent, datetime.now(UTC))
+        except Exception as exc:  # e.g. a parent= that is not a span context
+            shape.warn_once("trace_agent", exc)
+            parent, span = None, Span(name, type, None, datetime.now(UTC))
+        self._parent, self.span = parent, span
+        if input is not None or metadata is not None or tags is not None:
             span.update(input=input, metadata=metadata, tags=tags)
         self._token = current.set(span)
         return span
@@ -128,11 +141,11 @@ class SpanScope:
             return False
         self._restore_parent(span)
         try:
-            if exc is not None:
+            if exc is not None and not isinstance(exc, GeneratorExit):  # a closed generator
                 span.fields["error_info"] = shape.error_info(exc)
             self._write(span, None)
         except Exception as error:  # a bug here must not replace the agent's exception
-            _log.warning("client.span.write_failed: %s: %s", type(error).__name__, error)
+            shape.warn_once("trace_agent", error)
         return False  # never swallow the block's exception
 
     async def __aenter__(self) -> Span:

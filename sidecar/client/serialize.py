@@ -1,16 +1,15 @@
 """Record -> one JSON line, with orjson (~1 us), never losing a record to a type.
 
 Agent payloads carry whatever the agent had at hand (sets, dataclasses, numpy
-scalars, exceptions, huge ints). Rather than drop such a record, unknown values
-are written as their ``str()``; orjson's few hard failures (an int beyond 64
-bits, a circular structure) fall back to the standard library.
+scalars, exceptions, huge ints, broken unicode, deep or circular structures).
+Rather than drop such a record, unknown values are written as their ``str()``;
+the rare values orjson refuses outright (ints beyond 64 bits, lone surrogates,
+nesting deeper than it allows) are rewritten by a slower second pass.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
@@ -22,6 +21,8 @@ _OPTIONS = (
     | orjson.OPT_NON_STR_KEYS
     | orjson.OPT_SERIALIZE_NUMPY
 )
+_MAX_DEPTH = 100  # orjson stops at 254 levels; a circular structure never ends
+_INT_RANGE = range(-(2**63), 2**64)
 
 
 def _default(value: Any) -> Any:
@@ -29,24 +30,38 @@ def _default(value: Any) -> Any:
         return list(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", "backslashreplace")
-    return str(value)
-
-
-def _std_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, date):
-        return value.isoformat()
-    return _default(value)
+    try:
+        return str(value)
+    except Exception:
+        return object.__repr__(value)
 
 
 def dumps_line(record: Mapping[str, Any]) -> bytes:
-    """One JSON object followed by ``\\n``; raises only for a circular record."""
+    """One JSON object followed by ``\\n``; raises only on a bug in the sanitiser."""
     try:
         return orjson.dumps(record, default=_default, option=_OPTIONS)
     except orjson.JSONEncodeError:
-        text = json.dumps(record, default=_std_default, ensure_ascii=False,
-                          separators=(",", ":"), allow_nan=False)
-        return text.encode("utf-8", "replace") + b"\n"  # lone surrogates become "?"
+        return orjson.dumps(_sanitize(record, 0), default=_default, option=_OPTIONS)
+
+
+def _sanitize(value: Any, depth: int) -> Any:
+    """A copy of ``value`` that orjson accepts (the slow path, for odd records only)."""
+    if depth > _MAX_DEPTH:
+        return _default(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value in _INT_RANGE else str(value)
+    if isinstance(value, Mapping):
+        return {_key(k): _sanitize(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_sanitize(v, depth + 1) for v in value]
+    return value
+
+
+def _key(key: Any) -> Any:
+    if isinstance(key, str):
+        return key.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(key, int | float | bool) or key is None:
+        return key if not isinstance(key, int) or key in _INT_RANGE else str(key)
+    return _default(key)

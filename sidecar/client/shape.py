@@ -8,6 +8,7 @@ an invalid cost or tier is dropped rather than the span.
 
 from __future__ import annotations
 
+import logging
 import math
 import traceback
 from collections.abc import Iterable, Mapping
@@ -17,6 +18,17 @@ from typing import Any
 SPAN_TYPES = frozenset({"general", "llm", "tool", "guardrail"})
 _USAGE_ALIASES = {"input_tokens": "prompt_tokens", "output_tokens": "completion_tokens"}
 _MAX_TEXT = 32 * 1024
+_MAX_TOKENS = 2**63  # a Postgres bigint
+_log = logging.getLogger("sidecar.client")
+_warned: set[str] = set()
+
+
+def warn_once(where: str, exc: BaseException) -> None:
+    """Log a call the client had to drop, once per API function and process."""
+    if where not in _warned:
+        _warned.add(where)
+        _log.warning("client.api.call_dropped: %s: %s: %s (logged once)", where,
+                     type(exc).__name__, _safe_str(exc))
 
 
 def as_object(value: Any, key: str) -> dict[Any, Any] | None:
@@ -49,16 +61,17 @@ def str_list(values: Iterable[Any] | str | None) -> list[str] | None:
 
 
 def usage_of(usage: Mapping[str, Any] | None) -> dict[str, int] | None:
-    """Integer token counts; OpenAI and Anthropic names both accepted, total derived."""
+    """Token counts as ints (others dropped); OpenAI and Anthropic names, total derived."""
     if not usage:
         return None
     out: dict[str, int] = {}
     for key, value in usage.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            continue
-        out[_USAGE_ALIASES.get(str(key), str(key))] = int(value)
+        if value.__class__ is not int:  # the common case costs one check
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            value = int(value) if value == value and abs(value) != math.inf else -1
+        if 0 <= value < _MAX_TOKENS:
+            out[_USAGE_ALIASES.get(key, key) if key.__class__ is str else str(key)] = value
     if "total_tokens" not in out and ("prompt_tokens" in out or "completion_tokens" in out):
         out["total_tokens"] = out.get("prompt_tokens", 0) + out.get("completion_tokens", 0)
     return out or None
@@ -68,13 +81,18 @@ def real_number(value: Any, minimum: float = -math.inf) -> float | None:
     """A finite number not below ``minimum``, else None (bools are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
     return number if math.isfinite(number) and number >= minimum else None
 
 
 def tier_of(value: Any) -> int | None:
-    """An integer agent tier, or None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An integer agent tier that fits a Postgres integer, or None."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31:
+        return value
+    return None
 
 
 def utc_time(value: datetime | float | None) -> datetime:

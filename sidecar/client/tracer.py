@@ -9,7 +9,6 @@ dropped and logged once; an exception inside a traced block is recorded in
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -24,8 +23,6 @@ from sidecar.client.writer import SpoolWriter
 
 DEFAULT_SPOOL_DIR = "/var/spool/span-sidecar"
 SPOOL_DIR_ENV = "SPAN_SIDECAR_SPOOL_DIR"
-_log = logging.getLogger("sidecar.client")
-
 
 def default_spool_dir() -> str:
     """``$SPAN_SIDECAR_SPOOL_DIR``, else the sidecar's default spool directory."""
@@ -56,7 +53,6 @@ class Tracer:
         if project_name:
             static["project_name"] = project_name
         self._static = static
-        self._warned: set[str] = set()
 
     def trace_agent(
         self,
@@ -93,16 +89,18 @@ class Tracer:
         """Log a finished LLM call as a ``type="llm"`` child of the current span.
 
         ``start_time``/``end_time`` (datetimes or epoch seconds) default to now;
-        pass the start so latency is right. Returns the new span's id.
+        pass the start so latency is right. Returns the new span's id ("" if
+        the arguments made no span).
         """
-        span = Span(name or model, "llm", current.get(), shape.utc_time(start_time))
         try:
+            span = Span(name or model, "llm", current.get(), shape.utc_time(start_time))
             span.update(input=input, output=output, metadata=metadata, model=model,
                         provider=provider, usage=usage, cost=cost)
             self._write_span(span, shape.utc_time(end_time) if end_time is not None else None)
+            return str(span.span_id)
         except Exception as exc:  # never into the agent
-            self._warn_once("trace_llm_call", exc)
-        return str(span.span_id)
+            shape.warn_once("trace_llm_call", exc)
+            return ""
 
     def log_metric(
         self,
@@ -118,10 +116,15 @@ class Tracer:
         "metric.unit": unit, **attributes}}``. Outside any live span it becomes
         a zero-duration span of its own, tagged ``metric``, carrying that event.
         """
-        number = shape.real_number(value)
-        if number is None:
-            self._warn_once("log_metric", ValueError(f"metric {name!r}: not a number"))
-            return
+        try:
+            self._log_metric(name, value, unit, attributes)
+        except Exception as exc:
+            shape.warn_once("log_metric", exc)
+
+    def _log_metric(self, name: str, value: float, unit: str | None,
+                    attributes: Mapping[str, Any] | None) -> None:
+        if shape.real_number(value) is None:
+            raise ValueError(f"metric {name!r}: value is not a finite number")
         attrs: dict[str, Any] = {"metric.value": value}
         if unit is not None:
             attrs["metric.unit"] = unit
@@ -149,22 +152,21 @@ class Tracer:
     ) -> None:
         """Write a feedback score for a span (or, with ``target="trace"``, a trace)."""
         try:
-            record: dict[str, Any] = {
-                "kind": "feedback", "v": 1, "target": "trace" if target == "trace" else "span",
-                "id": target_id if isinstance(target_id, UUID) else UUID(str(target_id)),
-                "name": shape.name_of(name),
-            }
             number = shape.real_number(value)
             if number is None:
                 raise ValueError(f"feedback {name!r}: value is not a finite number")
-        except ValueError as exc:
-            self._warn_once("log_feedback", exc)
+            record: dict[str, Any] = {
+                "kind": "feedback", "v": 1, "target": "trace" if target == "trace" else "span",
+                "id": target_id if isinstance(target_id, UUID) else UUID(str(target_id)),
+                "name": shape.name_of(name), "value": number,
+            }
+            if reason is not None:
+                record["reason"] = shape.name_of(reason, "")
+            if "project_name" in self._static:
+                record["project_name"] = self._static["project_name"]
+        except Exception as exc:
+            shape.warn_once("log_feedback", exc)
             return
-        record["value"] = number
-        if reason is not None:
-            record["reason"] = str(reason)
-        if "project_name" in self._static:
-            record["project_name"] = self._static["project_name"]
         self.writer.write(record)
 
     def current(self) -> SpanContext | None:
@@ -193,8 +195,3 @@ class Tracer:
         if span.events:
             record["events"] = span.events
         self.writer.write(record)
-
-    def _warn_once(self, where: str, exc: BaseException) -> None:
-        if where not in self._warned:
-            self._warned.add(where)
-            _log.warning("client.api.call_dropped: %s: %s: %s", where, type(exc).__name__, exc)

@@ -10,22 +10,22 @@ counted in ``stats()`` and logged once, never an exception.
 
 from __future__ import annotations
 
-import atexit
 import errno
 import logging
 import os
 import re
 import socket
 import threading
-import weakref
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from sidecar.client import lifecycle
 from sidecar.client.serialize import dumps_line
-from sidecar.clock import Clock, SystemClock
+from sidecar.clock import Clock
 
 FsyncPolicy = Literal["never", "interval", "always"]
 
@@ -78,10 +78,11 @@ class SpoolWriter:
         self._max_age_s = max_age_s
         self._fsync: FsyncPolicy = fsync if fsync in ("never", "interval", "always") else "never"
         self._fsync_interval_s = fsync_interval_s
-        self._clock: Clock = clock or SystemClock()
+        # time.monotonic itself unless a test injects a clock: one C call per write
+        self._now = clock.monotonic if clock is not None else time.monotonic
         self._host = safe_name_part(socket.gethostname())
         self._reset_process_state()
-        _LIVE.add(self)
+        lifecycle.track(self)
 
     def _reset_process_state(self) -> None:
         self._lock = threading.Lock()
@@ -89,7 +90,7 @@ class SpoolWriter:
         self._path: str | None = None
         self._seq = 0
         self._size = 0
-        self._opened_at = 0.0
+        self._rotate_at = 0.0
         self._synced_at = 0.0
         self._retry_open_at = 0.0
         self._closed = False
@@ -105,44 +106,56 @@ class SpoolWriter:
             line = dumps_line(record)
         except Exception as exc:
             return self._drop(f"serialize: {type(exc).__name__}: {exc}")
-        return self.write_line(line)
+        return self._append(line)
 
     def write_line(self, line: bytes) -> bool:
         """Append one already serialised line, which must end with its only ``\\n``."""
         if not line.endswith(b"\n") or line.count(b"\n") != 1:
             return self._drop("write_line: not exactly one line ending with \\n")
-        with self._lock:
-            if self._closed:
-                return self._drop("writer is closed")
-            fd = self._fd_for(len(line))
-            if fd < 0:
-                return self._drop(self._last_error or "no spool file")
-            try:
-                n = os.write(fd, line)
-            except OSError as exc:
-                return self._drop(f"write {self._path}: {exc.strerror or exc}")
-            self._size += n
-            if n != len(line):
-                path = self._path
-                self._after_short_write(fd)
-                return self._drop(f"write {path}: short write ({n} of {len(line)} bytes)")
-            self._written += 1
-            self._bytes += n
-            if self._fsync != "never":
-                self._maybe_sync(fd)
-            return True
+        return self._append(line)
+
+    def _append(self, line: bytes) -> bool:
+        try:
+            with self._lock:
+                fd = self._fd
+                if fd < 0 or self._size + len(line) > self._max_bytes or (
+                    self._now() >= self._rotate_at
+                ):
+                    fd = self._fd_for(len(line))
+                    if fd < 0:
+                        return self._drop(self._last_error or "no spool file")
+                try:
+                    n = os.write(fd, line)
+                except OSError as exc:
+                    return self._drop(f"write {self._path}: {exc.strerror or exc}")
+                self._size += n
+                if n != len(line):
+                    path = self._path
+                    self._after_short_write(fd)
+                    return self._drop(f"write {path}: short write ({n} of {len(line)} bytes)")
+                self._written += 1
+                self._bytes += n
+                if self._fsync != "never":
+                    self._maybe_sync(fd)
+                return True
+        except Exception as exc:  # whatever went wrong, not into the agent
+            return self._drop(f"write: {type(exc).__name__}: {exc}")
 
     def _fd_for(self, size: int) -> int:
+        """The slow path: closed, no file yet, or time to rotate."""
+        if self._closed:
+            self._last_error = "writer is closed"
+            return -1
         if self._fd >= 0:
             full = self._size > 0 and self._size + size > self._max_bytes
-            if full or self._clock.monotonic() - self._opened_at >= self._max_age_s:
+            if full or self._now() >= self._rotate_at:
                 self._finish_file()
-        if self._fd < 0 and self._clock.monotonic() >= self._retry_open_at:
+        if self._fd < 0 and self._now() >= self._retry_open_at:
             self._open_next()
         return self._fd
 
     def _maybe_sync(self, fd: int) -> None:
-        now = self._clock.monotonic()
+        now = self._now()
         if self._fsync == "always" or now - self._synced_at >= self._fsync_interval_s:
             self._synced_at = now
             try:
@@ -177,13 +190,14 @@ class SpoolWriter:
                 except FileExistsError:
                     continue
                 self._path, self._size = path, 0
-                self._opened_at = self._synced_at = self._clock.monotonic()
+                self._synced_at = self._now()
+                self._rotate_at = self._synced_at + self._max_age_s
                 if self._fsync != "never":
                     _sync_dir(self.spool_dir)
                 return
             raise OSError(errno.EEXIST, f"no free file name for {prefix}")
         except OSError as exc:
-            self._retry_open_at = self._clock.monotonic() + _RETRY_OPEN_S
+            self._retry_open_at = self._now() + _RETRY_OPEN_S
             self._note_failure(f"open in {self.spool_dir}: {exc.strerror or exc}")
 
     def _finish_file(self) -> None:
@@ -197,7 +211,7 @@ class SpoolWriter:
         except OSError as exc:
             self._note_failure(f"fdatasync {path}: {exc.strerror or exc}")
         finally:
-            os.close(fd)
+            _close_quietly(fd)
         try:
             os.rename(path, path + ".done")
             self._done += 1
@@ -248,13 +262,26 @@ class SpoolWriter:
                 "in SpoolWriter.stats()", reason, self.agent_name,
             )
 
-    def _after_fork_in_child(self) -> None:
+    @property
+    def lock(self) -> threading.Lock:
+        """Held by every write and rotation (and across ``fork()``)."""
+        return self._lock
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's file; the next write opens our own."""
         fd = self._fd
         closed = self._closed
         self._reset_process_state()
         self._closed = closed
         if fd >= 0:
-            os.close(fd)  # the parent's file stays the parent's
+            _close_quietly(fd)  # the parent's file stays the parent's
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:  # EIO on close: the data is as written as it will get
+        pass
 
 
 def _sync_dir(path: Path) -> None:
@@ -263,38 +290,3 @@ def _sync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# Every live writer, so that fork and interpreter exit can reach them.
-_LIVE: weakref.WeakSet[SpoolWriter] = weakref.WeakSet()
-_held: list[SpoolWriter] = []
-
-
-def _before_fork() -> None:
-    # Hold every writer's lock across fork, so the child never copies a writer
-    # in the middle of a rotation.
-    for writer in list(_LIVE):
-        writer._lock.acquire()
-        _held.append(writer)
-
-
-def _after_fork_in_parent() -> None:
-    while _held:
-        _held.pop()._lock.release()
-
-
-def _after_fork_in_child() -> None:
-    _held.clear()
-    for writer in list(_LIVE):
-        writer._after_fork_in_child()
-
-
-def _close_all_at_exit() -> None:
-    for writer in list(_LIVE):
-        writer.close()
-
-
-os.register_at_fork(
-    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-)
-atexit.register(_close_all_at_exit)

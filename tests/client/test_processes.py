@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -48,9 +49,16 @@ def test_forked_processes_and_their_threads_write_only_whole_valid_lines(spool: 
         proc.start()
     with tracer.trace_agent("parent-during-children"):
         pass
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
+    deadline = time.monotonic() + 60
+    try:
+        for proc in procs:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            assert proc.exitcode == 0
+    finally:  # a child stuck on a lock copied at fork would also hang pytest's exit
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
     assert writer.stats().path == parent_file  # the children never touched the parent's file
     writer.close()
 
@@ -65,7 +73,8 @@ def test_forked_processes_and_their_threads_write_only_whole_valid_lines(spool: 
 
 def test_a_forked_child_writes_its_own_file_not_its_parents(spool: Path) -> None:
     writer = SpoolWriter(spool, "fork")
-    writer.write({"id": new_id(), "trace_id": new_id(), "name": "parent", "start_time": "2024-01-01T00:00:00Z"})
+    writer.write({"id": new_id(), "trace_id": new_id(), "name": "parent",
+                  "start_time": "2024-01-01T00:00:00Z"})
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its file name, then leave without cleanup
@@ -120,6 +129,7 @@ def test_a_full_disk_never_raises_into_the_agent(spool: Path, limit: int) -> Non
     report = json.loads(proc.stdout)
     assert report["written"] + report["dropped"] == 150
     assert report["dropped"] > 0
+    assert report["written"] >= report["dropped"] or limit == 0  # a new file after a short write
     assert len(report["warnings"]) == 1 and "client.spool.write_failed" in report["warnings"][0]
     # A write cut short leaves a partial tail; the writer then moves to a new file,
     # so every complete line is a whole, valid record.

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+from collections.abc import Generator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 
-from sidecar.client import SpoolWriter, Tracer, current_span_context, use_context
+from sidecar.client import SpoolWriter, Tracer, current_span_context, inject, use_context
 from sidecar.records import FeedbackRecord, SpanRecord
 
 from .helpers import spool_lines, spool_records
@@ -235,9 +236,9 @@ def test_the_api_never_raises_even_when_the_spool_is_unusable(tmp_path: Path) ->
 
 
 def test_bad_names_types_and_tiers_are_coerced_into_valid_records(spool: Path) -> None:
-    tracer = Tracer("", writer=SpoolWriter(spool, "x"), agent_tier=True)  # type: ignore[arg-type]
+    tracer = Tracer("", writer=SpoolWriter(spool, "x"), agent_tier=True)
     with tracer.trace_agent("", type="unknown", tags="single") as span:
-        span.update(input=42, metadata={1: "int key"})
+        span.update(input=42, metadata={1: "int key"})  # type: ignore[dict-item]
     tracer.close()
     (record,) = spool_records(spool)
     assert isinstance(record, SpanRecord)
@@ -245,3 +246,48 @@ def test_bad_names_types_and_tiers_are_coerced_into_valid_records(spool: Path) -
     assert record.agent_name == "agent" and record.agent_tier is None
     assert record.input == {"input": 42} and record.metadata == {"1": "int key"}
     assert isinstance(record.id, UUID)
+
+
+def test_numbers_beyond_any_column_are_dropped_not_raised(spool: Path) -> None:
+    tracer = Tracer("big", writer=SpoolWriter(spool, "big"), agent_tier=2**40)
+    with tracer.trace_agent("a") as span:
+        span.update(cost=2**2000, usage={"prompt_tokens": 2**70, "completion_tokens": 1})
+        tracer.log_metric("huge", 2**2000)
+    tracer.log_feedback(span.id, "huge", 2**2000)
+    tracer.close()
+    (record,) = spool_records(spool)
+    assert isinstance(record, SpanRecord) and record.agent_tier is None
+    assert record.total_estimated_cost is None and record.events is None
+    assert record.usage == {"completion_tokens": 1, "total_tokens": 1}
+
+
+def test_misuse_of_the_api_is_logged_not_raised(
+    tracer: Tracer, spool: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import MappingProxyType
+
+    with caplog.at_level("WARNING", logger="sidecar.client"):
+        with tracer.trace_agent("a", metadata=["not", "a", "mapping"]) as span:  # type: ignore[arg-type]
+            span.update(metadata=42)  # type: ignore[arg-type]
+            span.log_event("e", attributes=7)  # type: ignore[arg-type]
+            assert tracer.trace_llm_call("m", start_time="yesterday") == ""  # type: ignore[arg-type]
+            with tracer.trace_agent("b", parent="not a context", type=[1]) as b:  # type: ignore[arg-type]
+                assert b.parent_span_id is None and b.type == "general"
+            frozen: object = inject(MappingProxyType({}))  # type: ignore[type-var]
+    assert frozen == {}
+    assert "client.api.call_dropped: inject" in caplog.text
+    records = {r.name: r for r in spool_records(spool) if isinstance(r, SpanRecord)}
+    assert set(records) == {"a", "b"} and records["a"].metadata is None
+
+
+def test_closing_a_generator_inside_a_span_is_not_an_error(tracer: Tracer, spool: Path) -> None:
+    def steps() -> Generator[int, None, None]:
+        with tracer.trace_agent("generator"):
+            yield 1
+            yield 2
+
+    gen = steps()
+    assert next(gen) == 1
+    gen.close()
+    (record,) = spool_records(spool)
+    assert isinstance(record, SpanRecord) and record.error_info is None

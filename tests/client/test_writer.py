@@ -14,6 +14,7 @@ import pytest
 from sidecar.client import SpoolWriter, new_id
 from sidecar.client.writer import safe_name_part
 from sidecar.clock import FakeClock
+from sidecar.records import SpanRecord
 
 from .helpers import spool_files, spool_lines, spool_records
 
@@ -120,7 +121,9 @@ def test_values_json_cannot_hold_are_written_as_text(spool: Path) -> None:
         assert writer.write(span(1, metadata=weird))
         assert writer.write(span(2, metadata={"obj": Opaque(), "nan": float("nan")}))
     first, second = spool_records(spool)
-    assert first.metadata is not None and first.metadata["big"] == 2**70
+    assert isinstance(first, SpanRecord) and isinstance(second, SpanRecord)
+    assert first.metadata is not None and first.metadata["big"] == str(2**70)
+    assert first.metadata["surrogate"] == "?" and first.metadata["3"] == "int key"
     assert second.metadata == {"obj": "opaque!", "nan": None}
 
 
@@ -155,7 +158,11 @@ def test_an_unusable_spool_path_drops_warns_once_and_recovers(
 def test_fsync_policy(spool: Path, policy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     real = os.fdatasync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
     clock = FakeClock()
     writer = SpoolWriter(spool, "sync", fsync=policy, fsync_interval_s=1.0, clock=clock)
     for n in range(10):
