@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-import uuid6
 
 from sidecar import __version__
+from sidecar.client.ids import new_id
 from sidecar.clock import Clock
 from sidecar.health.latency import LatencySnapshot
 from sidecar.health.monitor import HealthStatus, SelfMonitor, rss_bytes
@@ -87,8 +87,8 @@ class HealthReporter:
         span: Span = {
             "kind": "span",
             "v": 1,
-            "id": str(uuid6.uuid7()),
-            "trace_id": str(uuid6.uuid7()),
+            "id": str(new_id()),
+            "trace_id": str(new_id()),
             "parent_span_id": None,
             "name": SPAN_NAME,
             "type": "general",
