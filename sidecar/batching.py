@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sidecar.records import Record
@@ -16,6 +18,11 @@ class Batch:
     ends: dict[tuple[int, int], tuple[TrackedFile, int, int]] = field(default_factory=dict)
     quarantined: int = 0
     started: float = 0.0
+    sealed_at: float = 0.0
+    # A batch may be handed to a streaming sink while it is still filling:
+    # ``grown`` wakes the reader of ``stream()``, ``sealed`` ends it.
+    sealed: asyncio.Event = field(default_factory=asyncio.Event)
+    grown: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -23,6 +30,22 @@ class Batch:
     @property
     def empty(self) -> bool:
         return not self.ends
+
+    def seal(self) -> None:
+        self.sealed.set()
+        self.grown.set()
+
+    async def stream(self) -> AsyncIterator[Record]:
+        """The records as they are added, until the batch is sealed."""
+        i = 0
+        while True:
+            while i < len(self.records):
+                yield self.records[i]
+                i += 1
+            if self.sealed.is_set():
+                return
+            self.grown.clear()
+            await self.grown.wait()
 
 
 class Batcher:
@@ -55,6 +78,12 @@ class Batcher:
             return None
         return max(0.0, self._batch.started + self.max_wait_s - now)
 
+    @property
+    def current(self) -> Batch:
+        return self._batch
+
     def take(self) -> Batch:
+        """The pending batch, sealed; a new one starts."""
         batch, self._batch = self._batch, Batch()
+        batch.seal()
         return batch

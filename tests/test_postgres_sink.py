@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -113,3 +114,22 @@ async def test_auto_migrate_off_reports_missing_schema(pg_schema: str) -> None:
     async with sink(pg_schema, auto_migrate=False) as s:
         outcome = await s.send(records(1))
     assert isinstance(outcome, Retry) and "span-sidecar migrate" in outcome.reason
+
+
+async def _aiter(items: list[SpanRecord]) -> AsyncIterator[SpanRecord]:
+    for item in items:
+        yield item
+
+
+async def test_streamed_copy_stores_records_and_defers_collisions(pg_schema: str) -> None:
+    """The streamed fast path stores a batch in one transaction; a batch that collides
+    with stored rows answers Retry (rolled back) so the pipeline takes the merge path."""
+    batch = records(120)
+    async with sink(pg_schema) as s:
+        assert await s.send_stream(_aiter(batch)) == Delivered()
+        assert await count(pg_schema) == 120
+        again = await s.send_stream(_aiter(batch[60:] + records(5)))
+        assert isinstance(again, Retry) and "UniqueViolation" in again.reason
+        assert await count(pg_schema) == 120
+        assert await s.send(batch[60:] + records(5)) == Delivered()
+    assert await count(pg_schema) == 125

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -151,6 +151,27 @@ class PostgresSink:
             return Delivered()
         return PartlyRejected({rows[i][0]: reason for i, reason in rejects.items()})
 
+    async def send_stream(self, records: AsyncIterator[Record]) -> Outcome:
+        """COPY records while the pipeline is still parsing them (one transaction).
+
+        Only the fast path: any failure (a re-delivery's unique violation, a
+        data error, a lost connection) answers Retry, and the pipeline sends
+        the sealed batch through ``send`` instead.
+        """
+        async def rows() -> AsyncIterator[Row]:
+            async for record in records:
+                if isinstance(record, SpanRecord):
+                    yield span_row(record, self.default_project)
+
+        try:
+            pool = await self.pool()
+            async with pool.acquire() as conn:
+                await self._copy(conn, rows())
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
+                RuntimeError) as exc:
+            return Retry(f"streamed COPY: {type(exc).__name__}: {_safe(exc)}")
+        return Delivered()
+
     def _attempt(self, pool: asyncpg.Pool) -> Callable[[Sequence[Row]], Awaitable[None]]:
         async def attempt(part: Sequence[Row]) -> None:
             async with pool.acquire() as conn:
@@ -162,7 +183,8 @@ class PostgresSink:
                     raise RejectError(_safe(exc)) from None
         return attempt
 
-    async def _copy(self, conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def _copy(self, conn: asyncpg.Connection,
+                    rows: Sequence[Row] | AsyncIterator[Row]) -> None:
         async with conn.transaction():
             await conn.copy_records_to_table(TABLE, records=rows, columns=COLUMNS,
                                              schema_name=self.schema)

@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import orjson
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -32,6 +33,8 @@ from sidecar.migrate import migrate
 from sidecar.records import SpanRecord, parse_line
 from sidecar.sinks.postgres import COLUMNS, span_row
 from tests.support import PG_DSN, line, span
+
+JSONB = {"error_info", "input", "output", "metadata", "events"}
 
 
 def write_spool(spool: Path, n: int, writers: int) -> list[bytes]:
@@ -43,11 +46,11 @@ def write_spool(spool: Path, n: int, writers: int) -> list[bytes]:
     return lines
 
 
-def _csv_value(v: object) -> str:
+def _csv_value(column: str, v: object) -> str:
     if v is None:
         return ""
-    if isinstance(v, bytes):
-        return v.decode()
+    if column in JSONB:
+        return orjson.dumps(v).decode()
     if isinstance(v, list):
         return "{" + ",".join('"' + s.replace('"', '\\"') + '"' for s in v) + "}"
     if hasattr(v, "isoformat"):
@@ -61,7 +64,8 @@ def write_csv(lines: list[bytes], path: Path) -> None:
         for raw in lines:
             rec = parse_line(raw.rstrip(b"\n"))
             assert isinstance(rec, SpanRecord)
-            out.writerow([_csv_value(v) for v in span_row(rec, "Default Project")])
+            out.writerow([_csv_value(c, v)
+                          for c, v in zip(COLUMNS, span_row(rec, "Default Project"), strict=True)])
 
 
 async def make_schema(schema: str) -> None:
