@@ -19,6 +19,7 @@ want to be safe write version 7 ids, which pass through unchanged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from uuid import UUID
 
@@ -32,15 +33,25 @@ _VERSION_MASK = 0xF << 76
 _VARIANT_MASK = 0x3 << 62
 
 
+_V7_BITS = (7 << 76) | (0b10 << 62)
+
+
 def is_v7(value: UUID) -> bool:
-    """True for an RFC 9562 version 7 UUID (``version`` is None for other variants)."""
-    return value.version == 7
+    """True for an RFC 9562 version 7 UUID (RFC variant, version nibble 7)."""
+    return value.int & (_VERSION_MASK | _VARIANT_MASK) == _V7_BITS
 
 
 def to_v7(value: UUID) -> UUID:
     """``value`` itself when it is a v7, else its deterministic v7 image."""
     if is_v7(value):
         return value
+    return _mapped(value)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _mapped(value: UUID) -> UUID:
+    # Cached: a trace id is mapped once per span of the trace and again for
+    # its derived trace; hashing costs several microseconds.
     digest = hashlib.blake2b(value.bytes, digest_size=16, person=b"span-sidecar-v7").digest()
     ms = _embedded_ms(value)
     if ms is None:

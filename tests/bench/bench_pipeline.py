@@ -155,13 +155,46 @@ def run_daemon(spool: Path, state: Path, schema: str, n: int,
             "median_rss_mb": sorted(rss_samples)[len(rss_samples) // 2] / 2**20}
 
 
+def health_overhead(args: argparse.Namespace) -> None:
+    """Throughput with the self-monitor off vs on (health span every second,
+    HTTP server up): medians of alternating runs on the same spool."""
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    variants = {
+        "off": {"health": {"enabled": False}, "http": {"enabled": False}},
+        "on": {"health": {"enabled": True, "interval_s": 1.0},
+               "http": {"enabled": True, "listen": "127.0.0.1:0"}},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for r in range(args.health_overhead):
+            for name, extra in variants.items():
+                spool, state = root / f"spool-{name}-{r}", root / f"state-{name}-{r}"
+                spool.mkdir()
+                state.mkdir()
+                write_spool(spool, args.spans, args.writers)
+                schema = f"bench_{name}_{uuid.uuid4().hex[:8]}"
+                # health spans are rows too: wait for the agents' spans only
+                result = run_daemon(spool, state, schema, args.spans, extra)
+                asyncio.run(drop_schema(schema))
+                rates[name].append(result["rows_per_s"])
+                print(json.dumps({name: result}), flush=True)
+    med = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    out = {"rows_per_s": rates, "median": med, "overhead": 1 - med["on"] / med["off"]}
+    print(json.dumps(out, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--spans", type=int, default=200_000)
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--small", type=int, default=50_000, help="the smaller backlog for RSS")
     ap.add_argument("--out", type=Path, default=Path("tests/bench/out/pipeline.json"))
+    ap.add_argument("--health-overhead", type=int, default=0, metavar="ROUNDS",
+                    help="instead: ROUNDS alternating runs with the self-monitor off and on")
     args = ap.parse_args()
+    if args.health_overhead:
+        health_overhead(args)
+        return
     tag = uuid.uuid4().hex[:8]
     results: dict[str, object] = {"spans": args.spans, "writers": args.writers}
     with tempfile.TemporaryDirectory() as tmp:

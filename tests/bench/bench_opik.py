@@ -1,0 +1,182 @@
+"""Opik benchmark: spans/s into the emulator, catch-up after an Opik outage, idle RSS.
+
+Run on demand (not part of the test suite):
+
+    .venv/bin/python tests/bench/bench_opik.py --spans 100000
+
+1. the emulator's own capacity (batches of 1000 posted directly), since it
+   bounds what the sink can show;
+2. the daemon with both sinks on a pre-written spool: spans/s into Opik;
+3. Opik down (503) while the spool fills and Postgres keeps up; then Opik
+   back: the catch-up rate, and how long a fresh span takes to reach
+   Postgres while Opik catches up;
+4. idle RSS of the daemon with both sinks enabled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench.bench_pipeline import count, drop_schema, make_schema, proc_sample  # noqa: E402
+from tests.opik_emulator import OpikEmulator  # noqa: E402
+from tests.support import PG_DSN, line, span  # noqa: E402
+
+
+def emulator_capacity(emu: OpikEmulator, n: int) -> float:
+    from sidecar.ids import to_v7
+
+    items = []
+    for i in range(n):
+        s = span(i)
+        s["id"], s["trace_id"] = str(to_v7(uuid.UUID(s["id"]))), str(to_v7(uuid.UUID(s["trace_id"])))
+        s.pop("agent_name"), s.pop("agent_tier")
+        items.append(s)
+    bodies = [orjson.dumps({"spans": items[k:k + 1000]}) for k in range(0, n, 1000)]
+    with httpx.Client(timeout=60) as client:
+        t0 = time.perf_counter()
+        for body in bodies:
+            r = client.post(f"{emu.base_url}/v1/private/spans/batch", content=body,
+                            headers={"content-type": "application/json"})
+            r.raise_for_status()
+        return n / (time.perf_counter() - t0)
+
+
+class Run:
+    def __init__(self, root: Path, emu: OpikEmulator, name: str) -> None:
+        self.spool, self.state = root / f"spool-{name}", root / f"state-{name}"
+        self.spool.mkdir()
+        self.state.mkdir()
+        self.schema = f"bench_opik_{name}_{uuid.uuid4().hex[:8]}"
+        asyncio.run(make_schema(self.schema))
+        cfg = {"spool": {"dir": str(self.spool), "state_dir": str(self.state)},
+               "postgres": {"dsn": PG_DSN, "schema": self.schema},
+               "opik": {"enabled": True, "url": emu.base_url},
+               "breaker": {"reset_timeout_s": 1.0}, "retry": {"max_backoff_s": 1.0},
+               "http": {"enabled": False}, "health": {"enabled": False},
+               "logging": {"level": "warning", "format": "json"}}
+        self.cfg = root / f"{name}.yaml"
+        self.cfg.write_text(yaml.safe_dump(cfg))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write(self, start: int, n: int, name: str = "a") -> None:
+        path = self.spool / f"{name}-h-1-{start}.jsonl"
+        path.write_bytes(b"".join(line(span(i)) for i in range(start, start + n)))
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run", "--config",
+                                      str(self.cfg)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    def rows(self) -> int:
+        return asyncio.run(count(self.schema))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        asyncio.run(drop_schema(self.schema))
+
+
+def wait(pred: object, timeout: float = 600, step: float = 0.1) -> float:
+    t0 = time.perf_counter()
+    while not pred():  # type: ignore[operator]
+        if time.perf_counter() - t0 > timeout:
+            raise SystemExit("timed out")
+        time.sleep(step)
+    return time.perf_counter()
+
+
+def throughput(root: Path, emu: OpikEmulator, n: int) -> dict[str, float]:
+    run = Run(root, emu, "throughput")
+    run.write(0, n)
+    t0 = time.perf_counter()
+    run.start()
+    done: dict[str, float] = {}
+
+    def both() -> bool:
+        now = time.perf_counter()
+        if "opik" not in done and len(emu.spans()) >= n:
+            done["opik"] = now
+        if "pg" not in done and run.rows() >= n:
+            done["pg"] = now
+        return len(done) == 2
+
+    wait(both)
+    t_opik, t_pg = done["opik"], done["pg"]
+    run.stop()
+    return {"opik_spans_per_s": n / (t_opik - t0), "postgres_rows_per_s": n / (t_pg - t0)}
+
+
+def catch_up(root: Path, emu: OpikEmulator, n: int) -> dict[str, float]:
+    emu.reset()
+    emu.fail(503)
+    run = Run(root, emu, "catchup")
+    run.write(0, n)
+    run.start()
+    wait(lambda: run.rows() >= n)
+    assert len(emu.spans()) == 0
+    emu.healthy()
+    t0 = time.perf_counter()
+    # A fresh span while Opik catches up: how long until Postgres has it?
+    wait(lambda: len(emu.spans()) >= n // 10)
+    probe_t = time.perf_counter()
+    run.write(n, 100, name="live")
+    pg_latency = wait(lambda: run.rows() >= n + 100, step=0.02) - probe_t
+    t_done = wait(lambda: len(emu.spans()) >= n + 100)
+    assert run.proc is not None
+    cpu, rss, hwm = proc_sample(run.proc.pid)
+    run.stop()
+    return {"catch_up_spans_per_s": (n + 100) / (t_done - t0),
+            "postgres_latency_during_catch_up_s": pg_latency,
+            "peak_rss_mb": hwm / 2**20}
+
+
+def idle_rss(root: Path, emu: OpikEmulator) -> float:
+    run = Run(root, emu, "idle")
+    run.start()
+    assert run.proc is not None
+    run.write(0, 10)
+    wait(lambda: run.rows() >= 10 and len(emu.spans()) >= 10)
+    time.sleep(2)  # settle: the figure is RSS at rest
+    rss = proc_sample(run.proc.pid)[1]
+    run.stop()
+    return rss / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spans", type=int, default=100_000)
+    ap.add_argument("--out", type=Path, default=Path("tests/bench/out/opik.json"))
+    args = ap.parse_args()
+    results: dict[str, object] = {"spans": args.spans}
+    with tempfile.TemporaryDirectory() as tmp, OpikEmulator() as emu:
+        root = Path(tmp)
+        results["emulator_capacity_spans_per_s"] = emulator_capacity(emu, 20_000)
+        emu.reset()
+        print(json.dumps(results), flush=True)
+        results["idle_rss_mb_both_sinks"] = idle_rss(root, emu)
+        emu.reset()
+        results["throughput"] = throughput(root, emu, args.spans)
+        print(json.dumps(results), flush=True)
+        results["catch_up"] = catch_up(root, emu, args.spans)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
