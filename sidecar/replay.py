@@ -9,6 +9,7 @@ head, go back to the quarantine. Nothing is dropped.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
@@ -23,11 +24,18 @@ from sidecar.spool.quarantine import Quarantine, raw_of
 
 
 def _take(path: Path) -> Path | None:
+    """Rename the quarantine away while holding the lock its writer takes, so
+    a running daemon's next entry goes to a fresh file (see Quarantine)."""
     taken = path.with_name(f"{path.stem}.replaying-{int(time.time() * 1000)}.jsonl")
     try:
-        os.rename(path, taken)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(path, taken)
+    finally:
+        os.close(fd)  # closing releases the lock
     return taken
 
 

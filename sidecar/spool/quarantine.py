@@ -10,6 +10,7 @@ the checkpoint passes the line, so a quarantined line is never lost.
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import time
 from pathlib import Path
@@ -60,11 +61,39 @@ class Quarantine:
             entry["raw_b64"] = base64.b64encode(head).decode("ascii")
         if len(head) < (size or len(raw)):
             entry["truncated"] = True
-        os.write(self._fd, orjson.dumps(entry) + b"\n")
+        self._append(orjson.dumps(entry) + b"\n")
         self._dirty = True
         self.count += 1
         log.warning("quarantine.record.stored", sink=self.sink, source=source,
                     offset=offset, reason=reason[:300])
+
+    def _append(self, data: bytes) -> None:
+        """Write under an exclusive lock, into the file now at ``path``.
+
+        ``replay-quarantine`` takes the file by locking it, reading it and
+        renaming it away: an entry written after that must go to a new file,
+        never into the one it is about to delete.
+        """
+        while True:
+            assert self._fd is not None
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                if self._is_current():
+                    os.write(self._fd, data)
+                    return
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self.close()
+            self.open()
+
+    def _is_current(self) -> bool:
+        assert self._fd is not None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        own = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
     def sync(self) -> None:
         if self._fd is not None and self._dirty:

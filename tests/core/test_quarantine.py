@@ -52,3 +52,18 @@ def test_entries_are_appended_across_restarts(tmp_path: Path) -> None:
         q.sync()
         q.close()
     assert [e["offset"] for e in entries(Quarantine(tmp_path, "postgres"))] == [0, 1, 2]
+
+
+def test_an_entry_after_the_file_was_taken_away_goes_to_a_new_file(tmp_path: Path) -> None:
+    """replay-quarantine renames the file under the writer's lock: the next entry
+    lands in a fresh file at the same path, never in the taken one."""
+    from sidecar.replay import _take
+
+    q = Quarantine(tmp_path, "postgres")
+    q.put(b"first", "src", 0, "bad")
+    taken = _take(q.path)
+    assert taken is not None
+    q.put(b"second", "src", 10, "bad")
+    q.close()
+    assert [orjson.loads(x)["raw"] for x in taken.read_bytes().splitlines()] == ["first"]
+    assert [orjson.loads(x)["raw"] for x in q.path.read_bytes().splitlines()] == ["second"]
