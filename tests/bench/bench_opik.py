@@ -31,9 +31,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.bench_pipeline import count, drop_schema, make_schema, proc_sample  # noqa: E402
-from tests.opik_emulator import OpikEmulator  # noqa: E402
-from tests.support import PG_DSN, line, span  # noqa: E402
+from tests.bench.bench_pipeline import count, drop_schema, make_schema, proc_sample
+from tests.opik_emulator import OpikEmulator
+from tests.support import PG_DSN, line, span
 
 
 def emulator_capacity(emu: OpikEmulator, n: int) -> float:
@@ -42,7 +42,8 @@ def emulator_capacity(emu: OpikEmulator, n: int) -> float:
     items = []
     for i in range(n):
         s = span(i)
-        s["id"], s["trace_id"] = str(to_v7(uuid.UUID(s["id"]))), str(to_v7(uuid.UUID(s["trace_id"])))
+        s["id"] = str(to_v7(uuid.UUID(s["id"])))
+        s["trace_id"] = str(to_v7(uuid.UUID(s["trace_id"])))
         s.pop("agent_name"), s.pop("agent_tier")
         items.append(s)
     bodies = [orjson.dumps({"spans": items[k:k + 1000]}) for k in range(0, n, 1000)]
@@ -138,7 +139,7 @@ def catch_up(root: Path, emu: OpikEmulator, n: int) -> dict[str, float]:
     pg_latency = wait(lambda: run.rows() >= n + 100, step=0.02) - probe_t
     t_done = wait(lambda: len(emu.spans()) >= n + 100)
     assert run.proc is not None
-    cpu, rss, hwm = proc_sample(run.proc.pid)
+    hwm = proc_sample(run.proc.pid)[2]
     run.stop()
     return {"catch_up_spans_per_s": (n + 100) / (t_done - t0),
             "postgres_latency_during_catch_up_s": pg_latency,
