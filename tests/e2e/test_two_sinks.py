@@ -228,3 +228,28 @@ print(sorted(m for m in sys.modules if m == "opik" or m.startswith("opik.")))
                          cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_health_turns_degraded_unhealthy_and_back_when_a_sink_fails(
+        sidecar_env: SidecarEnv, emu: OpikEmulator) -> None:
+    """Opik failing: the status goes to degraded, then unhealthy (lag past critical),
+    each change logged once; after recovery it is healthy again."""
+    two_sinks(sidecar_env, emu, health={
+        "enabled": True, "interval_s": 0.2, "window_s": 2.0,
+        "thresholds": {"lag_warning_s": 0.5, "lag_critical_s": 2.0}})
+    emu.fail(503)
+    d = sidecar_env.daemon().wait_started()
+    write_spans(sidecar_env.spool / "a-h-1-0.jsonl", [span(i) for i in range(50)])
+
+    def statuses() -> list[str]:
+        return [e["new"] for e in d.events("health.status.changed")]
+
+    wait_until(lambda: "unhealthy" in statuses(), 30, "unhealthy")
+    emu.healthy()
+    wait_until(lambda: statuses()[-1:] == ["healthy"], 30, "healthy again")
+    seen = statuses()
+    first_bad = seen.index("unhealthy")
+    assert "degraded" in seen[:first_bad], seen
+    assert all(a != b for a, b in zip(seen, seen[1:], strict=False)), "each change logged once"
+    reasons = [e["reasons"] for e in d.events("health.status.changed") if e["new"] == "unhealthy"]
+    assert any("opik" in r for rs in reasons for r in rs)
