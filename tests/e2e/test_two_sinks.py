@@ -6,6 +6,7 @@ project's Opik emulator (RELIABILITY.md groups 1, 5 and 6 with two sinks).
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -250,6 +251,6 @@ def test_health_turns_degraded_unhealthy_and_back_when_a_sink_fails(
     seen = statuses()
     first_bad = seen.index("unhealthy")
     assert "degraded" in seen[:first_bad], seen
-    assert all(a != b for a, b in zip(seen, seen[1:], strict=False)), "each change logged once"
+    assert all(a != b for a, b in itertools.pairwise(seen)), "each change logged once"
     reasons = [e["reasons"] for e in d.events("health.status.changed") if e["new"] == "unhealthy"]
     assert any("opik" in r for rs in reasons for r in rs)
