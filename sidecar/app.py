@@ -8,7 +8,6 @@ in-flight batches are delivered within ``shutdown.drain_timeout_s``), stop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -34,6 +33,7 @@ from sidecar.spool.watcher import SpoolWatcher
 from sidecar.stats import SinkStats, SpoolStats
 
 log = structlog.get_logger("sidecar.app")
+CANCEL_GRACE_S = 2.0
 
 
 class App:
@@ -152,10 +152,10 @@ class App:
         _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown.drain_timeout_s)
         for task in pending:
             task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         if pending:
+            # Bounded too: a task stuck in a driver's cleanup is left behind
+            # (the exit tears it down); a second signal cancels this wait.
+            await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
             log.warning("app.drain.timed_out", undelivered_sinks=len(pending),
                         note="checkpoints trail what was stored; the rest ships after restart")
         return not pending

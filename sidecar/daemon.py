@@ -1,9 +1,16 @@
-"""``span-sidecar run``: the App under signal handling (uvicorn's shell)."""
+"""``span-sidecar run``: the App under signal handling (uvicorn's shell).
+
+The exit is bounded whatever a driver does: after a stop signal the app has
+``shutdown.drain_timeout_s`` plus a grace period; past that, or on a second
+signal, the process exits at once. That is safe at any moment: checkpoints
+are durable and only ever trail what the sinks stored.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 
 import structlog
 
@@ -12,29 +19,32 @@ from sidecar.settings import Settings
 
 log = structlog.get_logger("sidecar.daemon")
 
+EXIT_GRACE_S = 5.0
+
+
+def _exit_now(code: int, event: str) -> None:
+    log.warning(event, exit_code=code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
 
 async def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; 0 after a drain, 1 when forced by a second signal."""
     from sidecar.cli import install_signal_handlers
 
     stop = asyncio.Event()
-    main = asyncio.current_task()
-    forced = False
-
-    def force() -> None:
-        nonlocal forced
-        forced = True
-        if main is not None:
-            main.cancel()
-
-    install_signal_handlers(stop, force)
+    install_signal_handlers(stop, lambda: _exit_now(1, "app.exit.forced"))
     app = App(settings)
-    try:
-        await app.run(stop)
-    except asyncio.CancelledError:
-        if forced:
-            log.warning("app.exit.forced")
-            return 1
-        raise
+    task = asyncio.create_task(app.run(stop))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        deadline = settings.shutdown.drain_timeout_s + EXIT_GRACE_S
+        done, _ = await asyncio.wait({task}, timeout=deadline)
+        if not done:
+            _exit_now(0, "app.exit.stuck")  # a driver did not let go in time
+    stopping.cancel()
+    task.result()  # a crashed component: the CLI turns it into exit code 1
     log.info("app.exit.clean", pid=os.getpid())
     return 0

@@ -171,7 +171,11 @@ class SinkPipeline:
         if send_stream is None or self.breaker.state != "closed":
             await batch.sealed.wait()
             return False
-        outcome = await send_stream(batch.stream())
+        try:
+            outcome = await send_stream(batch.stream())
+        except Exception as exc:  # a sink bug must not kill the pipeline
+            log.exception("sink.send.crashed", sink=self.sink.name, error_type=type(exc).__name__)
+            outcome = Retry(f"{type(exc).__name__}: {exc}")
         await batch.sealed.wait()
         if not isinstance(outcome, Delivered):
             return False

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -48,7 +49,19 @@ def _not_bool(value: Any) -> Any:
 
 # Timestamps must be RFC 3339 strings with an offset: the shape check refuses
 # the unix times pydantic would otherwise accept, AwareDatetime the naive ones.
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_shape)]
+def _storable(value: datetime) -> datetime:
+    # Every sink must be able to store it: year 1 with +14:00 is "valid" but
+    # overflows as soon as anything converts it to UTC.
+    offset = value.utcoffset() or timedelta(0)
+    if not (1900 <= value.year <= 9999 and 1900 <= (value - offset).year <= 9999):
+        raise ValueError("must be between the years 1900 and 9999")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_shape), AfterValidator(_storable)]
+# Opik stores usage and our tiers as int32; Postgres indexes agent_name.
+Int32 = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
+ShortText = Annotated[str, Field(max_length=512)]
 # A JSON number: strict refuses strings and booleans; NaN/Infinity are refused
 # by the models' allow_inf_nan=False (they are not JSON).
 Number = Annotated[float, Field(strict=True)]
@@ -90,12 +103,12 @@ class SpanRecord(_Model):
     tags: list[str] | None = None
     model: str | None = None
     provider: str | None = None
-    usage: dict[str, StrictInt] | None = None
+    usage: dict[str, Int32] | None = None
     total_estimated_cost: Number | None = Field(default=None, ge=0)
     error_info: ErrorInfo | None = None
     project_name: str | None = None
-    agent_name: str | None = None
-    agent_tier: StrictInt | None = None
+    agent_name: ShortText | None = None
+    agent_tier: Int32 | None = None
     events: list[Event] | None = None
     last_updated_at: Timestamp | None = None
 

@@ -18,6 +18,8 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._loop.call_soon_threadsafe(self._flowing.set)
 
     def __enter__(self) -> TcpProxy:
         self._thread.start()
@@ -38,6 +40,13 @@ class TcpProxy:
 
     def cut(self) -> None:
         self._call(self._close())
+
+    def freeze(self) -> None:
+        """Keep every connection open but forward nothing (a network black hole)."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def thaw(self) -> None:
+        self._loop.call_soon_threadsafe(self._flowing.set)
 
     async def _listen(self) -> None:
         if self._server is None:
@@ -65,6 +74,7 @@ class TcpProxy:
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError, ConnectionError):
             while data := await src.read(65536):
+                await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
         dst.transport.abort()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,3 +134,18 @@ async def test_streamed_copy_stores_records_and_defers_collisions(pg_schema: str
         assert await count(pg_schema) == 120
         assert await s.send(batch[60:] + records(5)) == Delivered()
     assert await count(pg_schema) == 125
+
+
+async def test_values_the_table_cannot_hold_are_rejected_not_retried(pg_schema: str) -> None:
+    """A 2**64 integer in metadata (orjson cannot encode it) and an agent name too big
+    for the index are isolated as rejects; the other records are stored."""
+    batch = records(10)
+    batch[2] = batch[2].model_copy(update={"metadata": {"big": 2**64}})
+    batch[7] = batch[7].model_copy(update={"agent_name": secrets.token_urlsafe(9000)})
+    async with sink(pg_schema) as s:
+        outcome = await s.send(batch)
+        huge = [r.model_copy(update={"metadata": {"big": 2**70}}) for r in records(3)]
+        streamed = await s.send_stream(_aiter(huge))
+    assert isinstance(outcome, PartlyRejected) and sorted(outcome.reasons) == [2, 7]
+    assert isinstance(streamed, Retry)
+    assert await count(pg_schema) == 8

@@ -35,6 +35,7 @@ log = structlog.get_logger("sidecar.sinks.postgres")
 
 TABLE = "ml_observability_spans"
 Row = tuple[Any, ...]
+CLOSE_TIMEOUT_S = 2.0
 COLUMNS = (
     "span_id", "trace_id", "parent_span_id", "name", "type", "agent_name", "agent_tier",
     "project_name", "start_time", "end_time", "duration_ms", "status", "model", "provider",
@@ -44,7 +45,11 @@ COLUMNS = (
 _COLS = ", ".join(COLUMNS)
 # Errors of the data itself (SQLSTATE classes 22 and 23 but unique): retrying
 # cannot help, so the record is isolated and quarantined.
-_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# A value asyncpg cannot encode (a 2**64 integer in metadata for orjson) is a
+# data error too, found before anything reaches the server; so is a row too
+# big for an index (ProgramLimitExceeded).
+_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+                asyncpg.ProgramLimitExceededError, OverflowError, ValueError, TypeError)
 
 
 def span_row(span: SpanRecord, default_project: str) -> tuple[Any, ...]:
@@ -101,8 +106,11 @@ class PostgresSink:
         with contextlib.suppress(asyncio.CancelledError):
             await self._warm
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:  # a COPY stuck on a dead network must not hold the exit
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                pool.terminate()
 
     async def _init_conn(self, conn: asyncpg.Connection) -> None:
         await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode,
@@ -167,8 +175,7 @@ class PostgresSink:
             pool = await self.pool()
             async with pool.acquire() as conn:
                 await self._copy(conn, rows())
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
-                RuntimeError) as exc:
+        except Exception as exc:  # every failure falls back to the ordinary path
             return Retry(f"streamed COPY: {type(exc).__name__}: {_safe(exc)}")
         return Delivered()
 

@@ -233,3 +233,29 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(sidecar_env: Side
     from tests.support import span_ids
 
     assert set(span_ids(sidecar_env.schema)) == {i for ids in all_ids for i in ids}
+
+
+def test_sigterm_exits_in_bounded_time_when_postgres_hangs(sidecar_env: SidecarEnv) -> None:
+    """A network black hole in the middle of a COPY: SIGTERM still ends the process
+    within the drain timeout plus the grace period, and a restart ships everything."""
+    from tests.tcp_proxy import TcpProxy
+
+    with TcpProxy("127.0.0.1", 5432) as proxy:
+        sidecar_env.configure(postgres={"dsn": f"postgresql://postgres@127.0.0.1:{proxy.port}/test"},
+                              shutdown={"drain_timeout_s": 1})
+        d = sidecar_env.daemon().wait_started()
+        path = sidecar_env.spool / "a-h-1-0.jsonl"
+        ids = write_spans(path, [span(i) for i in range(100)])
+        wait_until(lambda: sidecar_env.rows() == 100, 15)
+        proxy.freeze()
+        ids += write_spans(path, [span(i) for i in range(100, 3000)])
+        threading.Event().wait(0.5)  # let the daemon get stuck in the COPY (the scenario)
+        t0 = time.monotonic()
+        d.signal(signal.SIGTERM)
+        d.wait(30)
+        assert time.monotonic() - t0 < 1 + 5 + 3
+        assert d.events("app.drain.timed_out"), "the scenario did not get stuck"
+        proxy.thaw()
+    sidecar_env.configure()
+    sidecar_env.daemon().wait_started()
+    wait_until(lambda: sidecar_env.rows() == len(ids), 20)
