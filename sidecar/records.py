@@ -53,7 +53,11 @@ def _storable(value: datetime) -> datetime:
     # Every sink must be able to store it: year 1 with +14:00 is "valid" but
     # overflows as soon as anything converts it to UTC.
     offset = value.utcoffset() or timedelta(0)
-    if not (1900 <= value.year <= 9999 and 1900 <= (value - offset).year <= 9999):
+    try:
+        utc_year = (value - offset).year
+    except OverflowError:
+        utc_year = 0
+    if not (1900 <= value.year <= 9999 and 1900 <= utc_year <= 9999):
         raise ValueError("must be between the years 1900 and 9999")
     return value
 

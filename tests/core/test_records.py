@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta, timezone
+import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -229,8 +230,10 @@ def test_parse_line_never_raises_on_arbitrary_json(value: Any) -> None:
 
 UUIDS = st.uuids().map(str)
 OFFSETS = st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m)))
+# Storable times only: records refuse years outside 1900-9999 (in UTC too).
 STAMPS = st.builds(lambda d, tz: d.replace(tzinfo=tz).isoformat(),
-                   st.datetimes(), OFFSETS)
+                   st.datetimes(min_value=datetime(1901, 1, 1),
+                                max_value=datetime(9998, 12, 31)), OFFSETS)
 TEXT = st.text(max_size=20)
 OBJECTS = st.dictionaries(TEXT, JSONISH, max_size=3)
 NUMBERS = st.floats(min_value=0, allow_nan=False, allow_infinity=False) | st.integers(0, 10**6)
@@ -333,3 +336,21 @@ def test_the_published_schema_is_a_valid_draft_2020_12_schema() -> None:
     schema = json.loads(SCHEMA_FILE.read_text())
     Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+14:00", "1899-12-31T23:59:59Z",
+                                   "9999-12-31T23:00:00-05:00"])
+def test_times_no_sink_can_store_are_rejected(stamp: str) -> None:
+    """Years outside 1900-9999 (also after conversion to UTC) never reach a sink."""
+    result = parse_line(json.dumps({"id": str(uuid.uuid4()), "trace_id": str(uuid.uuid4()),
+                                    "name": "n", "start_time": stamp}).encode())
+    assert isinstance(result, Rejected) and "1900 and 9999" in result.reason
+
+
+@pytest.mark.parametrize("field", [{"agent_tier": 2**31}, {"usage": {"total_tokens": 2**40}},
+                                   {"agent_name": "a" * 513}])
+def test_values_beyond_the_sinks_columns_are_rejected(field: dict[str, Any]) -> None:
+    rec = {"id": str(uuid.uuid4()), "trace_id": str(uuid.uuid4()), "name": "n",
+           "start_time": "2025-01-01T00:00:00Z", **field}
+    result = parse_line(json.dumps(rec).encode())
+    assert isinstance(result, Rejected) and next(iter(field)) in result.reason
