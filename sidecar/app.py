@@ -79,7 +79,8 @@ class App:
         s = self.settings
         store = CheckpointStore(s.spool.state_dir, sink.name)
         reader = SpoolReader(s.spool.dir, s.spool.patterns, s.spans.max_line_bytes,
-                             s.spool.read_chunk_bytes, store.load(), sink.name)
+                             s.spool.read_chunk_bytes, store.load(), sink.name,
+                             idle_done_after_s=s.spool.idle_done_after_s)
         quarantine = Quarantine(s.spool.state_dir, sink.name)
         quarantine.open()
         settings = PipelineSettings(s.batch, s.breaker, s.retry, s.spans.max_line_bytes)

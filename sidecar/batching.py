@@ -17,6 +17,7 @@ class Batch:
     # Per file, the end of the last line this batch covers (parsed or quarantined).
     ends: dict[tuple[int, int], tuple[TrackedFile, int, int]] = field(default_factory=dict)
     quarantined: int = 0
+    bytes: int = 0  # raw bytes of the lines held: memory is bounded by this too
     started: float = 0.0
     sealed_at: float = 0.0
     # A batch may be handed to a streaming sink while it is still filling:
@@ -51,8 +52,9 @@ class Batch:
 class Batcher:
     """Collects lines until ``max_records`` or ``max_wait_s`` after the first."""
 
-    def __init__(self, max_records: int, max_wait_s: float) -> None:
+    def __init__(self, max_records: int, max_wait_s: float, max_bytes: int = 8 << 20) -> None:
         self.max_records = max_records
+        self.max_bytes = max_bytes
         self.max_wait_s = max_wait_s
         self._batch = Batch()
 
@@ -66,11 +68,13 @@ class Batcher:
         else:
             batch.records.append(record)
             batch.lines.append(line)
+            batch.bytes += len(line.raw)
         batch.ends[line.file.key] = (line.file, line.gen, line.end)
 
     @property
     def full(self) -> bool:
-        return len(self._batch.records) >= self.max_records
+        batch = self._batch
+        return len(batch.records) >= self.max_records or batch.bytes >= self.max_bytes
 
     def time_left(self, now: float) -> float | None:
         """Seconds until the pending batch is due; None when there is none."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import sys
 
 import structlog
@@ -29,9 +30,22 @@ def _exit_now(code: int, event: str) -> None:
     os._exit(code)
 
 
+def raise_open_files_limit() -> None:
+    """Each sink holds every tracked spool file open: take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            log.warning("app.open_files.limited", soft=soft, hard=hard)
+
+
 async def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; 0 after a drain, 1 when forced by a second signal."""
     from sidecar.cli import install_signal_handlers
+
+    raise_open_files_limit()
 
     stop = asyncio.Event()
     install_signal_handlers(stop, lambda: _exit_now(1, "app.exit.forced"))

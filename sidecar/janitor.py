@@ -41,17 +41,13 @@ class Janitor:
             return 0
         removed = 0
         for key, f in list(self.readers[0].files.items()):
-            if f.deleted or not self._finished(f):
+            if f.deleted or not self.readers[0].finished(f):
                 continue
             size = os.fstat(f.fd).st_size
             if all(self._passed(r, key, size) for r in self.readers):
                 removed += self._remove(f)
         self.removed_total += removed
         return removed
-
-    def _finished(self, f: TrackedFile) -> bool:
-        idle = self.clock.wall() - f.mtime
-        return f.path.endswith(".done") or idle > self.settings.idle_done_after_s
 
     @staticmethod
     def _passed(reader: SpoolReader, key: tuple[int, int], size: int) -> bool:
@@ -66,7 +62,10 @@ class Janitor:
             else:
                 archive = Path(self.settings.archive_dir)
                 archive.mkdir(parents=True, exist_ok=True)
-                shutil.move(f.path, archive / Path(f.path).name)
+                target = archive / Path(f.path).name
+                if target.exists():  # writer names repeat (pid 1 in containers)
+                    target = target.with_name(f"{target.name}.{f.dev}-{f.ino}-{f.mtime:.0f}")
+                shutil.move(f.path, target)
                 log.info("spool.file.archived", path=f.path, archive_dir=str(archive))
         except FileNotFoundError:
             return 0

@@ -59,7 +59,8 @@ class SinkPipeline:
         self.backoff = Backoff(r.initial_backoff_s, r.max_backoff_s, r.multiplier)
         # A sink may take larger batches than the default (Postgres: thousands).
         max_records = sink.max_batch_records or settings.batch.max_records
-        self.batcher = Batcher(max_records, settings.batch.max_wait_ms / 1000)
+        self.batcher = Batcher(max_records, settings.batch.max_wait_ms / 1000,
+                               settings.batch.max_bytes)
         # A sink that can take records while a batch fills (Postgres COPY)
         # gets it early, so the database works while we parse.
         self.streaming = hasattr(sink, "send_stream")
@@ -84,7 +85,7 @@ class SinkPipeline:
             if self.changed.is_set():
                 self.changed.clear()
                 self.reader.scan()
-            lines = await self.reader.read(budget)
+            lines = await self.reader.read(budget, self.settings.batch.max_bytes)
             for n, line in enumerate(lines, 1):
                 await self._add(line, queue)
                 if self.batcher.full:

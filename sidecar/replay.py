@@ -13,6 +13,7 @@ import fcntl
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,24 @@ from sidecar.spool.quarantine import Quarantine, raw_of
 def _take(path: Path) -> Path | None:
     """Rename the quarantine away while holding the lock its writer takes, so
     a running daemon's next entry goes to a fresh file (see Quarantine)."""
-    taken = path.with_name(f"{path.stem}.replaying-{int(time.time() * 1000)}.jsonl")
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.rename(path, taken)
-    finally:
-        os.close(fd)  # closing releases the lock
-    return taken
+    taken = path.with_name(f"{path.stem}.replaying-{int(time.time() * 1000)}-"
+                           f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st, own = os.stat(path), os.fstat(fd)
+            if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+                os.link(path, taken)  # never replaces an existing file
+                os.unlink(path)
+                return taken
+        except FileNotFoundError:
+            pass  # another replay took it first: look again
+        finally:
+            os.close(fd)  # closing releases the lock
 
 
 def _write_spool(settings: Settings, sink: str, lines: list[bytes]) -> Path | None:
@@ -50,14 +58,34 @@ def _write_spool(settings: Settings, sink: str, lines: list[bytes]) -> Path | No
         os.fsync(fh.fileno())
     final = settings.spool.dir / f"{name}.jsonl.done"
     os.rename(tmp, final)
+    _fsync_dir(settings.spool.dir)  # durable before the quarantine copy goes
     return final
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replay_sink(settings: Settings, sink: str) -> dict[str, Any]:
+    """Replay the sink's quarantine, and any file an interrupted replay left."""
     qdir = settings.spool.state_dir / "quarantine"
+    leftovers = sorted(qdir.glob(f"{sink}.replaying-*.jsonl"))
     taken = _take(qdir / f"{sink}.jsonl")
-    if taken is None:
-        return {"sink": sink, "replayed": 0, "still_invalid": 0}
+    totals: dict[str, Any] = {"sink": sink, "replayed": 0, "still_invalid": 0, "spool_files": []}
+    for path in [*leftovers, *([taken] if taken else [])]:
+        result = _replay_file(settings, sink, path)
+        totals["replayed"] += result["replayed"]
+        totals["still_invalid"] += result["still_invalid"]
+        if result["spool_file"]:
+            totals["spool_files"].append(result["spool_file"])
+    return totals
+
+
+def _replay_file(settings: Settings, sink: str, taken: Path) -> dict[str, Any]:
     good: list[bytes] = []
     back = Quarantine(settings.spool.state_dir, sink)
     still = 0
@@ -78,7 +106,7 @@ def replay_sink(settings: Settings, sink: str) -> dict[str, Any]:
     back.close()
     written = _write_spool(settings, sink, good)
     taken.unlink()
-    return {"sink": sink, "replayed": len(good), "still_invalid": still,
+    return {"replayed": len(good), "still_invalid": still,
             "spool_file": str(written) if written else None}
 
 

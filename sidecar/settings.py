@@ -53,6 +53,9 @@ class BatchSettings(Section):
     max_wait_ms: int = Field(default=1000, ge=1)
     # Batches built ahead of the one being sent (bounds memory per sink).
     queue_batches: int = Field(default=1, ge=1, le=16)
+    # A batch is also full at this many raw bytes, so big spans cannot make a
+    # few thousand-record batches cost gigabytes.
+    max_bytes: int = Field(default=8 << 20, ge=64 << 10)
 
 
 class PostgresSettings(Section):

@@ -43,9 +43,10 @@ def _sinks(settings: Settings) -> list[str]:
     return names
 
 
-def _lines(path: Path) -> int:
+def _lines(path: Path, start: int = 0) -> int:
     try:
         with path.open("rb") as fh:
+            fh.seek(start)
             return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
     except FileNotFoundError:
         return 0
@@ -53,13 +54,14 @@ def _lines(path: Path) -> int:
 
 def _sink_report(name: str, files: list[tuple[Path, os.stat_result]],
                  marks: dict[tuple[int, int], FileMark], state_dir: Path) -> dict[str, Any]:
-    behind_files, behind_bytes, oldest = 0, 0, None
-    for _path, st in files:
+    behind_files, behind_bytes, behind_records, oldest = 0, 0, 0, None
+    for path, st in files:
         mark = marks.get((st.st_dev, st.st_ino))
         acked = mark.offset if mark and mark.offset <= st.st_size else 0
         if st.st_size > acked:
             behind_files += 1
             behind_bytes += st.st_size - acked
+            behind_records += _lines(path, acked)
             oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
     breaker: dict[str, Any] = {}
     bpath = state_dir / "status" / f"{name}.json"
@@ -70,6 +72,7 @@ def _sink_report(name: str, files: list[tuple[Path, os.stat_result]],
             breaker = {}
     return {
         "sink": name, "files_behind": behind_files, "bytes_behind": behind_bytes,
+        "records_behind": behind_records,
         "oldest_unshipped_age_s": None if oldest is None else round(time.time() - oldest, 1),
         "breaker": breaker.get("breaker", "unknown"),
         "quarantined": _lines(state_dir / "quarantine" / f"{name}.jsonl"),
@@ -94,7 +97,8 @@ def render(report: dict[str, Any]) -> str:
     for s in report["sinks"]:
         age = s["oldest_unshipped_age_s"]
         out.append(
-            f"  {s['sink']:<9} behind: {s['files_behind']} files, {s['bytes_behind']} bytes"
+            f"  {s['sink']:<9} behind: {s['files_behind']} files, {s['records_behind']} records, "
+            f"{s['bytes_behind']} bytes"
             f"{'' if age is None else f', oldest {age}s'}; breaker {s['breaker']}; "
             f"quarantined {s['quarantined']}")
     return "\n".join(out)

@@ -37,6 +37,11 @@ class Quarantine:
     def open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        dfd = os.open(self.dir, os.O_RDONLY)  # the file's name is durable too
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def close(self) -> None:
         if self._fd is not None:

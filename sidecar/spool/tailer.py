@@ -14,6 +14,7 @@ import fnmatch
 import hashlib
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,8 +70,10 @@ class SpoolReader:
     """Tracks the spool's files for one sink and hands out complete lines."""
 
     def __init__(self, spool_dir: Path, patterns: tuple[str, ...], max_line_bytes: int,
-                 chunk_bytes: int, marks: dict[tuple[int, int], FileMark], sink: str) -> None:
+                 chunk_bytes: int, marks: dict[tuple[int, int], FileMark], sink: str,
+                 idle_done_after_s: float | None = None) -> None:
         self.dir = spool_dir
+        self.idle_done_after_s = idle_done_after_s
         self.patterns = patterns
         self.max_line = max_line_bytes
         self.chunk = max(chunk_bytes, max_line_bytes + 1)
@@ -108,9 +111,12 @@ class SpoolReader:
         for key, tracked in list(self.files.items()):
             self._refresh(tracked, present=key in seen)
         if self._first_scan:
-            for mark in self._marks.values():
-                log.info("checkpoint.file.gone", sink=self.sink, path=mark.path)
-            self._marks.clear()
+            # Marks of files that are gone are dropped; a present file that
+            # could not be opened yet (EMFILE) keeps its mark for later.
+            for key, mark in list(self._marks.items()):
+                if key not in seen:
+                    log.info("checkpoint.file.gone", sink=self.sink, path=mark.path)
+                    del self._marks[key]
             self._first_scan = False
 
     def _matches(self, name: str) -> bool:
@@ -164,20 +170,24 @@ class SpoolReader:
             log.info("spool.file.closed", sink=self.sink, path=f.path, reason="deleted")
 
     # -- reading -------------------------------------------------------------
-    async def read(self, max_lines: int) -> list[Line]:
+    async def read(self, max_lines: int, max_bytes: int = 1 << 62) -> list[Line]:
         """Complete lines, fairly across files: at most one chunk of each file,
-        visiting files (in turn from call to call) until ``max_lines`` is reached.
+        visiting files (in turn from call to call) until ``max_lines`` lines or
+        ``max_bytes`` bytes were taken.
 
         Memory is bounded by bytes (``chunk_bytes`` a file), not by ``max_lines``:
         one chunk of short lines may hold more than ``max_lines`` of them.
         """
         out: list[Line] = []
         files = list(self.files.values())
+        taken = 0
         for i in range(len(files)):
             f = files[(self._rr + i) % len(files)]
-            if len(out) >= max_lines:
+            if len(out) >= max_lines or taken >= max_bytes:
                 break
-            out.extend(await self._read_file(f))
+            lines = await self._read_file(f)
+            taken += sum(len(x.raw) for x in lines)
+            out.extend(lines)
         self._rr += 1
         return out
 
@@ -206,6 +216,11 @@ class SpoolReader:
             nl = data.find(b"\n")
             if nl < 0:
                 f.read_pos += len(data)
+                if at_eof and self.finished(f):  # its writer will never end it
+                    size = f.read_pos - f.skip_from
+                    out.append(Line(f, f.gen, f.skip_from, f.read_pos, f.skip_head, size,
+                                    unfinished=True))
+                    f.skip_from, f.skip_head = None, b""
                 return out
             end = base + nl + 1
             out.append(Line(f, f.gen, f.skip_from, end, f.skip_head, end - f.skip_from - 1))
@@ -224,12 +239,19 @@ class SpoolReader:
         if len(tail) > self.max_line:
             f.skip_from, f.skip_head = pos, tail[: 64 << 10]
             f.read_pos = pos + len(tail)
-        elif tail and at_eof and f.path.endswith(".done"):
+        elif tail and at_eof and self.finished(f):
             # Its writer will never finish this line: hand it on (to the
             # quarantine) so the file can be acknowledged and removed.
             out.append(Line(f, f.gen, pos, pos + len(tail), tail, unfinished=True))
             f.read_pos = pos + len(tail)
         return out
+
+    def finished(self, f: TrackedFile) -> bool:
+        """Will its writer never append again? (``.done``, or idle too long.)"""
+        if f.path.endswith(".done"):
+            return True
+        idle = self.idle_done_after_s
+        return idle is not None and time.time() - f.mtime > idle
 
     # -- progress ------------------------------------------------------------
     def ack(self, f: TrackedFile, gen: int, end: int) -> None:
@@ -245,6 +267,8 @@ class SpoolReader:
             if f.fp_len < want:
                 f.fp, f.fp_len = fingerprint(f.fd, want), want
             out[f.key] = FileMark(f.dev, f.ino, f.fp, f.fp_len, f.acked, f.path)
+        for key, mark in self._marks.items():  # present, not opened yet: keep
+            out.setdefault(key, mark)
         return out
 
     def lag_bytes(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import tracemalloc
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -515,3 +516,28 @@ async def test_an_unfinished_last_line_of_a_done_file_is_handed_on_flagged(spool
     assert [(x.raw, x.unfinished) for x in tail] == [(b'{"half": ', True)]
     assert tail[0].end == path.with_name("a-h-1-0.jsonl.done").stat().st_size
     assert await read_all(reader) == []
+
+
+async def test_an_unfinished_over_long_tail_of_a_done_file_is_handed_on(spool: Path) -> None:
+    """A .done file ending inside an over-long line without a newline: that line comes
+    out once (too long, unfinished) instead of holding the file forever."""
+    path = spool / "a-h-1-0.jsonl.done"
+    append(path, b"".join(numbered(1)) + b"x" * 5000)
+    reader = make_reader(spool, max_line=1024, chunk=4096)
+    lines = await read_all(reader)
+    assert [(x.too_long, x.unfinished) for x in lines] == [(0, False), (5000, True)]
+    assert lines[-1].end == path.stat().st_size
+
+
+async def test_the_unfinished_tail_of_a_dead_writers_idle_file_is_handed_on(spool: Path) -> None:
+    """A .jsonl idle longer than idle_done_after_s counts as done: its tail comes out."""
+    path = spool / "a-h-1-0.jsonl"
+    append(path, b"".join(numbered(1)) + b'{"half"')
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    reader = make_reader(spool)
+    reader.idle_done_after_s = 60.0
+    lines = await read_all(reader)
+    assert [x.unfinished for x in lines] == [False, True]
+    fresh = make_reader(spool)  # without an idle limit the tail waits
+    assert [x.unfinished for x in await read_all(fresh)] == [False]

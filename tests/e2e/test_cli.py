@@ -63,6 +63,7 @@ def test_status_reports_bytes_behind_without_a_daemon(sidecar_env: SidecarEnv) -
     write_spans(path, [span(i) for i in range(10)])
     before = json.loads(cli("status", "--json", "--config", str(sidecar_env.config)).stdout)
     assert before["sinks"][0]["bytes_behind"] == path.stat().st_size
+    assert before["sinks"][0]["records_behind"] == 10
     d = sidecar_env.daemon().wait_started()
     wait_until(lambda: sidecar_env.rows() == 10, 10)
     d.signal(signal.SIGTERM)
