@@ -77,3 +77,14 @@ def test_positions_carry_the_generation_of_their_lines() -> None:
     batcher.add(fake_line(f, 0, gen=0), record(0), now=0.0)
     batcher.add(fake_line(f, 0, gen=1), record(1), now=0.0)  # the file was truncated
     assert batcher.take().ends[f.key] == (f, 1, 3)
+
+
+def test_a_batch_is_full_at_max_bytes_whatever_its_record_count() -> None:
+    """Big spans fill a batch by bytes long before max_records: memory stays bounded."""
+    batcher, f = Batcher(max_records=5000, max_wait_s=1.0, max_bytes=3000), fake_file(1)
+    raw = b"x" * 1000
+    batcher.add(fake_line(f, 0, raw), record(0), now=0.0)
+    batcher.add(fake_line(f, 1001, raw), record(1), now=0.0)
+    assert not batcher.full
+    batcher.add(fake_line(f, 2002, raw), record(2), now=0.0)
+    assert batcher.full and batcher.take().bytes == 3000

@@ -67,3 +67,21 @@ def test_an_entry_after_the_file_was_taken_away_goes_to_a_new_file(tmp_path: Pat
     q.close()
     assert [orjson.loads(x)["raw"] for x in taken.read_bytes().splitlines()] == ["first"]
     assert [orjson.loads(x)["raw"] for x in q.path.read_bytes().splitlines()] == ["second"]
+
+
+def test_replay_finishes_a_file_an_interrupted_replay_left(tmp_path: Path) -> None:
+    """A taken quarantine file that a crashed replay never finished is replayed next time."""
+    from sidecar.replay import _take, replay_sink
+    from sidecar.settings import Settings
+
+    settings = Settings.model_validate(
+        {"spool": {"dir": str(tmp_path / "spool"), "state_dir": str(tmp_path)}})
+    (tmp_path / "spool").mkdir()
+    q = Quarantine(tmp_path, "postgres")
+    q.put(b"still bad", "src", 0, "bad")
+    q.close()
+    assert _take(q.path) is not None  # ... and the replay crashed here
+    result = replay_sink(settings, "postgres")
+    assert result["still_invalid"] == 1 and result["replayed"] == 0
+    assert list((tmp_path / "quarantine").glob("*.replaying-*")) == []
+    assert [orjson.loads(x)["raw"] for x in q.path.read_bytes().splitlines()] == ["still bad"]
