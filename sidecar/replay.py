@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from sidecar.fsutil import fsync_dir
 from sidecar.records import Rejected, parse_line
 from sidecar.settings import Settings
 from sidecar.spool.quarantine import Quarantine, raw_of
@@ -58,16 +59,8 @@ def _write_spool(settings: Settings, sink: str, lines: list[bytes]) -> Path | No
         os.fsync(fh.fileno())
     final = settings.spool.dir / f"{name}.jsonl.done"
     os.rename(tmp, final)
-    _fsync_dir(settings.spool.dir)  # durable before the quarantine copy goes
+    fsync_dir(settings.spool.dir)  # durable before the quarantine copy goes
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def replay_sink(settings: Settings, sink: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 SPAN_TYPES = frozenset({"general", "llm", "tool", "guardrail"})
 _USAGE_ALIASES = {"input_tokens": "prompt_tokens", "output_tokens": "completion_tokens"}
 _MAX_TEXT = 32 * 1024
-_MAX_TOKENS = 2**63  # a Postgres bigint
+_MAX_TOKENS = 2**31  # Opik stores usage as int32
 _log = logging.getLogger("sidecar.client")
 _warned: set[str] = set()
 
@@ -73,7 +73,9 @@ def usage_of(usage: Mapping[str, Any] | None) -> dict[str, int] | None:
         if 0 <= value < _MAX_TOKENS:
             out[_USAGE_ALIASES.get(key, key) if key.__class__ is str else str(key)] = value
     if "total_tokens" not in out and ("prompt_tokens" in out or "completion_tokens" in out):
-        out["total_tokens"] = out.get("prompt_tokens", 0) + out.get("completion_tokens", 0)
+        total = out.get("prompt_tokens", 0) + out.get("completion_tokens", 0)
+        if total < _MAX_TOKENS:
+            out["total_tokens"] = total
     return out or None
 
 

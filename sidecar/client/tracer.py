@@ -45,7 +45,7 @@ class Tracer:
         project_name: str | None = None,
         writer: SpoolWriter | None = None,
     ) -> None:
-        self.agent_name = shape.name_of(agent_name, "agent")
+        self.agent_name = shape.name_of(agent_name, "agent")[:512]  # the schema's limit
         self.writer = writer or SpoolWriter(spool_dir or default_spool_dir(), self.agent_name)
         static: dict[str, Any] = {"agent_name": self.agent_name}
         if shape.tier_of(agent_tier) is not None:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from sidecar.client import lifecycle
 from sidecar.client.serialize import dumps_line
 from sidecar.clock import Clock
+from sidecar.fsutil import fsync_dir
 
 FsyncPolicy = Literal["never", "interval", "always"]
 
@@ -193,7 +194,7 @@ class SpoolWriter:
                 self._synced_at = self._now()
                 self._rotate_at = self._synced_at + self._max_age_s
                 if self._fsync != "never":
-                    _sync_dir(self.spool_dir)
+                    fsync_dir(self.spool_dir)
                 return
             raise OSError(errno.EEXIST, f"no free file name for {prefix}")
         except OSError as exc:
@@ -216,7 +217,7 @@ class SpoolWriter:
             os.rename(path, path + ".done")
             self._done += 1
             if self._fsync != "never":
-                _sync_dir(self.spool_dir)
+                fsync_dir(self.spool_dir)
         except OSError as exc:
             self._note_failure(f"rename {path}: {exc.strerror or exc}")
 
@@ -284,9 +285,3 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 import structlog
 
+from sidecar.fsutil import fsync_dir
+
 log = structlog.get_logger("sidecar.checkpoints")
 
 VERSION = 1
@@ -79,11 +81,7 @@ class CheckpointStore:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.dir)
 
     def _remove_stale_temp(self) -> None:
         tmp = self.path.with_suffix(".tmp")

@@ -18,6 +18,8 @@ from pathlib import Path
 import orjson
 import structlog
 
+from sidecar.fsutil import fsync_dir
+
 log = structlog.get_logger("sidecar.quarantine")
 
 # A line larger than this is kept by its head only (the source file still
@@ -37,11 +39,7 @@ class Quarantine:
     def open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        dfd = os.open(self.dir, os.O_RDONLY)  # the file's name is durable too
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.dir)  # the file's name is durable too
 
     def close(self) -> None:
         if self._fd is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -13,6 +12,7 @@ import orjson
 
 from sidecar.spool.checkpoints import FileMark
 from sidecar.spool.tailer import Line, SpoolReader, TrackedFile
+from tests.support import append  # noqa: F401  (re-exported for the core tests)
 
 PATTERNS = ("*.jsonl", "*.jsonl.done")
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -50,15 +50,6 @@ def dumps(rec: Any) -> bytes:
 def numbered(n: int, start: int = 0, pad: int = 0) -> list[bytes]:
     """Distinct complete lines (with their newline), ``pad`` filler bytes each."""
     return [orjson.dumps({"n": i, "pad": "x" * pad}) + b"\n" for i in range(start, start + n)]
-
-
-def append(path: Path, data: bytes) -> None:
-    """Append as a writer does: one O_APPEND write."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def make_reader(spool: Path, marks: dict[tuple[int, int], FileMark] | None = None, *,
