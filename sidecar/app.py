@@ -103,8 +103,6 @@ class App:
             if s.http.enabled:
                 self.http = await stack.enter_async_context(HttpServer(
                     s.http, self.metrics.render, readiness_check(s.spool, self.sink_stats)))
-                log.info("http.server.started", host=s.http.listen.rpartition(":")[0],
-                         port=self.http.port)
             reporter = self._reporter(stack)
             log.info("app.started", spool_dir=str(s.spool.dir), state_dir=str(s.spool.state_dir),
                      sinks=[p.sink.name for p in pipelines], postgres=mask_url(s.postgres.dsn)
