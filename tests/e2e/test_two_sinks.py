@@ -25,9 +25,15 @@ from tests.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
-def emu() -> Iterator[OpikEmulator]:
+def emu(request: pytest.FixtureRequest) -> Iterator[OpikEmulator]:
+    """The emulator; afterwards, no request of the sink may have been refused with a
+    4xx other than what the test provoked (429s, and ids it told it to reject)."""
     with OpikEmulator() as e:
         yield e
+        provoked = {429} | ({400, 422} if request.node.get_closest_marker("rejects") else set())
+        refused = [(r.kind, r.status) for r in e.requests()
+                   if 400 <= r.status < 500 and r.status not in provoked]
+        assert refused == [], refused
 
 
 def two_sinks(env: SidecarEnv, emu: OpikEmulator, **sections: dict[str, object]) -> None:
@@ -118,6 +124,7 @@ def test_rate_limit_loses_nothing_and_does_not_open_the_breaker(
     assert transitions(d, "opik") == []
 
 
+@pytest.mark.rejects
 def test_invalid_record_for_opik_is_quarantined_the_rest_ships(
         sidecar_env: SidecarEnv, emu: OpikEmulator) -> None:
     """Opik refuses one record (422): it is quarantined with the server's reason for
@@ -254,3 +261,7 @@ def test_health_turns_degraded_unhealthy_and_back_when_a_sink_fails(
     assert all(a != b for a, b in itertools.pairwise(seen)), "each change logged once"
     reasons = [e["reasons"] for e in d.events("health.status.changed") if e["new"] == "unhealthy"]
     assert any("opik" in r for rs in reasons for r in rs)
+    # The health spans reach Opik too (after the outage), with their metadata.
+    health = [s for s in emu.spans().values() if s["name"] == "span-sidecar.health"]
+    assert health and health[-1]["metadata"]["agent_name"] == "span-sidecar"
+    assert {"status", "sinks", "latency_ms", "rss_bytes"} <= set(health[-1]["metadata"])
