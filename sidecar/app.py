@@ -99,7 +99,7 @@ class App:
             for p in pipelines:
                 stack.callback(p.reader.close)
                 stack.callback(p.quarantine.close)
-            janitor = Janitor([p.reader for p in pipelines], s.spool, self.clock)
+            janitor = Janitor([p.reader for p in pipelines], s.spool)
             if s.http.enabled:
                 self.http = await stack.enter_async_context(HttpServer(
                     s.http, self.metrics.render, readiness_check(s.spool, self.sink_stats)))

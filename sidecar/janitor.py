@@ -15,7 +15,6 @@ from pathlib import Path
 
 import structlog
 
-from sidecar.clock import Clock
 from sidecar.settings import SpoolSettings
 from sidecar.spool.tailer import SpoolReader, TrackedFile
 
@@ -23,10 +22,9 @@ log = structlog.get_logger("sidecar.janitor")
 
 
 class Janitor:
-    def __init__(self, readers: list[SpoolReader], settings: SpoolSettings, clock: Clock) -> None:
+    def __init__(self, readers: list[SpoolReader], settings: SpoolSettings) -> None:
         self.readers = readers
         self.settings = settings
-        self.clock = clock
         self.removed_total = 0
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -64,6 +64,7 @@ class SinkPipeline:
         # A sink that can take records while a batch fills (Postgres COPY)
         # gets it early, so the database works while we parse.
         self.streaming = hasattr(sink, "send_stream")
+        self._send_op = SEND_OP.get(sink.name, f"{sink.name}_send")
         self.read_total = self.shipped_total = self.quarantined_total = 0
         self.batches_total = self.failed_total = self.limited_total = 0
         self._behind_since: float | None = None
@@ -180,8 +181,7 @@ class SinkPipeline:
         await batch.sealed.wait()
         if not isinstance(outcome, Delivered):
             return False
-        op = SEND_OP.get(self.sink.name, f"{self.sink.name}_send")
-        self.observe(op, max(0.0, self.clock.monotonic() - batch.sealed_at))
+        self.observe(self._send_op, max(0.0, self.clock.monotonic() - batch.sealed_at))
         self.breaker.record_success()
         self._record_breaker()
         self._commit(batch, {})
@@ -189,7 +189,6 @@ class SinkPipeline:
 
     async def _deliver(self, batch: Batch) -> dict[int, str]:
         attempt = 0
-        op = SEND_OP.get(self.sink.name, f"{self.sink.name}_send")
         while batch.records:
             wait = self.breaker.wait_time(self.clock.monotonic())
             if wait > 0:
@@ -198,7 +197,7 @@ class SinkPipeline:
             self.breaker.allow(self.clock.monotonic())
             t0 = self.clock.monotonic()
             outcome = await self._send(batch)
-            self.observe(op, self.clock.monotonic() - t0)
+            self.observe(self._send_op, self.clock.monotonic() - t0)
             if isinstance(outcome, Delivered | PartlyRejected):
                 self.breaker.record_success()
                 self._record_breaker()

@@ -6,7 +6,6 @@ quarantine files, and the breaker state each pipeline last recorded.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import time
 from pathlib import Path
@@ -16,22 +15,12 @@ import orjson
 
 from sidecar.settings import Settings
 from sidecar.spool.checkpoints import FileMark, read_all
+from sidecar.spool.tailer import spool_files
 
 
 def _spool_files(settings: Settings) -> list[tuple[Path, os.stat_result]]:
-    out = []
-    try:
-        entries = list(os.scandir(settings.spool.dir))
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        matches = any(fnmatch.fnmatchcase(entry.name, p) for p in settings.spool.patterns)
-        if matches and entry.is_file(follow_symlinks=False):
-            try:
-                out.append((Path(entry.path), entry.stat(follow_symlinks=False)))
-            except FileNotFoundError:
-                continue
-    return sorted(out)
+    return sorted((Path(p), st) for p, st in spool_files(settings.spool.dir,
+                                                         settings.spool.patterns))
 
 
 def _sinks(settings: Settings) -> list[str]:

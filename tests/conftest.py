@@ -10,6 +10,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.opik_emulator import OpikEmulator
+from tests.opik_fixtures import no_proxies
 from tests.support import PG_DSN, SidecarEnv
 
 
@@ -35,3 +37,11 @@ def sidecar_env(tmp_path: Path, pg_schema: str) -> Iterator[SidecarEnv]:
     env = SidecarEnv(tmp_path, pg_schema)
     yield env
     env.stop_all()
+
+
+@pytest.fixture
+def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpikEmulator]:
+    """The project's Opik emulator on a loopback port, all traffic kept local."""
+    no_proxies(monkeypatch)
+    with OpikEmulator() as server:
+        yield server

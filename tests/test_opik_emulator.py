@@ -26,13 +26,6 @@ from tests.opik_fixtures import no_proxies
 
 
 @pytest.fixture
-def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpikEmulator]:
-    no_proxies(monkeypatch)
-    with OpikEmulator() as server:
-        yield server
-
-
-@pytest.fixture
 def http(emu: OpikEmulator) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=emu.base_url + "/", timeout=2.0) as client:
         yield client

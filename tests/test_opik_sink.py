@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -40,13 +40,6 @@ SDK_MODELS: dict[str, type[BaseModel]] = {
     "spans": SpanWrite, "traces": TraceWrite,
     "trace_scores": FeedbackScoreBatchItem, "span_scores": FeedbackScoreBatchItem,
 }
-
-
-@pytest.fixture
-def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpikEmulator]:
-    no_proxies(monkeypatch)
-    with OpikEmulator() as server:
-        yield server
 
 
 @pytest.fixture

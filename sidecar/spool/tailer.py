@@ -62,6 +62,26 @@ class Line:
     unfinished: bool = False  # the last bytes of a .done file, without their newline
 
 
+def spool_files(spool_dir: Path, patterns: tuple[str, ...]) -> list[tuple[str, os.stat_result]]:
+    """The regular files of the spool whose names match; nothing else is ever read
+    (symlinks, fifos, directories and other names are ignored, never followed)."""
+    try:
+        entries = list(os.scandir(spool_dir))
+    except FileNotFoundError:
+        return []
+    out = []
+    for entry in entries:
+        if not any(fnmatch.fnmatchcase(entry.name, p) for p in patterns):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.append((entry.path, st))
+    return out
+
+
 def fingerprint(fd: int, length: int) -> str:
     return hashlib.blake2b(os.pread(fd, length, 0), digest_size=16).hexdigest()
 
@@ -87,27 +107,15 @@ class SpoolReader:
     def scan(self) -> None:
         """Find new files, follow renames, notice truncation and deletion."""
         seen: set[tuple[int, int]] = set()
-        try:
-            entries = list(os.scandir(self.dir))
-        except FileNotFoundError:
-            entries = []
-        for entry in entries:
-            if not self._matches(entry.name):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue  # symlinks, fifos, directories: never followed
+        for path, st in spool_files(self.dir, self.patterns):
             key = (st.st_dev, st.st_ino)
             seen.add(key)
             tracked = self.files.get(key)
             if tracked is None:
-                self._track(entry.path, key)
-            elif tracked.path != entry.path:
-                log.info("spool.file.renamed", sink=self.sink, old=tracked.path, new=entry.path)
-                tracked.path = entry.path
+                self._track(path, key)
+            elif tracked.path != path:
+                log.info("spool.file.renamed", sink=self.sink, old=tracked.path, new=path)
+                tracked.path = path
         for key, tracked in list(self.files.items()):
             self._refresh(tracked, present=key in seen)
         if self._first_scan:
@@ -118,9 +126,6 @@ class SpoolReader:
                     log.info("checkpoint.file.gone", sink=self.sink, path=mark.path)
                     del self._marks[key]
             self._first_scan = False
-
-    def _matches(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
 
     def _track(self, path: str, key: tuple[int, int]) -> None:
         try:
