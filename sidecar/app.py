@@ -1,8 +1,10 @@
 """The composition root: builds every component once and owns the TaskGroup.
 
 Lifecycle: start (sinks entered on an AsyncExitStack, checkpoints loaded),
-run (watcher, one pipeline per sink, janitor), drain (on stop: readers stop,
-in-flight batches are delivered within ``shutdown.drain_timeout_s``), stop.
+run (every long loop in one TaskGroup: watcher, one pipeline per sink,
+janitor, health verdict, health spans, HTTP heartbeat, watchdog), drain (on
+stop: readers stop, in-flight batches are delivered within
+``shutdown.drain_timeout_s``), stop.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from sidecar.clock import Clock, SystemClock
+from sidecar.clock import Clock, SystemClock, every
 from sidecar.health import (
     HealthReporter,
     HttpServer,
@@ -23,11 +25,14 @@ from sidecar.health import (
     readiness_check,
 )
 from sidecar.janitor import Janitor
-from sidecar.pipeline import PipelineSettings, SinkPipeline
+from sidecar.lifecycle import drain
+from sidecar.pipeline import PipelineSettings, SinkPipeline, SinkSpool
 from sidecar.settings import Settings, mask_url
 from sidecar.sinks.base import Sink
+from sidecar.sinks.registry import build_sink, enabled_sinks
 from sidecar.spool.checkpoints import CheckpointStore
 from sidecar.spool.quarantine import Quarantine
+from sidecar.spool.state import StateDir
 from sidecar.spool.tailer import SpoolReader
 from sidecar.spool.watcher import SpoolWatcher
 from sidecar.stats import SinkStats, SpoolStats
@@ -41,9 +46,10 @@ class App:
                  notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.state = StateDir(settings.spool.state_dir)
         self.pipelines: list[SinkPipeline] = []
         self.started = asyncio.Event()
-        self.notifier = notifier or Notifier()
+        self.notifier = notifier or Notifier(clock=self.clock)
         self.metrics = Metrics(sinks=self.sink_stats, spool=self.spool_stats,
                                status=lambda: self.monitor.status.status)
         self.monitor = SelfMonitor(settings.health, self.clock, recorder=self.metrics)
@@ -53,39 +59,31 @@ class App:
         return [p.stats() for p in self.pipelines]
 
     def spool_stats(self) -> SpoolStats:
-        """Files and bytes in the spool, as the first reader sees them."""
-        if not self.pipelines:
-            return SpoolStats(0, 0)
-        files = self.pipelines[0].reader.files.values()
-        return SpoolStats(len(files), sum(f.size for f in files))
+        """Files and bytes in the spool, as every reader together sees them."""
+        sizes: dict[tuple[int, int], int] = {}
+        for p in self.pipelines:
+            for key, f in p.reader.positions().items():
+                sizes[key] = max(sizes.get(key, 0), f.size)
+        return SpoolStats(len(sizes), sum(sizes.values()))
 
     async def _open_sinks(self, stack: AsyncExitStack) -> list[Sink]:
-        s = self.settings
-        sinks: list[Sink] = []
-        if s.postgres.enabled:
-            from sidecar.sinks.postgres import PostgresSink
-
-            sinks.append(await stack.enter_async_context(
-                PostgresSink(s.postgres, s.opik.project_name)))
-        if s.opik.enabled:
-            from sidecar.sinks.opik import OpikSink
-
-            sinks.append(await stack.enter_async_context(OpikSink(s.opik, clock=self.clock)))
-        if not sinks:
+        names = enabled_sinks(self.settings)
+        if not names:
             log.warning("app.sinks.none", hint="enable postgres or opik; spans stay in the spool")
-        return sinks
+        return [await stack.enter_async_context(build_sink(name, self.settings, self.clock))
+                for name in names]
 
     def _pipeline(self, sink: Sink, watcher: SpoolWatcher) -> SinkPipeline:
         s = self.settings
-        store = CheckpointStore(s.spool.state_dir, sink.name)
+        store = CheckpointStore(self.state, sink.name)
         reader = SpoolReader(s.spool.dir, s.spool.patterns, s.spans.max_line_bytes,
-                             s.spool.read_chunk_bytes, store.load(), sink.name,
+                             s.spool.read_chunk_bytes, store.load(), sink.name, self.clock,
                              idle_done_after_s=s.spool.idle_done_after_s)
-        quarantine = Quarantine(s.spool.state_dir, sink.name)
+        quarantine = Quarantine(self.state, sink.name, self.clock)
         quarantine.open()
+        spool = SinkSpool(reader, store, quarantine, watcher.subscribe(), self.state)
         settings = PipelineSettings(s.batch, s.breaker, s.retry, s.spans.max_line_bytes)
-        return SinkPipeline(sink, reader, store, quarantine, settings, watcher.subscribe(),
-                            self.clock, observe=self.monitor.observe)
+        return SinkPipeline(sink, spool, settings, self.clock, observe=self.monitor.observe)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and return."""
@@ -93,25 +91,24 @@ class App:
         s.spool.dir.mkdir(parents=True, exist_ok=True)
         s.spool.state_dir.mkdir(parents=True, exist_ok=True)
         async with AsyncExitStack() as stack:
+            stack.callback(self.notifier.close)
             sinks = await self._open_sinks(stack)
-            watcher = SpoolWatcher(s.spool)
+            watcher = SpoolWatcher(s.spool, self.clock)
             pipelines = self.pipelines = [self._pipeline(sink, watcher) for sink in sinks]
             for p in pipelines:
                 stack.callback(p.reader.close)
                 stack.callback(p.quarantine.close)
-            janitor = Janitor([p.reader for p in pipelines], s.spool)
             if s.http.enabled:
                 self.http = await stack.enter_async_context(HttpServer(
                     s.http, self.metrics.render, readiness_check(s.spool, self.sink_stats)))
-            reporter = self._reporter(stack)
             log.info("app.started", spool_dir=str(s.spool.dir), state_dir=str(s.spool.state_dir),
                      sinks=[p.sink.name for p in pipelines], postgres=mask_url(s.postgres.dsn)
                      if s.postgres.enabled else None, opik=mask_url(s.opik.url)
                      if s.opik.enabled else None)
-            await self._supervise(stop, watcher, janitor, reporter)
+            await self._supervise(stop, sinks, watcher, self._reporter(stack))
 
     def _reporter(self, stack: AsyncExitStack) -> HealthReporter | None:
-        """Health spans go through the spool, like any agent's (CONTRACT 7)."""
+        """Health spans go through the spool, like any agent's."""
         if not self.settings.health.enabled:
             return None
         from sidecar.client.writer import SpoolWriter
@@ -125,13 +122,20 @@ class App:
         return HealthReporter(self.settings.health, self.monitor, self.sink_stats,
                               self.spool_stats, write, self.clock)
 
-    async def _supervise(self, stop: asyncio.Event, watcher: SpoolWatcher, janitor: Janitor,
+    async def _supervise(self, stop: asyncio.Event, sinks: list[Sink], watcher: SpoolWatcher,
                          reporter: HealthReporter | None) -> None:
+        s = self.settings
         background = asyncio.Event()
+        janitor = Janitor([p.reader.positions for p in self.pipelines], s.spool, self.clock)
         async with asyncio.TaskGroup() as tg:
+            probes = [tg.create_task(_probe(sink)) for sink in sinks]
             tg.create_task(watcher.run(background))
             tg.create_task(janitor.run(background))
             tg.create_task(self.notifier.run_watchdog(background))
+            tg.create_task(every(self.clock, s.health.evaluate_interval_s, background,
+                                 self.evaluate))
+            if self.http is not None:
+                tg.create_task(self.http.run(background))
             if reporter is not None:
                 tg.create_task(reporter.run(background))
             tasks = [tg.create_task(p.run(stop)) for p in self.pipelines]
@@ -140,21 +144,22 @@ class App:
             self.notifier.status(f"shipping to {', '.join(p.sink.name for p in self.pipelines)}")
             await stop.wait()
             self.notifier.stopping()
-            log.info("app.drain.started", timeout_s=self.settings.shutdown.drain_timeout_s)
-            drained = await self._drain(tasks)
+            log.info("app.drain.started", timeout_s=s.shutdown.drain_timeout_s)
+            drained = await drain(tasks, s.shutdown.drain_timeout_s, CANCEL_GRACE_S)
+            if not drained:
+                log.warning("app.drain.timed_out",
+                            note="checkpoints trail what was stored; the rest ships after restart")
+            for probe in probes:
+                probe.cancel()
             background.set()
         log.info("app.stopped", drained=drained)
 
-    async def _drain(self, tasks: list[asyncio.Task[None]]) -> bool:
-        if not tasks:
-            return True
-        _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown.drain_timeout_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            # Bounded too: a task stuck in a driver's cleanup is left behind
-            # (the exit tears it down); a second signal cancels this wait.
-            await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
-            log.warning("app.drain.timed_out", undelivered_sinks=len(pending),
-                        note="checkpoints trail what was stored; the rest ships after restart")
-        return not pending
+    def evaluate(self) -> None:
+        """The health verdict, on its own schedule (health spans or not)."""
+        self.monitor.evaluate(self.sink_stats())
+
+
+async def _probe(sink: Sink) -> None:
+    """Reach each backend once at start (Postgres connects and migrates here)."""
+    reachable = await sink.check()
+    log.info("sink.check.finished", sink=sink.name, reachable=reachable)

@@ -16,7 +16,6 @@ class Batch:
     lines: list[Line] = field(default_factory=list)  # lines[i] holds records[i]
     # Per file, the end of the last line this batch covers (parsed or quarantined).
     ends: dict[tuple[int, int], tuple[TrackedFile, int, int]] = field(default_factory=dict)
-    quarantined: int = 0
     bytes: int = 0  # raw bytes of the lines held: memory is bounded by this too
     started: float = 0.0
     sealed_at: float = 0.0
@@ -63,9 +62,7 @@ class Batcher:
         batch = self._batch
         if batch.empty:
             batch.started = now
-        if record is None:
-            batch.quarantined += 1
-        else:
+        if record is not None:
             batch.records.append(record)
             batch.lines.append(line)
             batch.bytes += len(line.raw)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -141,22 +140,6 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "run": _run, "migrate": _migrate, "check-config": _check_config, "status": _status,
     "emit": _emit, "stats": _stats, "replay-quarantine": _replay,
 }
-
-
-def install_signal_handlers(stop: asyncio.Event, force: Callable[[], None]) -> None:
-    """First SIGTERM/SIGINT: drain; a second: exit at once (still safe)."""
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("app.signal.forced", signal=signal.Signals(signum).name)
-            force()
-        else:
-            log.info("app.signal.received", signal=signal.Signals(signum).name)
-            stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
 
 
 if __name__ == "__main__":

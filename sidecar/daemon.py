@@ -1,9 +1,10 @@
 """``span-sidecar run``: the App under signal handling (uvicorn's shell).
 
-The exit is bounded whatever a driver does: after a stop signal the app has
-``shutdown.drain_timeout_s`` plus a grace period; past that, or on a second
-signal, the process exits at once. That is safe at any moment: checkpoints
-are durable and only ever trail what the sinks stored.
+The first SIGTERM/SIGINT starts a drain; a second exits at once. The exit is
+bounded whatever a driver does: after a stop signal the app has
+``shutdown.drain_timeout_s`` plus a grace period, and past that the process
+exits. That is safe at any moment: checkpoints are durable and only ever
+trail what the sinks stored.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import signal
 import sys
+from collections.abc import Callable
 
 import structlog
 
 from sidecar.app import App
+from sidecar.lifecycle import drain
 from sidecar.settings import Settings
 
 log = structlog.get_logger("sidecar.daemon")
@@ -41,24 +45,34 @@ def raise_open_files_limit() -> None:
             log.warning("app.open_files.limited", soft=soft, hard=hard)
 
 
+def install_signal_handlers(stop: asyncio.Event, force: Callable[[], None]) -> None:
+    """First SIGTERM/SIGINT: drain; a second: ``force`` (exit at once, still safe)."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("app.signal.forced", signal=signal.Signals(signum).name)
+            force()
+        else:
+            log.info("app.signal.received", signal=signal.Signals(signum).name)
+            stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
 async def run_daemon(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; 0 after a drain, 1 when forced by a second signal."""
-    from sidecar.cli import install_signal_handlers
-
+    """Run until SIGTERM/SIGINT; 0 after a drain (a second signal exits with 1)."""
     raise_open_files_limit()
-
     stop = asyncio.Event()
     install_signal_handlers(stop, lambda: _exit_now(1, "app.exit.forced"))
     app = App(settings)
     task = asyncio.create_task(app.run(stop))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if not task.done():
-        deadline = settings.shutdown.drain_timeout_s + EXIT_GRACE_S
-        done, _ = await asyncio.wait({task}, timeout=deadline)
-        if not done:
-            _exit_now(0, "app.exit.stuck")  # a driver did not let go in time
     stopping.cancel()
+    if not await drain({task}, settings.shutdown.drain_timeout_s + EXIT_GRACE_S):
+        _exit_now(0, "app.exit.stuck")  # a driver did not let go in time
     task.result()  # a crashed component: the CLI turns it into exit code 1
     log.info("app.exit.clean", pid=os.getpid())
     return 0

@@ -75,6 +75,3 @@ def _embedded_ms(value: UUID) -> int | None:
     return ms if 0 <= ms <= _MAX_MS else None
 
 
-def v7_time_ms(value: UUID) -> int:
-    """The 48-bit millisecond time field of a v7 UUID."""
-    return value.int >> 80

@@ -2,57 +2,53 @@
 
 Only ``.done`` files (or files idle longer than ``idle_done_after_s``, whose
 writer died) that every sink acknowledged to their end are deleted, or moved
-to ``spool.archive_dir``. Nothing another sink still needs is touched.
+to ``spool.archive_dir``. Nothing another sink still needs is touched. The
+janitor reads the readers' snapshots (``positions``), never their insides.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import structlog
 
+from sidecar.clock import Clock, every
 from sidecar.settings import SpoolSettings
-from sidecar.spool.tailer import SpoolReader, TrackedFile
+from sidecar.spool.tailer import FilePosition
 
 log = structlog.get_logger("sidecar.janitor")
 
+Positions = Callable[[], Mapping[tuple[int, int], FilePosition]]
+
 
 class Janitor:
-    def __init__(self, readers: list[SpoolReader], settings: SpoolSettings) -> None:
+    def __init__(self, readers: Sequence[Positions], settings: SpoolSettings,
+                 clock: Clock) -> None:
         self.readers = readers
         self.settings = settings
-        self.removed_total = 0
+        self.clock = clock
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.rescan_interval_s)
-            self.sweep()
+        await every(self.clock, self.settings.rescan_interval_s, stop, self.sweep)
 
     def sweep(self) -> int:
-        """Remove every finished file; return how many."""
+        """Remove every finished file that all sinks passed; return how many."""
         if not self.readers:
             return 0
+        views = [positions() for positions in self.readers]
         removed = 0
-        for key, f in list(self.readers[0].files.items()):
-            if f.deleted or not self.readers[0].finished(f):
+        for key, f in views[0].items():
+            if f.deleted or not f.finished:
                 continue
-            size = os.fstat(f.fd).st_size
-            if all(self._passed(r, key, size) for r in self.readers):
+            if all(_passed(view.get(key), f.size) for view in views):
                 removed += self._remove(f)
-        self.removed_total += removed
         return removed
 
-    @staticmethod
-    def _passed(reader: SpoolReader, key: tuple[int, int], size: int) -> bool:
-        f = reader.files.get(key)
-        return f is not None and f.skip_from is None and f.acked >= size
-
-    def _remove(self, f: TrackedFile) -> int:
+    def _remove(self, f: FilePosition) -> int:
         try:
             if self.settings.archive_dir is None:
                 os.unlink(f.path)
@@ -71,3 +67,7 @@ class Janitor:
             log.warning("spool.file.remove_failed", path=f.path, error=exc.strerror)
             return 0
         return 1
+
+
+def _passed(f: FilePosition | None, size: int) -> bool:
+    return f is not None and not f.skipping and f.acked >= size

@@ -1,6 +1,7 @@
 """Structured logs: JSON in production, a readable console in a terminal.
 
-structlog's configuration is the one global the process has (STYLE.md).
+structlog's configuration is the one global the process has; everything else is
+built once by the app and passed to constructors.
 Event names are ``component.noun.past_verb``; secrets are never logged.
 """
 

@@ -1,7 +1,9 @@
 """Schema migrations: ordered SQL files applied once, under an advisory lock.
 
 Safe to run from many sidecars at once: the transaction-scoped advisory lock
-serialises them, and each sees the versions the others recorded.
+serialises them, and each sees the versions the others recorded. Each applied
+file's checksum is recorded and compared on every run: a migration edited
+after it was applied is refused, by name, rather than silently skipped.
 """
 
 from __future__ import annotations
@@ -41,6 +43,23 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda mig: mig.version)
 
 
+class MigrationError(RuntimeError):
+    """The database's recorded migrations disagree with the shipped files."""
+
+
+def _check_applied(rows: list[asyncpg.Record]) -> set[int]:
+    """The applied versions; raise when a shipped file differs from what was applied."""
+    shipped = {m.version: m for m in migrations()}
+    for row in rows:
+        mig = shipped.get(row["version"])
+        if mig is not None and mig.checksum != row["checksum"]:
+            raise MigrationError(
+                f"migration {mig.version:04d}_{mig.name}.sql was changed after it was applied "
+                f"(checksum {row['checksum']} recorded, {mig.checksum} shipped): "
+                "ship a new migration instead of editing an applied one")
+    return {row["version"] for row in rows}
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -57,7 +76,7 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {TABLE} (version integer PRIMARY KEY, name text NOT NULL,"
             " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
-        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {TABLE}")}
+        done = _check_applied(await conn.fetch(f"SELECT version, checksum FROM {TABLE}"))
         for mig in migrations():
             if mig.version in done:
                 continue
@@ -71,10 +90,11 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
 
 
 async def is_current(conn: asyncpg.Connection, schema: str) -> bool:
-    """Whether every shipped migration is recorded in ``schema``."""
+    """Whether every shipped migration is recorded in ``schema`` (raises
+    ``MigrationError`` for an edited one)."""
     exists = await conn.fetchval("SELECT to_regclass($1)", f"{quote_ident(schema)}.{TABLE}")
     if exists is None:
         return False
-    done = {r["version"] for r in await conn.fetch(
-        f"SELECT version FROM {quote_ident(schema)}.{TABLE}")}
+    done = _check_applied(await conn.fetch(
+        f"SELECT version, checksum FROM {quote_ident(schema)}.{TABLE}"))
     return all(m.version in done for m in migrations())

@@ -4,7 +4,8 @@ The quarantine file is taken atomically (renamed); every entry that now
 parses is written back into the spool as one ``replay-*.jsonl.done`` file,
 which the running daemon ships like any other (to every enabled sink: the
 writes are idempotent). Entries that still fail, or were kept only by their
-head, go back to the quarantine. Nothing is dropped.
+head, go back to the quarantine; so does, byte for byte, an entry that cannot
+be decoded at all. Nothing is dropped.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 
 import orjson
 
+from sidecar.clock import SystemClock
 from sidecar.fsutil import fsync_dir
 from sidecar.records import Rejected, parse_line
 from sidecar.settings import Settings
 from sidecar.spool.quarantine import Quarantine, raw_of
+from sidecar.spool.state import StateDir
 
 
 def _take(path: Path) -> Path | None:
@@ -65,9 +68,9 @@ def _write_spool(settings: Settings, sink: str, lines: list[bytes]) -> Path | No
 
 def replay_sink(settings: Settings, sink: str) -> dict[str, Any]:
     """Replay the sink's quarantine, and any file an interrupted replay left."""
-    qdir = settings.spool.state_dir / "quarantine"
-    leftovers = sorted(qdir.glob(f"{sink}.replaying-*.jsonl"))
-    taken = _take(qdir / f"{sink}.jsonl")
+    state = StateDir(settings.spool.state_dir)
+    leftovers = sorted(state.quarantine.glob(f"{sink}.replaying-*.jsonl"))
+    taken = _take(state.quarantine_file(sink))
     totals: dict[str, Any] = {"sink": sink, "replayed": 0, "still_invalid": 0, "spool_files": []}
     for path in [*leftovers, *([taken] if taken else [])]:
         result = _replay_file(settings, sink, path)
@@ -80,22 +83,23 @@ def replay_sink(settings: Settings, sink: str) -> dict[str, Any]:
 
 def _replay_file(settings: Settings, sink: str, taken: Path) -> dict[str, Any]:
     good: list[bytes] = []
-    back = Quarantine(settings.spool.state_dir, sink)
+    back = Quarantine(StateDir(settings.spool.state_dir), sink, SystemClock())
     still = 0
     for raw_entry in taken.read_bytes().splitlines():
         try:
             entry = orjson.loads(raw_entry)
-        except orjson.JSONDecodeError:
-            continue
-        raw = raw_of(entry)
-        result = parse_line(raw)
-        if entry.get("truncated") or isinstance(result, Rejected):
-            reason = result.reason if isinstance(result, Rejected) else str(entry["reason"])
-            back.put(raw, str(entry.get("source")), int(entry.get("offset", 0)), reason,
-                     size=entry.get("size"))
+            raw = raw_of(entry)
+            result = parse_line(raw)
+            if entry.get("truncated") or isinstance(result, Rejected):
+                reason = result.reason if isinstance(result, Rejected) else str(entry["reason"])
+                back.put(raw, str(entry.get("source")), int(entry.get("offset", 0)), reason,
+                         size=entry.get("size"))
+                still += 1
+            else:
+                good.append(raw)
+        except Exception:  # not an entry we can read: it stays, as it is
+            back.restore(raw_entry)
             still += 1
-        else:
-            good.append(raw)
     back.close()
     written = _write_spool(settings, sink, good)
     taken.unlink()
@@ -105,7 +109,7 @@ def _replay_file(settings: Settings, sink: str, taken: Path) -> dict[str, Any]:
 
 def replay(settings: Settings, sink: str | None) -> dict[str, Any]:
     """Replay one sink's quarantine, or every sink's."""
-    qdir = settings.spool.state_dir / "quarantine"
+    qdir = StateDir(settings.spool.state_dir).quarantine
     names = [sink] if sink else sorted(p.stem for p in qdir.glob("*.jsonl")
                                        if ".replaying-" not in p.name)
     return {"results": [replay_sink(settings, name) for name in names]}

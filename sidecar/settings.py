@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -58,14 +58,26 @@ class BatchSettings(Section):
     max_bytes: int = Field(default=8 << 20, ge=64 << 10)
 
 
-class PostgresSettings(Section):
+class SinkSection(Section):
+    """A section that configures a sink: the registry finds sinks by it.
+
+    ``SINK`` names the module that builds the sink (a ``build(settings,
+    clock)`` function); adding a sink is that module plus one such section.
+    """
+
+    SINK: ClassVar[str]
+    enabled: bool | None = True
+
+
+class PostgresSettings(SinkSection):
+    SINK: ClassVar[str] = "sidecar.sinks.postgres"
     enabled: bool = True
     dsn: str = "postgresql://localhost/postgres"
     # Kept apart from the DSN so that it can come from a secret; never printed.
     password: SecretStr | None = None
     db_schema: str = Field(default="public", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     auto_migrate: bool = True
-    # Postgres is fastest with thousands of rows per COPY (../shared/PERFORMANCE.md).
+    # Postgres is fastest with thousands of rows per COPY (a few ms fixed cost each).
     max_batch_records: int = Field(default=5000, ge=1)
     pool_size: int = Field(default=2, ge=1, le=32)
     connect_timeout_s: float = Field(default=10.0, gt=0)
@@ -73,7 +85,8 @@ class PostgresSettings(Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class OpikSettings(Section):
+class OpikSettings(SinkSection):
+    SINK: ClassVar[str] = "sidecar.sinks.opik"
     # null: on when OPIK_URL_OVERRIDE or OPIK_API_KEY is set (see Settings).
     enabled: bool | None = None
     url: str = "http://localhost:5173/api"
@@ -85,10 +98,6 @@ class OpikSettings(Section):
     timeout_s: float = Field(default=10.0, gt=0)
     max_in_flight: int = Field(default=2, ge=1, le=16)
     max_events_per_minute: int | None = Field(default=None, ge=1)
-
-
-class RedisSettings(Section):
-    url: str = "redis://localhost:6379/0"
 
 
 class BreakerSettings(Section):
@@ -103,23 +112,8 @@ class RetrySettings(Section):
     multiplier: float = Field(default=2.0, ge=1)
 
 
-class SamplingSettings(Section):
-    rate: float = Field(default=1.0, ge=0, le=1)
-
-
 class SpansSettings(Section):
     max_line_bytes: int = Field(default=1 << 20, ge=1024)
-    redact_keys: tuple[str, ...] = ()
-
-
-class RetentionSettings(Section):
-    postgres_days: int | None = Field(default=None, ge=1)
-    quarantine_days: int | None = Field(default=None, ge=1)
-
-
-class CacheSettings(Section):
-    ttl_s: float = Field(default=60.0, gt=0)
-    key_prefix: str = "span-sidecar:"
 
 
 class HealthThresholds(Section):
@@ -132,8 +126,10 @@ class HealthThresholds(Section):
 
 
 class HealthSettings(Section):
-    enabled: bool = True
+    enabled: bool = True  # the health span; the verdict is evaluated either way
     interval_s: float = Field(default=60.0, gt=0)
+    # How often the verdict (/metrics, /readyz body, status) is re-evaluated.
+    evaluate_interval_s: float = Field(default=5.0, gt=0)
     window_s: float = Field(default=300.0, gt=0)
     thresholds: HealthThresholds = HealthThresholds()
 
@@ -157,13 +153,9 @@ class Settings(Section):
     batch: BatchSettings = BatchSettings()
     postgres: PostgresSettings = PostgresSettings()
     opik: OpikSettings = OpikSettings()
-    redis: RedisSettings = RedisSettings()
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
-    sampling: SamplingSettings = SamplingSettings()
     spans: SpansSettings = SpansSettings()
-    retention: RetentionSettings = RetentionSettings()
-    cache: CacheSettings = CacheSettings()
     health: HealthSettings = HealthSettings()
     http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -177,6 +169,38 @@ class Settings(Section):
             on = bool(env.get("OPIK_URL_OVERRIDE") or env.get("OPIK_API_KEY"))
             object.__setattr__(self, "opik", self.opik.model_copy(update={"enabled": on}))
         return self
+
+
+# Keys of the public configuration whose feature is not built yet: setting one
+# is an error, never a silent no-op (an operator who sets a redaction key must
+# not believe that secrets are masked).
+NOT_IMPLEMENTED: dict[tuple[str, ...], str] = {
+    ("sampling",): "trace sampling",
+    ("spans", "redaction"): "secret redaction",
+    ("spans", "max_field_bytes"): "field size limits",
+    ("spool", "max_bytes"): "the spool quota",
+    ("spool", "on_full"): "the spool quota",
+    ("retention",): "retention",
+    ("cache",): "the statistics cache",
+    ("redis",): "the statistics cache",
+}
+
+
+def _not_implemented(raw: dict[str, Any], lines: KeyLines,
+                     prefix: tuple[str, ...] = ()) -> list[str]:
+    """A problem for each such key in ``raw``, which is removed (so that
+    validation reports everything else, not these keys a second time)."""
+    problems = []
+    for path, feature in NOT_IMPLEMENTED.items():
+        parent: Any = raw
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and path[-1] in parent:
+            del parent[path[-1]]
+            full = (*prefix, *path)
+            problems.append(f"{_line_of(lines, full)}{'.'.join(full)}: not implemented yet "
+                            f"({feature}); remove the key, it would have no effect")
+    return problems
 
 
 class ConfigError(Exception):
@@ -237,6 +261,10 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     if chosen and chosen not in ENVIRONMENTS:
         problems.append(f"SIDECAR_ENV={chosen!r}: unknown environment "
                         f"(use {', '.join(ENVIRONMENTS)})")
+    problems.extend(_not_implemented(raw, lines))
+    for name, section in environments.items():
+        if isinstance(section, dict):
+            problems.extend(_not_implemented(section, lines, ("environments", str(name))))
     if chosen and isinstance(environments.get(chosen), dict):
         raw = _overlay(raw, environments[chosen])
     try:
@@ -335,6 +363,14 @@ def _secret_loc(loc: str) -> bool:
 _PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
 
 
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]*@", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """Free text (an error message) with any password in a URL or DSN masked."""
+    return _URL_PASSWORD.sub(r"\1***@", _PASSWORD_PARAM.sub(r"\1***", text))
+
+
 def mask_url(url: str) -> str:
     """Hide the password of a URL/DSN (``postgresql://u:***@h/db``, ``password=***``)."""
     url = _PASSWORD_PARAM.sub(r"\1***", url)
@@ -353,7 +389,6 @@ def redacted(settings: Settings) -> dict[str, Any]:
     """The effective config as plain data with every secret masked."""
     data = settings.model_dump(mode="json", by_alias=True)
     data["postgres"]["dsn"] = mask_url(settings.postgres.dsn)
-    data["redis"]["url"] = mask_url(settings.redis.url)
     data["opik"]["url"] = mask_url(settings.opik.url)
     for section, key in (("postgres", "password"), ("opik", "api_key")):
         if data[section][key] is not None:

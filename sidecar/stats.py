@@ -1,4 +1,4 @@
-"""Frozen snapshots that components report (habit 9 of STYLE.md).
+"""Frozen snapshots that components report.
 
 The health span, ``/metrics`` and ``span-sidecar status`` read these; they
 never reach inside a component.
@@ -33,11 +33,14 @@ class SinkStats:
     rate_limited_total: int  # 429s
     lag_bytes: int  # spool bytes not yet acknowledged by this sink
     lag_records: int  # records read but not yet acknowledged
-    lag_seconds: float  # age of the oldest unacknowledged data (0 when current)
+    lag_seconds: float  # age of the oldest unacknowledged byte (0 when current)
     breaker: BreakerStats
+    oldest_unacked: float | None = None  # wall time that byte was first seen
 
 
 @dataclass(frozen=True, slots=True)
 class SpoolStats:
+    """The spool files tracked by any sink, and their bytes."""
+
     files: int
     bytes: int

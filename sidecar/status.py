@@ -2,6 +2,11 @@
 
 No running daemon is needed: it reads the spool, the checkpoints and the
 quarantine files, and the breaker state each pipeline last recorded.
+
+The oldest unshipped age means what ``lag_seconds`` means in ``/metrics``:
+how long ago the oldest byte not yet acknowledged was known to exist. From
+disk alone that is its file's modification time (the daemon, which watches
+files grow, knows it more precisely).
 """
 
 from __future__ import annotations
@@ -11,25 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from sidecar.settings import Settings
-from sidecar.spool.checkpoints import FileMark, read_all
+from sidecar.sinks.registry import enabled_sinks
+from sidecar.spool.checkpoints import FileMark, read_marks
+from sidecar.spool.state import StateDir
 from sidecar.spool.tailer import spool_files
 
 
 def _spool_files(settings: Settings) -> list[tuple[Path, os.stat_result]]:
     return sorted((Path(p), st) for p, st in spool_files(settings.spool.dir,
                                                          settings.spool.patterns))
-
-
-def _sinks(settings: Settings) -> list[str]:
-    names = []
-    if settings.postgres.enabled:
-        names.append("postgres")
-    if settings.opik.enabled:
-        names.append("opik")
-    return names
 
 
 def _lines(path: Path, start: int = 0) -> int:
@@ -42,7 +38,7 @@ def _lines(path: Path, start: int = 0) -> int:
 
 
 def _sink_report(name: str, files: list[tuple[Path, os.stat_result]],
-                 marks: dict[tuple[int, int], FileMark], state_dir: Path) -> dict[str, Any]:
+                 marks: dict[tuple[int, int], FileMark], state: StateDir) -> dict[str, Any]:
     behind_files, behind_bytes, behind_records, oldest = 0, 0, 0, None
     for path, st in files:
         mark = marks.get((st.st_dev, st.st_ino))
@@ -52,31 +48,25 @@ def _sink_report(name: str, files: list[tuple[Path, os.stat_result]],
             behind_bytes += st.st_size - acked
             behind_records += _lines(path, acked)
             oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
-    breaker: dict[str, Any] = {}
-    bpath = state_dir / "status" / f"{name}.json"
-    if bpath.exists():
-        try:
-            breaker = orjson.loads(bpath.read_bytes())
-        except orjson.JSONDecodeError:
-            breaker = {}
+    breaker = state.read_status(name)
     return {
         "sink": name, "files_behind": behind_files, "bytes_behind": behind_bytes,
         "records_behind": behind_records,
         "oldest_unshipped_age_s": None if oldest is None else round(time.time() - oldest, 1),
         "breaker": breaker.get("breaker", "unknown"),
-        "quarantined": _lines(state_dir / "quarantine" / f"{name}.jsonl"),
+        "quarantined": _lines(state.quarantine_file(name)),
     }
 
 
 def collect(settings: Settings) -> dict[str, Any]:
     files = _spool_files(settings)
-    marks = read_all(settings.spool.state_dir)
+    state = StateDir(settings.spool.state_dir)
     return {
         "spool_dir": str(settings.spool.dir),
         "spool_files": len(files),
         "spool_bytes": sum(st.st_size for _, st in files),
-        "sinks": [_sink_report(n, files, marks.get(n, {}), settings.spool.state_dir)
-                  for n in _sinks(settings)],
+        "sinks": [_sink_report(n, files, read_marks(state, n), state)
+                  for n in enabled_sinks(settings)],
     }
 
 

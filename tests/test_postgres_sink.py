@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from sidecar.migrate import is_current, migrate, migrations
+from sidecar.migrate import MigrationError, is_current, migrate, migrations
 from sidecar.records import SpanRecord, parse_line
 from sidecar.settings import PostgresSettings
 from sidecar.sinks.base import Delivered, PartlyRejected, Retry
@@ -149,3 +149,22 @@ async def test_values_the_table_cannot_hold_are_rejected_not_retried(pg_schema: 
     assert isinstance(outcome, PartlyRejected) and sorted(outcome.reasons) == [2, 7]
     assert isinstance(streamed, Retry)
     assert await count(pg_schema) == 8
+
+
+async def test_an_applied_migration_that_was_edited_is_refused_by_name(pg_schema: str) -> None:
+    """A changed file of an applied version must not pass unnoticed (nor be re-run)."""
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await migrate(conn, pg_schema)
+        first = migrations()[0]
+        await conn.execute(f'UPDATE "{pg_schema}".span_sidecar_migrations SET checksum = $1 '
+                           "WHERE version = $2", "0" * 16, first.version)
+        for check in (migrate(conn, pg_schema), is_current(conn, pg_schema)):
+            try:
+                await check
+            except MigrationError as exc:
+                assert f"{first.version:04d}_{first.name}.sql was changed" in str(exc)
+            else:
+                raise AssertionError("an edited migration was accepted")
+    finally:
+        await conn.close()

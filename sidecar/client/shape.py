@@ -40,11 +40,6 @@ def as_object(value: Any, key: str) -> dict[Any, Any] | None:
     return {key: value}
 
 
-def span_type(value: str) -> str:
-    """One of the four span types; anything else is ``general``."""
-    return value if value in SPAN_TYPES else "general"
-
-
 def name_of(value: Any, default: str = "unnamed") -> str:
     """A non-empty name (the schema requires one)."""
     text = value if isinstance(value, str) else _safe_str(value)

@@ -4,7 +4,7 @@ The agent's cost per record is one ``orjson.dumps`` and one ``write(2)`` to a
 file opened with ``O_APPEND``; there is no thread, queue or network. Each
 process owns its files (``<agent>-<host>-<pid>-<seq>.jsonl``), rotates them by
 size and age, and renames a file it will never touch again to ``.jsonl.done``
-(see CONTRACT.md section 1). A failing disk costs the agent a dropped record,
+(see docs/spool.md). A failing disk costs the agent a dropped record,
 counted in ``stats()`` and logged once, never an exception.
 """
 
@@ -167,7 +167,7 @@ class SpoolWriter:
     def _after_short_write(self, fd: int) -> None:
         # The file now ends in a partial line. End it, so the sidecar quarantines
         # it as one bad line rather than joining it to the next record, then
-        # start a new file. (Truncating is not allowed: CONTRACT.md section 1.)
+        # start a new file. (Truncating is not allowed: docs/spool.md.)
         try:
             os.write(fd, b"\n")
             self._size += 1

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from sidecar.clock import Clock, SystemClock
+from sidecar.clock import Clock, SystemClock, every
 from sidecar.health.metrics import CONTENT_TYPE
 from sidecar.settings import HttpSettings, SpoolSettings
 from sidecar.stats import SinkStats
@@ -85,15 +85,15 @@ class Heartbeat:
             return "event loop was blocked longer than the deadline"
         return None
 
-    async def run(self) -> None:
-        """Tick forever; a late wake-up is exactly what we measure."""
-        while True:
-            await asyncio.sleep(self._interval_s)
-            self.tick()
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until ``stop``; a late wake-up is exactly what we measure."""
+        await every(self._clock, self._interval_s, stop, self.tick)
 
 
 class HttpServer:
-    """aiohttp server entered as an async context manager (start/stop)."""
+    """aiohttp server: entered as an async context manager (listen, stop
+    listening); ``run(stop)`` keeps the heartbeat that ``/healthz`` reads,
+    in the app's TaskGroup."""
 
     def __init__(
         self,
@@ -110,7 +110,6 @@ class HttpServer:
         self._stats: StatsHandler | None = None
         self.heartbeat = Heartbeat(clock or SystemClock(), heartbeat_s, stale_after_s)
         self._runner: web.AppRunner | None = None
-        self._beat: asyncio.Task[None] | None = None
 
     def set_stats_handler(self, handler: StatsHandler | None) -> None:
         """Serve ``GET /stats`` with ``handler`` (404 while none is set)."""
@@ -138,9 +137,12 @@ class HttpServer:
             raise
         self._runner = runner
         self.heartbeat.start()
-        self._beat = asyncio.create_task(self.heartbeat.run(), name="http-heartbeat")
         log.info("http.server.started", host=self._host, port=self.port)
         return self
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Beat the heartbeat until ``stop`` (``/healthz`` fails without it)."""
+        await self.heartbeat.run(stop)
 
     async def __aexit__(
         self,
@@ -148,11 +150,6 @@ class HttpServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._beat is not None:
-            self._beat.cancel()
-            # wait() rather than await: our own cancellation must still propagate.
-            await asyncio.wait([self._beat])
-            self._beat = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

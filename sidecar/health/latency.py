@@ -16,7 +16,7 @@ always counted.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from sidecar.clock import Clock
 
@@ -40,10 +40,6 @@ class LatencySnapshot:
     p50: float = 0.0
     p95: float = 0.0
     p99: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        """Plain data for the health span and ``/stats`` (values rounded to 0.001 ms)."""
-        return {k: (v if isinstance(v, int) else round(v, 3)) for k, v in asdict(self).items()}
 
 
 class _Slice:

@@ -1,7 +1,7 @@
 """Prometheus exposition for ``/metrics``, in a private registry.
 
 The counters and gauges are not kept here: a collector reads the components'
-frozen snapshots at scrape time (habit 9 of STYLE.md), so the numbers in
+frozen snapshots at scrape time, so the numbers in
 ``/metrics``, the health span and ``span-sidecar status`` are the same ones.
 Only the operation latency histograms hold state, fed through
 ``SelfMonitor(recorder=metrics)``; they are plain lists exported by the same
@@ -131,28 +131,30 @@ class DurationHistograms:
     def __init__(self, bounds: Sequence[float] = DURATION_BUCKETS) -> None:
         self._bounds = tuple(bounds)
         self._labels = [repr(float(b)) for b in self._bounds] + ["+Inf"]
-        self._counts: dict[str, list[int]] = {}  # per op: one count per bucket, +Inf last
-        self._sums: dict[str, float] = {}
+        # per (op, sink): one count per bucket, +Inf last
+        self._counts: dict[tuple[str, str], list[int]] = {}
+        self._sums: dict[tuple[str, str], float] = {}
 
-    def observe(self, op: str, seconds: float) -> None:
+    def observe(self, op: str, seconds: float, sink: str = "") -> None:
         """Count one duration in its bucket (``le`` semantics: bound >= value)."""
-        counts = self._counts.get(op)
+        key = (op, sink)
+        counts = self._counts.get(key)
         if counts is None:
-            counts = self._counts[op] = [0] * len(self._labels)
-            self._sums[op] = 0.0
+            counts = self._counts[key] = [0] * len(self._labels)
+            self._sums[key] = 0.0
         seconds = seconds if seconds > 0.0 else 0.0
         counts[bisect_left(self._bounds, seconds)] += 1
-        self._sums[op] += seconds
+        self._sums[key] += seconds
 
     def family(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(
             PREFIX + "operation_duration_seconds",
-            "Duration of the sidecar's own operations.",
-            labels=["op"],
+            "Duration of the sidecar's own operations (sink empty for the sidecar's own).",
+            labels=["op", "sink"],
         )
-        for op, counts in self._counts.items():
+        for key, counts in self._counts.items():
             buckets = list(zip(self._labels, accumulate(counts), strict=True))
-            family.add_metric([op], buckets, sum_value=self._sums[op])
+            family.add_metric(list(key), buckets, sum_value=self._sums[key])
         return family
 
 
@@ -184,7 +186,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.durations = DurationHistograms()
         # The bound method is the DurationRecorder's observe: one call, no wrapper.
-        self.observe: Callable[[str, float], None] = self.durations.observe
+        self.observe: Callable[[str, float, str], None] = self.durations.observe
         self.registry.register(_HistogramCollector(self.durations))
         self.registry.register(SnapshotCollector(sinks, spool, status, rss))
 

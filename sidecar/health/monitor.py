@@ -28,7 +28,9 @@ log = structlog.get_logger("sidecar.health")
 
 Status = Literal["healthy", "degraded", "unhealthy"]
 STATUSES: tuple[Status, ...] = ("healthy", "degraded", "unhealthy")
-OPERATIONS = ("span_emit", "batch_flush", "postgres_write", "opik_request", "cache")
+# (operation, sink): a pipeline's operations carry their sink's name, the
+# sidecar's own ones (span_emit, cache) an empty one.
+OpKey = tuple[str, str]
 # Op names come from code, not input; the cap only guards against a bug
 # (an op name built from data) turning the monitor into a memory leak.
 MAX_OPERATIONS = 64
@@ -42,7 +44,7 @@ _SAMPLES_PER_WINDOW = 30
 class DurationRecorder(Protocol):
     """Where durations also go, e.g. the Prometheus histograms of ``Metrics``."""
 
-    def observe(self, op: str, seconds: float) -> None: ...
+    def observe(self, op: str, seconds: float, sink: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +89,7 @@ class SelfMonitor:
         self._settings = settings
         self._clock = clock
         self._recorder = recorder
-        self._windows = {op: LatencyWindow(settings.window_s, clock) for op in OPERATIONS}
+        self._windows: dict[OpKey, LatencyWindow] = {}
         self._rates: dict[str, _ErrorRate] = {}
         self._status = HealthStatus("healthy")
         self._started = clock.monotonic()
@@ -97,41 +99,42 @@ class SelfMonitor:
         """The verdict of the last ``evaluate`` (healthy before the first)."""
         return self._status
 
-    def observe(self, op: str, seconds: float) -> None:
-        """Record how long one ``op`` took; cheap enough for the hot path."""
-        window = self._windows.get(op)
+    def observe(self, op: str, seconds: float, sink: str = "") -> None:
+        """Record how long one ``op`` (of ``sink``) took; cheap enough for the hot path."""
+        window = self._windows.get((op, sink))
         if window is None:
-            window = self._add_operation(op)
+            window = self._add_operation((op, sink))
             if window is None:
                 return
         window.observe(seconds)
         if self._recorder is not None:
-            self._recorder.observe(op, seconds)
+            self._recorder.observe(op, seconds, sink)
 
-    def _add_operation(self, op: str) -> LatencyWindow | None:
+    def _add_operation(self, key: OpKey) -> LatencyWindow | None:
         if len(self._windows) >= MAX_OPERATIONS:
-            log.warning("health.operation.dropped", op=op[:64], limit=MAX_OPERATIONS)
+            log.warning("health.operation.dropped", op=key[0][:64], sink=key[1][:64],
+                        limit=MAX_OPERATIONS)
             return None
-        window = self._windows[op] = LatencyWindow(self._settings.window_s, self._clock)
+        window = self._windows[key] = LatencyWindow(self._settings.window_s, self._clock)
         return window
 
     @contextmanager
-    def timed(self, op: str) -> Iterator[None]:
+    def timed(self, op: str, sink: str = "") -> Iterator[None]:
         """Time the ``with`` block as one ``op`` (also when it raises)."""
         start = self._clock.monotonic()
         try:
             yield
         finally:
-            self.observe(op, self._clock.monotonic() - start)
+            self.observe(op, self._clock.monotonic() - start, sink)
 
-    def latency(self, op: str) -> LatencySnapshot:
+    def latency(self, op: str, sink: str = "") -> LatencySnapshot:
         """The window of one op; zeros for an op never observed."""
-        window = self._windows.get(op)
+        window = self._windows.get((op, sink))
         return window.snapshot() if window is not None else LatencySnapshot()
 
-    def latencies(self) -> dict[str, LatencySnapshot]:
-        """Every known op's window (the five standard ops always appear)."""
-        return {op: window.snapshot() for op, window in self._windows.items()}
+    def latencies(self) -> dict[OpKey, LatencySnapshot]:
+        """The window of every op observed so far."""
+        return {key: window.snapshot() for key, window in self._windows.items()}
 
     def evaluate(self, sinks: Sequence[SinkStats]) -> HealthStatus:
         """Judge health from the sinks' snapshots and the latency windows.
@@ -172,10 +175,11 @@ class SelfMonitor:
 
     def _judge_latency(self) -> Iterator[tuple[Status, str]]:
         limits = self._settings.thresholds
-        for op, window in self._windows.items():
+        for (op, sink), window in self._windows.items():
             snap = window.snapshot()
             if snap.count:
-                yield from _check(f"{op}: p95 latency", snap.p95, " ms",
+                subject = f"{sink}: {op}" if sink else op
+                yield from _check(f"{subject}: p95 latency", snap.p95, " ms",
                                   limits.latency_p95_warning_ms, limits.latency_p95_critical_ms)
 
     def _record(self, result: HealthStatus) -> None:

@@ -14,12 +14,13 @@ pings stop and systemd restarts the service, which is the point.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import Mapping
 
 import structlog
+
+from sidecar.clock import Clock, SystemClock, every
 
 log = structlog.get_logger("sidecar.notify")
 
@@ -43,8 +44,9 @@ def watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
 class Notifier:
     """Sends sd_notify messages; built from an environment mapping."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, clock: Clock | None = None) -> None:
         env = os.environ if env is None else env
+        self._clock = clock or SystemClock()
         raw = env.get("NOTIFY_SOCKET", "")
         self._address: str | bytes | None = None
         if raw.startswith("@"):
@@ -105,10 +107,8 @@ class Notifier:
         interval = self.watchdog_s
         if interval is None:
             return
-        while not stop_event.is_set():
-            self.watchdog()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop_event.wait(), timeout=interval)
+        self.watchdog()
+        await every(self._clock, interval, stop_event, self.watchdog)
 
     def close(self) -> None:
         """Release the socket (sending again reopens it)."""

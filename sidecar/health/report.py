@@ -1,4 +1,4 @@
-"""The self-health span (CONTRACT.md section 7).
+"""The self-health span (README, "Self-monitoring").
 
 Every ``health.interval_s`` the sidecar writes a ``span-sidecar.health`` span
 into its own spool, so it reaches Opik and Postgres through the same pipelines
@@ -13,8 +13,7 @@ DSN, URL or key can leak into it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,9 +21,9 @@ import structlog
 
 from sidecar import __version__
 from sidecar.client.ids import new_id
-from sidecar.clock import Clock
+from sidecar.clock import Clock, every
 from sidecar.health.latency import LatencySnapshot
-from sidecar.health.monitor import HealthStatus, SelfMonitor, rss_bytes
+from sidecar.health.monitor import HealthStatus, OpKey, SelfMonitor, rss_bytes
 from sidecar.settings import HealthSettings
 from sidecar.stats import SinkStats, SpoolStats
 
@@ -32,8 +31,6 @@ log = structlog.get_logger("sidecar.health")
 
 SPAN_NAME = "span-sidecar.health"
 AGENT_NAME = "span-sidecar"
-# The latency the contract names; other ops the monitor knows are added too.
-REPORTED_OPERATIONS = ("batch_flush", "postgres_write", "opik_request", "cache")
 
 Span = dict[str, Any]
 
@@ -44,7 +41,8 @@ def _rfc3339(wall: float) -> str:
     return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _sink_metadata(stats: SinkStats) -> dict[str, Any]:
+def _sink_metadata(stats: SinkStats, latencies: Mapping[OpKey, LatencySnapshot]
+                   ) -> dict[str, Any]:
     return {
         "records_read": stats.records_read,
         "records_shipped": stats.records_shipped,
@@ -56,7 +54,13 @@ def _sink_metadata(stats: SinkStats) -> dict[str, Any]:
         },
         "breaker": stats.breaker.state,
         "breaker_opened_total": stats.breaker.opened_total,
+        "latency_ms": _latency(latencies, stats.sink),
     }
+
+
+def _latency(latencies: Mapping[OpKey, LatencySnapshot], sink: str) -> dict[str, Any]:
+    """The percentiles of every op observed for ``sink`` ("" for the sidecar's own)."""
+    return {op: _percentiles(snap) for (op, of), snap in latencies.items() if of == sink}
 
 
 class HealthReporter:
@@ -103,13 +107,12 @@ class HealthReporter:
 
     def _metadata(self, sinks: Sequence[SinkStats], health: HealthStatus) -> dict[str, Any]:
         latencies = self._monitor.latencies()
-        ops = list(REPORTED_OPERATIONS) + [op for op in latencies if op not in REPORTED_OPERATIONS]
         spool = self._spool()
         return {
             "status": health.status,
             "reasons": list(health.reasons),
-            "sinks": {stats.sink: _sink_metadata(stats) for stats in sinks},
-            "latency_ms": {op: _percentiles(latencies.get(op)) for op in ops},
+            "sinks": {stats.sink: _sink_metadata(stats, latencies) for stats in sinks},
+            "latency_ms": _latency(latencies, ""),
             "spool": {"files": spool.files, "bytes": spool.bytes},
             "rss_bytes": rss_bytes(),
             "version": __version__,
@@ -133,15 +136,10 @@ class HealthReporter:
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Write a span every ``interval_s`` until ``stop_event`` is set."""
-        while not stop_event.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop_event.wait(), timeout=self._interval_s)
-            if not stop_event.is_set():
-                self.tick()
+        await every(self._clock, self._interval_s, stop_event, self.tick)
 
 
-def _percentiles(snapshot: LatencySnapshot | None) -> dict[str, float]:
-    snapshot = snapshot or LatencySnapshot()
+def _percentiles(snapshot: LatencySnapshot) -> dict[str, float]:
     return {
         "count": snapshot.count,
         "p50": round(snapshot.p50, 3),

@@ -7,9 +7,10 @@ rejected, OpenTelemetry's exporter interface).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from types import TracebackType
+from typing import Protocol, Self, TypeVar, runtime_checkable
 
 from sidecar.records import Record
 
@@ -46,18 +47,43 @@ Outcome = Delivered | Retry | PartlyRejected
 
 
 class Sink(Protocol):
-    """One destination. Entered as an async context manager by the app."""
+    """One destination.
+
+    Lifecycle: the app enters it (``async with``: open clients, nothing that
+    needs the backend up), calls ``check`` once in its TaskGroup (connect
+    early, log whether the backend answers), ``send``s batches from one
+    pipeline, and exits it on shutdown (release within a bounded time).
+    ``max_batch_records`` is the largest batch the sink wants.
+    """
 
     name: str
     max_batch_records: int
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None: ...
 
     async def send(self, batch: Sequence[Record]) -> Outcome:
         """Deliver a batch; never raises except on cancellation."""
         ...
 
     async def check(self) -> bool:
-        """A cheap probe: can the backend be reached right now?"""
+        """A cheap probe: can the backend be reached right now? Never raises."""
         ...
+
+
+@runtime_checkable
+class StreamingSink(Sink, Protocol):
+    """A sink that can take a batch while it is still being parsed.
+
+    ``send_stream`` consumes the records as the pipeline adds them, in one
+    all-or-nothing unit (a Postgres COPY in a transaction), so the backend
+    works while Python parses. Any outcome but ``Delivered`` makes the
+    pipeline send the sealed batch again through ``send``, under the breaker.
+    """
+
+    async def send_stream(self, records: AsyncIterator[Record]) -> Outcome: ...
 
 
 class RejectError(Exception):

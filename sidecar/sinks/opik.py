@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 
@@ -31,7 +30,7 @@ import structlog
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.records import Record, SpanRecord
-from sidecar.settings import OpikSettings
+from sidecar.settings import OpikSettings, Settings
 from sidecar.sinks.base import (
     Delivered,
     Outcome,
@@ -47,18 +46,6 @@ log = structlog.get_logger("sidecar.sinks.opik")
 # Not the record's fault: retrying (and the breaker) is the right answer.
 _RETRY_STATUSES = frozenset({401, 402, 403, 404, 408, 409})
 _MAX_ERROR_TEXT = 500
-
-
-@dataclass(frozen=True, slots=True)
-class OpikStats:
-    """Counters since start, for the health span and /metrics."""
-
-    requests: int
-    items_sent: int  # items in requests answered 2xx (resends included)
-    rate_limited: int  # 429 answers
-    server_errors: int  # 5xx answers
-    rejected: int  # records refused as invalid
-    last_error_type: str | None
 
 
 class _RetryNow(Exception):
@@ -96,6 +83,11 @@ class TokenBucket:
         return (need - self.tokens) / self.rate
 
 
+def build(settings: Settings, clock: Clock) -> OpikSink:
+    """The sink registry's entry point."""
+    return OpikSink(settings.opik, clock)
+
+
 class OpikSink:
     """Sink to Opik; ``async with OpikSink(settings.opik) as sink: ...``."""
 
@@ -108,8 +100,6 @@ class OpikSink:
         limit = settings.max_events_per_minute
         self._bucket = None if limit is None else TokenBucket(limit, self.clock)
         self._client: httpx.AsyncClient | None = None
-        self._counts = {"requests": 0, "items": 0, "429": 0, "5xx": 0, "rejected": 0}
-        self._last_error: str | None = None
 
     async def __aenter__(self) -> OpikSink:
         s = self.settings
@@ -132,11 +122,6 @@ class OpikSink:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-    def stats(self) -> OpikStats:
-        c = self._counts
-        return OpikStats(c["requests"], c["items"], c["429"], c["5xx"], c["rejected"],
-                         self._last_error)
 
     async def check(self) -> bool:
         """Any HTTP answer from the ping endpoint means Opik is reachable."""
@@ -161,10 +146,8 @@ class OpikSink:
             return exc.outcome
         except Exception as exc:  # a bug must not kill the pipeline; the breaker sees it
             log.exception("sink.send.crashed", sink=self.name, error_type=type(exc).__name__)
-            self._last_error = type(exc).__name__
             return Retry(f"opik: unexpected {type(exc).__name__}: {exc}")
         rejects.update(work.rejects)
-        self._counts["rejected"] += len(rejects)
         return PartlyRejected(dict(sorted(rejects.items()))) if rejects else Delivered()
 
     async def _deliver(self, groups: list[Group], batch: Sequence[Record]) -> dict[int, str]:
@@ -206,15 +189,12 @@ class OpikSink:
         """One request; raises RejectError (invalid data) or _RetryNow."""
         method, path, _ = ROUTES[group.endpoint]
         body = envelope(group.endpoint, bodies_of(group, records))
-        self._counts["requests"] += 1
         try:
             response = await self._http().request(method, path, content=body)
         except httpx.HTTPError as exc:
-            self._last_error = type(exc).__name__
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"
             raise _RetryNow(Retry(f"opik: {kind}: {type(exc).__name__}")) from None
         if response.is_success:
-            self._counts["items"] += len(records)
             return
         self._fail(response)
 
@@ -222,14 +202,11 @@ class OpikSink:
         """Turn a non-2xx answer into RejectError or _RetryNow."""
         status = response.status_code
         text = f"opik {status}: {_error_text(response)}"
-        self._last_error = f"http_{status}"
         if status == 429:
-            self._counts["429"] += 1
             after = _seconds(response.headers.get("RateLimit-Reset"), self.clock.wall())
             after = after if after is not None else self._retry_after(response)
             raise _RetryNow(Retry(text, after_s=after, failure=False))
         if status >= 500 or status in _RETRY_STATUSES:
-            self._counts["5xx"] += int(status >= 500)
             raise _RetryNow(Retry(text, after_s=self._retry_after(response)))
         raise RejectError(text)
 

@@ -10,7 +10,6 @@ crash leaves it all or nothing, and the span id keeps it once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -19,9 +18,10 @@ import asyncpg
 import orjson
 import structlog
 
+from sidecar.clock import Clock
 from sidecar.migrate import is_current, migrate, quote_ident
 from sidecar.records import Record, SpanRecord
-from sidecar.settings import PostgresSettings
+from sidecar.settings import PostgresSettings, Settings, scrub
 from sidecar.sinks.base import (
     Delivered,
     Outcome,
@@ -79,9 +79,15 @@ def _jsonb_decode(value: bytes) -> Any:
     return orjson.loads(value[1:])
 
 
+def build(settings: Settings, clock: Clock) -> PostgresSink:
+    """The sink registry's entry point."""
+    return PostgresSink(settings.postgres, settings.opik.project_name)
+
+
 class PostgresSink:
-    """Async context manager owning an asyncpg pool, created lazily so that
-    the daemon starts (and ships to the other sink) while Postgres is down."""
+    """Async context manager owning an asyncpg pool, created lazily (by the
+    app's ``check`` at start, else by the first batch) so that the daemon
+    starts, and ships to the other sink, while Postgres is down."""
 
     name = "postgres"
 
@@ -95,16 +101,10 @@ class PostgresSink:
         self._table = f"{quote_ident(self.schema)}.{TABLE}"
 
     async def __aenter__(self) -> PostgresSink:
-        # Connect (and migrate) right away when Postgres is up, without
-        # holding back the start of the other sink when it is not.
-        self._warm = asyncio.create_task(self.check())
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self._warm.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._warm
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:  # a COPY stuck on a dead network must not hold the exit
@@ -233,6 +233,6 @@ class PostgresSink:
 
 
 def _safe(exc: BaseException) -> str:
-    """The error text without anything a DSN might have leaked into it."""
+    """The error's first line, any password in it masked, at most 500 characters."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:500]
+    return scrub(text)[:500]

@@ -2,7 +2,7 @@
 
 Written atomically (temp file, fsync, rename, fsync of the directory) and
 only after the sink acknowledged. A checkpoint that cannot be read (empty,
-truncated, garbled, NUL-filled: RELIABILITY.md group 7) is set aside and the
+truncated, garbled, NUL-filled, as power loss or an OOM kill leave them) is set aside and the
 sink starts again from the beginning of the spool: it may re-ship, and every
 write is idempotent, so nothing is lost and Postgres gets no duplicates.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 
 from sidecar.fsutil import fsync_dir
+from sidecar.spool.state import StateDir
 
 log = structlog.get_logger("sidecar.checkpoints")
 
@@ -30,7 +30,7 @@ class FileMark:
 
     dev: int
     ino: int
-    fp: str  # hex digest of the first fp_len bytes (inode reuse, RELIABILITY.md 3)
+    fp: str  # hex digest of the first fp_len bytes (tells a reused inode apart)
     fp_len: int
     offset: int
     path: str  # the name last seen (informational: identity is dev+ino+fp)
@@ -43,9 +43,9 @@ class FileMark:
 class CheckpointStore:
     """One JSON file per sink under ``state_dir/checkpoints``."""
 
-    def __init__(self, state_dir: Path, sink: str) -> None:
-        self.dir = state_dir / "checkpoints"
-        self.path = self.dir / f"{sink}.json"
+    def __init__(self, state: StateDir, sink: str) -> None:
+        self.dir = state.checkpoints
+        self.path = state.checkpoint_file(sink)
         self.sink = sink
 
     def load(self) -> dict[tuple[int, int], FileMark]:
@@ -109,15 +109,9 @@ def _decode(data: bytes) -> dict[tuple[int, int], FileMark]:
     return marks
 
 
-def read_all(state_dir: Path) -> dict[str, dict[tuple[int, int], FileMark]]:
-    """Every sink's marks, for ``status`` and the janitor (read-only)."""
-    out: dict[str, dict[tuple[int, int], FileMark]] = {}
-    cdir = state_dir / "checkpoints"
-    if not cdir.is_dir():
-        return out
-    for path in sorted(cdir.glob("*.json")):
-        try:
-            out[path.stem] = _decode(path.read_bytes())
-        except (OSError, ValueError, KeyError, TypeError):
-            out[path.stem] = {}
-    return out
+def read_marks(state: StateDir, sink: str) -> dict[tuple[int, int], FileMark]:
+    """A sink's saved marks, read-only (for ``status``); empty when unreadable."""
+    try:
+        return _decode(state.checkpoint_file(sink).read_bytes())
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}

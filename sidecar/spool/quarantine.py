@@ -12,13 +12,13 @@ from __future__ import annotations
 import base64
 import fcntl
 import os
-import time
-from pathlib import Path
 
 import orjson
 import structlog
 
+from sidecar.clock import Clock
 from sidecar.fsutil import fsync_dir
+from sidecar.spool.state import StateDir
 
 log = structlog.get_logger("sidecar.quarantine")
 
@@ -28,17 +28,17 @@ MAX_RAW_BYTES = 64 << 10
 
 
 class Quarantine:
-    def __init__(self, state_dir: Path, sink: str) -> None:
-        self.dir = state_dir / "quarantine"
-        self.path = self.dir / f"{sink}.jsonl"
+    def __init__(self, state: StateDir, sink: str, clock: Clock) -> None:
+        self.dir = state.quarantine
+        self.path = state.quarantine_file(sink)
         self.sink = sink
-        self.count = 0
+        self.clock = clock
         self._fd: int | None = None
         self._dirty = False
 
     def open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fsync_dir(self.dir)  # the file's name is durable too
 
     def close(self) -> None:
@@ -55,7 +55,7 @@ class Quarantine:
         assert self._fd is not None
         entry: dict[str, object] = {
             "sink": self.sink, "source": source, "offset": offset, "reason": reason,
-            "size": len(raw) if size is None else size, "time": time.time(),
+            "size": len(raw) if size is None else size, "time": self.clock.wall(),
         }
         head = raw[:MAX_RAW_BYTES]
         try:
@@ -66,9 +66,15 @@ class Quarantine:
             entry["truncated"] = True
         self._append(orjson.dumps(entry) + b"\n")
         self._dirty = True
-        self.count += 1
         log.warning("quarantine.record.stored", sink=self.sink, source=source,
                     offset=offset, reason=reason[:300])
+
+    def restore(self, entry: bytes) -> None:
+        """Put back, byte for byte, an entry that could not be decoded (replay)."""
+        if self._fd is None:
+            self.open()
+        self._append(entry.rstrip(b"\n") + b"\n")
+        self._dirty = True
 
     def _append(self, data: bytes) -> None:
         """Write under an exclusive lock, into the file now at ``path``.

@@ -4,8 +4,14 @@ Each sink has its own ``SpoolReader``, so a sink that is down holds nothing
 in memory and the other reads on at its own pace. A file is known by
 device + inode + a fingerprint of its first bytes, never by its name: a
 rename to ``.done`` keeps its offset. The reader keeps every file it tracks
-open, so while it runs the inode cannot be reused under it (Fluent Bit
-#8025, Vector #23076); across restarts the fingerprint catches reuse.
+open, so while it runs the inode cannot be reused under it (a reused inode
+picking up a stale offset is how other shippers lost data silently); across
+restarts the fingerprint catches reuse.
+
+Lag in seconds is the age of the oldest byte not yet acknowledged: each file
+remembers when it first saw its size grow past each point (``seen``), and
+acknowledgements drop what they pass, so under steady traffic the lag stays
+as small as the batches are quick.
 """
 
 from __future__ import annotations
@@ -14,18 +20,20 @@ import fnmatch
 import hashlib
 import os
 import stat
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
+from sidecar.clock import Clock
 from sidecar.spool.checkpoints import FileMark
 from sidecar.spool.lines import split_lines
 
 log = structlog.get_logger("sidecar.spool")
 
 FINGERPRINT_BYTES = 1024
+MAX_SEEN = 32  # growth observations kept per file (older ones merge: lag errs high)
 
 
 @dataclass(eq=False, slots=True)
@@ -44,11 +52,44 @@ class TrackedFile:
     size: int = 0
     mtime: float = 0.0
     deleted: bool = False
-    done_checked: set[str] = field(default_factory=set)
+    # (size, wall time it was first seen): the bytes up to each size existed then.
+    seen: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[int, int]:
         return (self.dev, self.ino)
+
+    def grew(self, size: int, now: float) -> None:
+        """Note the file's size; the first time a size is seen dates its new bytes."""
+        if size > (self.seen[-1][0] if self.seen else self.acked):
+            self.seen.append((size, now))
+            if len(self.seen) > MAX_SEEN:
+                (_, t0), (s1, _) = self.seen[-3], self.seen[-2]
+                self.seen[-3:-1] = [(s1, t0)]
+
+    def acked_to(self, end: int) -> None:
+        self.acked = end
+        while self.seen and self.seen[0][0] <= end:
+            self.seen.pop(0)
+
+    def oldest_unacked(self) -> float | None:
+        """When the oldest byte not yet acknowledged was first seen (None: all acked)."""
+        return self.seen[0][1] if self.seen and self.size > self.acked else None
+
+
+@dataclass(frozen=True, slots=True)
+class FilePosition:
+    """A snapshot of one tracked file, for the janitor and the spool figures."""
+
+    dev: int
+    ino: int
+    path: str
+    size: int
+    mtime: float
+    acked: int
+    finished: bool  # its writer will never append again
+    deleted: bool
+    skipping: bool  # inside an over-long line: not acknowledged to its end
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +132,9 @@ class SpoolReader:
 
     def __init__(self, spool_dir: Path, patterns: tuple[str, ...], max_line_bytes: int,
                  chunk_bytes: int, marks: dict[tuple[int, int], FileMark], sink: str,
-                 idle_done_after_s: float | None = None) -> None:
+                 clock: Clock, idle_done_after_s: float | None = None) -> None:
         self.dir = spool_dir
+        self.clock = clock
         self.idle_done_after_s = idle_done_after_s
         self.patterns = patterns
         self.max_line = max_line_bytes
@@ -140,6 +182,8 @@ class SpoolReader:
         tracked = TrackedFile(st.st_dev, st.st_ino, fd, path, 0, 0, size=st.st_size,
                               mtime=st.st_mtime)
         self._resume(tracked, st.st_size)
+        # What is there was written by its mtime at the latest.
+        tracked.grew(st.st_size, min(st.st_mtime, self.clock.wall()))
         self.files[key] = tracked
         log.info("spool.file.opened", sink=self.sink, path=path, offset=tracked.read_pos)
 
@@ -169,6 +213,8 @@ class SpoolReader:
             f.gen += 1
             f.read_pos = f.acked = 0
             f.fp, f.fp_len, f.skip_from, f.skip_head = "", 0, None, b""
+            f.seen.clear()
+        f.grew(st.st_size, self.clock.wall())
         if f.deleted and f.read_pos >= st.st_size and f.acked >= f.read_pos:
             os.close(f.fd)
             del self.files[f.key]
@@ -202,6 +248,7 @@ class SpoolReader:
         while True:
             size = os.fstat(f.fd).st_size
             f.size = size
+            f.grew(size, self.clock.wall())
             if size <= f.read_pos:
                 return []
             n = min(size - f.read_pos, self.chunk)
@@ -256,13 +303,13 @@ class SpoolReader:
         if f.path.endswith(".done"):
             return True
         idle = self.idle_done_after_s
-        return idle is not None and time.time() - f.mtime > idle
+        return idle is not None and self.clock.wall() - f.mtime > idle
 
     # -- progress ------------------------------------------------------------
     def ack(self, f: TrackedFile, gen: int, end: int) -> None:
         """The sink has everything of ``f`` before ``end``."""
         if gen == f.gen and end > f.acked:
-            f.acked = end
+            f.acked_to(end)
 
     def marks(self) -> dict[tuple[int, int], FileMark]:
         """The checkpoint of every tracked file, fingerprints refreshed."""
@@ -278,6 +325,25 @@ class SpoolReader:
 
     def lag_bytes(self) -> int:
         return sum(max(0, f.size - f.acked) for f in self.files.values())
+
+    def oldest_unacked(self) -> float | None:
+        """Wall time the oldest unacknowledged byte was first seen; None when current."""
+        times = [t for f in self.files.values() if (t := f.oldest_unacked()) is not None]
+        return min(times, default=None)
+
+    def positions(self) -> Mapping[tuple[int, int], FilePosition]:
+        """A snapshot of every tracked file.
+
+        A finished file's size is read now (a writer may have appended just
+        before its rename: the janitor must never go by an older size).
+        """
+        out = {}
+        for key, f in self.files.items():
+            finished = self.finished(f)
+            size = os.fstat(f.fd).st_size if finished else f.size
+            out[key] = FilePosition(f.dev, f.ino, f.path, size, f.mtime, f.acked, finished,
+                                    f.deleted, f.skip_from is not None)
+        return out
 
     def close(self) -> None:
         for f in self.files.values():

@@ -7,19 +7,20 @@ The rescan is the safety net for missed events and the only source in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 from watchfiles import awatch
 
+from sidecar.clock import Clock, every
 from sidecar.settings import SpoolSettings
 
 log = structlog.get_logger("sidecar.spool")
 
 
 class SpoolWatcher:
-    def __init__(self, settings: SpoolSettings) -> None:
+    def __init__(self, settings: SpoolSettings, clock: Clock) -> None:
         self.settings = settings
+        self.clock = clock
         self._subscribers: list[asyncio.Event] = []
 
     def subscribe(self) -> asyncio.Event:
@@ -42,10 +43,7 @@ class SpoolWatcher:
         interval = self.settings.rescan_interval_s
         if self.settings.watch == "poll":
             interval = min(interval, self.settings.poll_interval_ms / 1000)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-            self.notify()
+        await every(self.clock, interval, stop, self.notify)
 
     async def _inotify(self, stop: asyncio.Event) -> None:
         self.settings.dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from sidecar.clock import Clock, SystemClock
 from sidecar.spool.checkpoints import FileMark
 from sidecar.spool.tailer import Line, SpoolReader, TrackedFile
 from tests.support import append  # noqa: F401  (re-exported for the core tests)
@@ -53,8 +54,9 @@ def numbered(n: int, start: int = 0, pad: int = 0) -> list[bytes]:
 
 
 def make_reader(spool: Path, marks: dict[tuple[int, int], FileMark] | None = None, *,
-                max_line: int = 1 << 20, chunk: int = 1 << 16, sink: str = "test") -> SpoolReader:
-    return SpoolReader(spool, PATTERNS, max_line, chunk, marks or {}, sink)
+                max_line: int = 1 << 20, chunk: int = 1 << 16, sink: str = "test",
+                clock: Clock | None = None) -> SpoolReader:
+    return SpoolReader(spool, PATTERNS, max_line, chunk, marks or {}, sink, clock or SystemClock())
 
 
 async def read_all(reader: SpoolReader, max_lines: int = 10_000, *,

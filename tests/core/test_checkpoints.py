@@ -11,7 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.spool import checkpoints
-from sidecar.spool.checkpoints import CheckpointStore, FileMark, read_all
+from sidecar.spool.checkpoints import CheckpointStore, FileMark, read_marks
+from sidecar.spool.state import StateDir
 
 
 def marks(n: int, offset: int = 4096) -> dict[tuple[int, int], FileMark]:
@@ -29,21 +30,22 @@ def valid_body() -> bytes:
 
 
 def test_save_then_load_gives_back_the_same_marks(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, "postgres")
+    store = CheckpointStore(StateDir(tmp_path), "postgres")
     saved = marks(5)
     store.save(saved)
-    assert CheckpointStore(tmp_path, "postgres").load() == saved
+    assert CheckpointStore(StateDir(tmp_path), "postgres").load() == saved
 
 
 def test_no_checkpoint_file_means_no_marks(tmp_path: Path) -> None:
-    assert CheckpointStore(tmp_path, "opik").load() == {}
+    assert CheckpointStore(StateDir(tmp_path), "opik").load() == {}
 
 
 def test_each_sink_has_its_own_checkpoint(tmp_path: Path) -> None:
-    CheckpointStore(tmp_path, "postgres").save(marks(2))
-    CheckpointStore(tmp_path, "opik").save(marks(1, offset=10))
-    assert CheckpointStore(tmp_path, "postgres").load() == marks(2)
-    assert read_all(tmp_path) == {"opik": marks(1, offset=10), "postgres": marks(2)}
+    CheckpointStore(StateDir(tmp_path), "postgres").save(marks(2))
+    CheckpointStore(StateDir(tmp_path), "opik").save(marks(1, offset=10))
+    assert CheckpointStore(StateDir(tmp_path), "postgres").load() == marks(2)
+    assert read_marks(StateDir(tmp_path), "opik") == marks(1, offset=10)
+    assert read_marks(StateDir(tmp_path), "postgres") == marks(2)
 
 
 CORRUPT = {
@@ -66,7 +68,7 @@ CORRUPT = {
 @pytest.mark.parametrize("body", CORRUPT.values(), ids=CORRUPT.keys())
 def test_a_corrupt_checkpoint_is_moved_aside_logged_and_means_start_over(
         tmp_path: Path, body: bytes) -> None:
-    store = CheckpointStore(tmp_path, "postgres")
+    store = CheckpointStore(StateDir(tmp_path), "postgres")
     store.dir.mkdir(parents=True)
     store.path.write_bytes(body)
     with capture_logs() as logs:
@@ -80,7 +82,7 @@ def test_a_corrupt_checkpoint_is_moved_aside_logged_and_means_start_over(
 
 
 def test_after_a_corrupt_checkpoint_the_next_save_and_load_work(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, "postgres")
+    store = CheckpointStore(StateDir(tmp_path), "postgres")
     store.dir.mkdir(parents=True)
     store.path.write_bytes(b"\x00" * 100)
     assert store.load() == {}
@@ -88,17 +90,17 @@ def test_after_a_corrupt_checkpoint_the_next_save_and_load_work(tmp_path: Path) 
     assert store.load() == marks(2)
 
 
-def test_read_all_treats_a_corrupt_file_as_no_marks_without_moving_it(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, "opik")
+def test_read_marks_treats_a_corrupt_file_as_no_marks_without_moving_it(tmp_path: Path) -> None:
+    store = CheckpointStore(StateDir(tmp_path), "opik")
     store.dir.mkdir(parents=True)
     store.path.write_bytes(b"\x00\x00")
-    assert read_all(tmp_path) == {"opik": {}}
+    assert read_marks(StateDir(tmp_path), "opik") == {}
     assert store.path.exists()  # status is read-only
 
 
 @pytest.mark.parametrize("checkpoint", [b"", valid_body()], ids=["no-checkpoint", "valid"])
 def test_a_stale_temp_file_is_removed_on_load(tmp_path: Path, checkpoint: bytes) -> None:
-    store = CheckpointStore(tmp_path, "postgres")
+    store = CheckpointStore(StateDir(tmp_path), "postgres")
     store.dir.mkdir(parents=True)
     if checkpoint:
         store.path.write_bytes(checkpoint)
@@ -110,14 +112,14 @@ def test_a_stale_temp_file_is_removed_on_load(tmp_path: Path, checkpoint: bytes)
 
 
 def test_save_leaves_no_temp_file_behind(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, "postgres")
+    store = CheckpointStore(StateDir(tmp_path), "postgres")
     store.save(marks(3))
     assert sorted(p.name for p in store.dir.iterdir()) == ["postgres.json"]
 
 
 def test_a_reader_never_sees_a_partly_written_checkpoint(tmp_path: Path) -> None:
     """Saves replace the file atomically: every concurrent read decodes whole."""
-    store = CheckpointStore(tmp_path, "postgres")
+    store = CheckpointStore(StateDir(tmp_path), "postgres")
     store.save(marks(1))
     stop = threading.Event()
     reads: list[int] = []
@@ -148,7 +150,7 @@ def test_save_completes_when_the_os_writes_only_part_of_the_body(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = os.write
     monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:7]))
-    store = CheckpointStore(tmp_path, "postgres")
+    store = CheckpointStore(StateDir(tmp_path), "postgres")
     store.save(marks(20))
     monkeypatch.undo()
     assert store.load() == marks(20)

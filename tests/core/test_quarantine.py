@@ -7,7 +7,12 @@ from pathlib import Path
 import orjson
 from structlog.testing import capture_logs
 
+from sidecar.clock import SystemClock
+from sidecar.replay import replay
+from sidecar.settings import Settings
 from sidecar.spool.quarantine import MAX_RAW_BYTES, Quarantine, raw_of
+from sidecar.spool.state import StateDir
+from tests.core.helpers import append, span
 
 
 def entries(q: Quarantine) -> list[dict[str, object]]:
@@ -15,7 +20,7 @@ def entries(q: Quarantine) -> list[dict[str, object]]:
 
 
 def test_an_entry_holds_the_raw_line_its_source_offset_and_reason(tmp_path: Path) -> None:
-    q = Quarantine(tmp_path, "postgres")
+    q = Quarantine(StateDir(tmp_path), "postgres", SystemClock())
     with capture_logs() as logs:
         q.put(b'{"id": 1}', "/spool/a.jsonl", 120, "invalid record: id: bad")
     q.close()
@@ -23,11 +28,11 @@ def test_an_entry_holds_the_raw_line_its_source_offset_and_reason(tmp_path: Path
     assert entry["raw"] == '{"id": 1}' and entry["source"] == "/spool/a.jsonl"
     assert entry["offset"] == 120 and entry["reason"] == "invalid record: id: bad"
     assert entry["sink"] == "postgres" and entry["size"] == 9 and "truncated" not in entry
-    assert q.count == 1 and [e["event"] for e in logs] == ["quarantine.record.stored"]
+    assert len(entries(q)) == 1 and [e["event"] for e in logs] == ["quarantine.record.stored"]
 
 
 def test_a_line_that_is_not_utf8_is_kept_exactly_in_base64(tmp_path: Path) -> None:
-    q = Quarantine(tmp_path, "opik")
+    q = Quarantine(StateDir(tmp_path), "opik", SystemClock())
     raw = b"\xff\xfe{\x00}"
     q.put(raw, "a.jsonl", 0, "not valid UTF-8 (byte 0)")
     q.close()
@@ -36,7 +41,7 @@ def test_a_line_that_is_not_utf8_is_kept_exactly_in_base64(tmp_path: Path) -> No
 
 
 def test_an_over_long_line_keeps_its_head_and_full_size(tmp_path: Path) -> None:
-    q = Quarantine(tmp_path, "opik")
+    q = Quarantine(StateDir(tmp_path), "opik", SystemClock())
     head = b"h" * (MAX_RAW_BYTES + 10)
     q.put(head, "a.jsonl", 7, "too long", size=5 << 20)
     q.close()
@@ -47,11 +52,12 @@ def test_an_over_long_line_keeps_its_head_and_full_size(tmp_path: Path) -> None:
 
 def test_entries_are_appended_across_restarts(tmp_path: Path) -> None:
     for i in range(3):
-        q = Quarantine(tmp_path, "postgres")
+        q = Quarantine(StateDir(tmp_path), "postgres", SystemClock())
         q.put(b"x", "a.jsonl", i, "bad")
         q.sync()
         q.close()
-    assert [e["offset"] for e in entries(Quarantine(tmp_path, "postgres"))] == [0, 1, 2]
+    again = Quarantine(StateDir(tmp_path), "postgres", SystemClock())
+    assert [e["offset"] for e in entries(again)] == [0, 1, 2]
 
 
 def test_an_entry_after_the_file_was_taken_away_goes_to_a_new_file(tmp_path: Path) -> None:
@@ -59,7 +65,7 @@ def test_an_entry_after_the_file_was_taken_away_goes_to_a_new_file(tmp_path: Pat
     lands in a fresh file at the same path, never in the taken one."""
     from sidecar.replay import _take
 
-    q = Quarantine(tmp_path, "postgres")
+    q = Quarantine(StateDir(tmp_path), "postgres", SystemClock())
     q.put(b"first", "src", 0, "bad")
     taken = _take(q.path)
     assert taken is not None
@@ -77,7 +83,7 @@ def test_replay_finishes_a_file_an_interrupted_replay_left(tmp_path: Path) -> No
     settings = Settings.model_validate(
         {"spool": {"dir": str(tmp_path / "spool"), "state_dir": str(tmp_path)}})
     (tmp_path / "spool").mkdir()
-    q = Quarantine(tmp_path, "postgres")
+    q = Quarantine(StateDir(tmp_path), "postgres", SystemClock())
     q.put(b"still bad", "src", 0, "bad")
     q.close()
     assert _take(q.path) is not None  # ... and the replay crashed here
@@ -85,3 +91,24 @@ def test_replay_finishes_a_file_an_interrupted_replay_left(tmp_path: Path) -> No
     assert result["still_invalid"] == 1 and result["replayed"] == 0
     assert list((tmp_path / "quarantine").glob("*.replaying-*")) == []
     assert [orjson.loads(x)["raw"] for x in q.path.read_bytes().splitlines()] == ["still bad"]
+
+
+def test_replay_keeps_what_it_cannot_decode_byte_for_byte(tmp_path: Path) -> None:
+    """Replay drops nothing: a garbled entry stays in the quarantine as it was."""
+    settings = Settings.model_validate(
+        {"spool": {"dir": str(tmp_path / "spool"), "state_dir": str(tmp_path / "state")}},
+        context={"env": {}})
+    settings.spool.dir.mkdir()
+    q = Quarantine(StateDir(settings.spool.state_dir), "postgres", SystemClock())
+    valid = orjson.dumps(span(1))
+    q.put(valid, "a.jsonl", 0, "an older rule")
+    q.put(b"{still broken", "a.jsonl", 10, "invalid JSON")
+    q.close()
+    garbled = b'{"sink": "postgres", "raw": "cut off by a power lo'
+    append(q.path, garbled + b"\n")
+    summary = replay(settings, "postgres")["results"][0]
+    assert summary["replayed"] == 1 and summary["still_invalid"] == 2
+    left = q.path.read_bytes().splitlines()
+    assert garbled in left and len(left) == 2
+    [spooled] = summary["spool_files"]
+    assert Path(spooled).read_bytes() == valid + b"\n"

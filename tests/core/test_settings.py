@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.settings import ConfigError, Settings, expand, load_settings, mask_url, redacted
+from sidecar.settings import (
+    ConfigError,
+    Settings,
+    expand,
+    load_settings,
+    mask_url,
+    redacted,
+    scrub,
+)
 
 
 def config(tmp_path: Path, text: str) -> Path:
@@ -226,8 +234,6 @@ def test_redacted_config_never_contains_a_secret(tmp_path: Path) -> None:
         opik:
           url: https://user:opik-url-secret@opik.example/api
           api_key: ${OPIK_API_KEY}
-        redis:
-          url: redis://:redis-secret@cache:6379/0
     """)
     env = {"PGPASSWORD": "pg-field-secret", "OPIK_API_KEY": "opik-key-secret"}
     s = load_settings(path, env)
@@ -274,3 +280,39 @@ def test_settings_built_directly_read_the_process_environment(
     assert Settings().opik.enabled is False
     monkeypatch.setenv("OPIK_URL_OVERRIDE", "http://opik/api")
     assert Settings().opik.enabled is True
+
+
+# -- keys of features not built yet -------------------------------------------------------------
+
+def test_keys_not_implemented_yet_are_refused_with_their_line(tmp_path: Path) -> None:
+    """Accepting them would be worse than refusing: a redaction key would look like masking."""
+    path = config(tmp_path, """
+        spans:
+          max_line_bytes: 2048
+          redaction:
+            keys: [password]
+        sampling:
+          default_rate: 0.5
+        batch:
+          max_records: 0
+        environments:
+          production:
+            retention: {ttl_days: 7}
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    problems = info.value.problems
+    assert any(p.startswith("line 3: spans.redaction: not implemented yet") for p in problems)
+    assert any(p.startswith("line 5: sampling: not implemented yet") for p in problems)
+    assert any(p.startswith("line 11: environments.production.retention: not implemented")
+               for p in problems)
+    # the other errors are still listed, and the refused keys only once each
+    assert any("batch.max_records" in p for p in problems)
+    assert len(problems) == 4, problems
+
+
+def test_error_text_is_scrubbed_of_passwords() -> None:
+    text = ('connect to postgresql://app:hunter2@db:5432/x failed; '
+            "dsn host=db password='hunter 3' user=app")
+    assert "hunter" not in scrub(text)
+    assert "postgresql://app:***@db:5432/x" in scrub(text)

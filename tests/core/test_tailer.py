@@ -14,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.spool.checkpoints import CheckpointStore
+from sidecar.spool.state import StateDir
 from sidecar.spool.tailer import Line, SpoolReader
 from tests.core.helpers import (
     ack_all,
@@ -47,7 +48,7 @@ def events(logs: list[MutableMapping[str, Any]]) -> list[object]:
 
 def stop(reader: SpoolReader, state: Path) -> CheckpointStore:
     """Save the reader's checkpoint through a real store, as the pipeline does, and close it."""
-    store = CheckpointStore(state, reader.sink)
+    store = CheckpointStore(StateDir(state), reader.sink)
     store.save(reader.marks())
     reader.close()
     return store

@@ -43,7 +43,8 @@ def test_health_spans_reach_postgres_with_their_metadata(sidecar_env: SidecarEnv
     pg = meta["sinks"]["postgres"]
     assert pg["records_shipped"] >= 20 and pg["breaker"] == "closed"
     assert set(pg["lag"]) == {"bytes", "records", "seconds"}
-    assert {"batch_flush", "postgres_write"} <= set(meta["latency_ms"])
+    assert {"batch_flush", "sink_send"} <= set(pg["latency_ms"])
+    assert "span_emit" in meta["latency_ms"]
     assert meta["rss_bytes"] > 10 << 20 and meta["spool"]["files"] >= 1
     assert "dsn" not in row["metadata"] and "password" not in row["metadata"]
     d.signal(signal.SIGTERM)

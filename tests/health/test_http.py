@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +55,18 @@ async def wait_for_status(client: aiohttp.ClientSession, server: HttpServer, pat
             await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def beating(server: HttpServer) -> AsyncIterator[HttpServer]:
+    """The server with its heartbeat running, as the app's TaskGroup runs it."""
+    stop = asyncio.Event()
+    async with server, asyncio.TaskGroup() as tg:
+        tg.create_task(server.run(stop))
+        try:
+            yield server
+        finally:
+            stop.set()
+
+
 async def test_healthz_answers_200_while_the_loop_runs(session: aiohttp.ClientSession) -> None:
     async with HttpServer(LOOPBACK, metrics=bytes, readiness=Ready()) as server:
         assert server.port > 0
@@ -66,7 +79,7 @@ async def test_healthz_fails_after_the_loop_was_blocked(session: aiohttp.ClientS
     """A blocked loop fails the first probe after it unblocks, then recovers."""
     server = HttpServer(LOOPBACK, metrics=bytes, readiness=Ready(), heartbeat_s=0.05,
                         stale_after_s=0.5)
-    async with server:
+    async with beating(server):
         await wait_for_status(session, server, "/healthz", 200)
         time.sleep(0.8)  # noqa: ASYNC251 - the thing under test: a coroutine blocking the loop
         status, _, body = await get(session, server, "/healthz")

@@ -71,12 +71,12 @@ def test_monitor_observations_feed_the_duration_histogram(
     metrics = Metrics(sinks=list, spool=lambda: SpoolStats(0, 0), status=lambda: "healthy")
     monitor = SelfMonitor(health_settings, clock, recorder=metrics)
     for seconds in (0.002, 0.003, 0.7):
-        monitor.observe("postgres_write", seconds)
+        monitor.observe("sink_send", seconds, "postgres")
     got = samples(metrics)
-    op = (("op", "postgres_write"),)
+    op = (("op", "sink_send"), ("sink", "postgres"))
     assert got[("span_sidecar_operation_duration_seconds_count", op)] == 3
     assert abs(got[("span_sidecar_operation_duration_seconds_sum", op)] - 0.705) < 1e-9
-    le = (("le", "0.005"), ("op", "postgres_write"))
+    le = (("le", "0.005"), ("op", "sink_send"), ("sink", "postgres"))
     assert got[("span_sidecar_operation_duration_seconds_bucket", le)] == 2
 
 

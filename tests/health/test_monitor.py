@@ -6,7 +6,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.clock import FakeClock
-from sidecar.health.monitor import MAX_OPERATIONS, OPERATIONS, SelfMonitor, rss_bytes
+from sidecar.health.monitor import MAX_OPERATIONS, SelfMonitor, rss_bytes
 from sidecar.settings import HealthSettings
 
 from .conftest import SinkFactory
@@ -17,7 +17,7 @@ def test_no_sinks_and_no_latency_is_healthy(health_settings: HealthSettings,
     monitor = SelfMonitor(health_settings, clock)
     result = monitor.evaluate([])
     assert result.status == "healthy" and result.reasons == ()
-    assert set(OPERATIONS) <= set(monitor.latencies())
+    assert monitor.latencies() == {}  # windows appear as operations are observed
 
 
 def test_transitions_healthy_degraded_unhealthy_healthy(
@@ -116,12 +116,12 @@ def test_error_rate_is_per_sink(
 def test_p95_latency_thresholds(health_settings: HealthSettings, clock: FakeClock) -> None:
     monitor = SelfMonitor(health_settings, clock)
     for _ in range(100):
-        monitor.observe("postgres_write", 3.0)
+        monitor.observe("sink_send", 3.0, "postgres")
     result = monitor.evaluate([])
     assert result.status == "degraded"
-    assert result.reasons[0].startswith("postgres_write: p95 latency 3000 ms >= warning")
+    assert result.reasons[0].startswith("postgres: sink_send: p95 latency 3000 ms >= warning")
     for _ in range(900):
-        monitor.observe("opik_request", 12.0)
+        monitor.observe("sink_send", 12.0, "opik")
     assert monitor.evaluate([]).status == "unhealthy"
     clock.advance(health_settings.window_s + 1)  # slow calls leave the window
     assert monitor.evaluate([]).status == "healthy"
@@ -129,10 +129,10 @@ def test_p95_latency_thresholds(health_settings: HealthSettings, clock: FakeCloc
 
 class Recorder:
     def __init__(self) -> None:
-        self.seen: list[tuple[str, float]] = []
+        self.seen: list[tuple[str, float, str]] = []
 
-    def observe(self, op: str, seconds: float) -> None:
-        self.seen.append((op, seconds))
+    def observe(self, op: str, seconds: float, sink: str) -> None:
+        self.seen.append((op, seconds, sink))
 
 
 def test_observations_reach_the_recorder_and_new_ops_are_added(
@@ -140,10 +140,11 @@ def test_observations_reach_the_recorder_and_new_ops_are_added(
 ) -> None:
     recorder = Recorder()
     monitor = SelfMonitor(health_settings, clock, recorder=recorder)
-    monitor.observe("cache", 0.001)
-    monitor.observe("schema_check", 0.5)
-    assert recorder.seen == [("cache", 0.001), ("schema_check", 0.5)]
-    assert monitor.latency("schema_check").count == 1
+    monitor.observe("span_emit", 0.001)
+    monitor.observe("sink_send", 0.5, "postgres")
+    assert recorder.seen == [("span_emit", 0.001, ""), ("sink_send", 0.5, "postgres")]
+    assert monitor.latency("sink_send", "postgres").count == 1
+    assert monitor.latency("sink_send", "opik").count == 0  # labelled by sink
     assert monitor.latency("never_seen").count == 0
 
 

@@ -1,0 +1,315 @@
+"""SinkPipeline in-process: a fake sink, a fake clock, real files; no real sleep.
+
+Each test names the behaviour it proves. Time moves only when every task
+waits on the clock (``drive``), so a 30 s breaker timeout costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from sidecar.clock import FakeClock
+from sidecar.pipeline import PipelineSettings, SinkPipeline, SinkSpool
+from sidecar.records import Record, SpanRecord
+from sidecar.settings import BatchSettings, BreakerSettings, RetrySettings
+from sidecar.sinks.base import Delivered, Outcome, PartlyRejected, Retry
+from sidecar.spool.checkpoints import CheckpointStore
+from sidecar.spool.quarantine import Quarantine
+from sidecar.spool.state import StateDir
+from sidecar.spool.tailer import SpoolReader
+from tests.clocking import drive
+from tests.core.helpers import PATTERNS, span
+from tests.support import append
+
+Answer = Outcome | Exception
+
+
+class FakeSink:
+    """Answers from a script (then Delivered); remembers what it stored."""
+
+    name = "fake"
+    max_batch_records = 0  # the pipeline's default batch size
+
+    def __init__(self, *answers: Answer) -> None:
+        self.answers = list(answers)
+        self.stored: list[Record] = []
+        self.calls = 0
+        self.gate: asyncio.Event | None = None  # when set: send waits on it
+        self.sending = asyncio.Event()
+
+    async def __aenter__(self) -> FakeSink:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        return None
+
+    async def check(self) -> bool:
+        return True
+
+    async def send(self, batch: Sequence[Record]) -> Outcome:
+        self.calls += 1
+        self.sending.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        answer = self.answers.pop(0) if self.answers else Delivered()
+        if isinstance(answer, Exception):
+            raise answer
+        rejected = answer.reasons if isinstance(answer, PartlyRejected) else {}
+        if not isinstance(answer, Retry):
+            self.stored.extend(r for i, r in enumerate(batch) if i not in rejected)
+        return answer
+
+
+class StreamingFakeSink(FakeSink):
+    """Takes batches while they fill; the stream answers from its own script."""
+
+    def __init__(self, *stream_answers: Outcome) -> None:
+        super().__init__()
+        self.stream_answers = list(stream_answers)
+        self.streamed = 0
+
+    async def send_stream(self, records: AsyncIterator[Record]) -> Outcome:
+        got = [r async for r in records]
+        self.streamed += 1
+        answer = self.stream_answers.pop(0) if self.stream_answers else Delivered()
+        if isinstance(answer, Delivered):
+            self.stored.extend(got)
+        return answer
+
+
+class Harness:
+    """A pipeline over ``tmp_path`` with its task, clock and files."""
+
+    def __init__(self, tmp_path: Path, sink: FakeSink, *, max_records: int = 10,
+                 failure_threshold: int = 2, reset_timeout_s: float = 30.0) -> None:
+        self.clock = FakeClock()
+        self.spool_dir = tmp_path / "spool"
+        self.spool_dir.mkdir()
+        self.state = StateDir(tmp_path / "state")
+        self.sink = sink
+        self.store = CheckpointStore(self.state, sink.name)
+        reader = SpoolReader(self.spool_dir, PATTERNS, 1 << 20, 1 << 16, self.store.load(),
+                             sink.name, self.clock)
+        self.quarantine = Quarantine(self.state, sink.name, self.clock)
+        spool = SinkSpool(reader, self.store, self.quarantine, asyncio.Event(), self.state)
+        settings = PipelineSettings(
+            BatchSettings(max_records=max_records, max_wait_ms=500),
+            BreakerSettings(failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s),
+            RetrySettings(initial_backoff_s=0.5, max_backoff_s=4.0), 1 << 20)
+        self.observed: list[tuple[str, str]] = []
+        self.pipeline = SinkPipeline(sink, spool, settings, self.clock,
+                                     observe=lambda op, s, sink: self.observed.append((op, sink)))
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.file = self.spool_dir / "agent-host-1-0.jsonl"
+
+    def write(self, records: Sequence[dict[str, Any] | bytes]) -> None:
+        append(self.file, b"".join(r if isinstance(r, bytes) else orjson.dumps(r) + b"\n"
+                                   for r in records))
+        self.pipeline.spool.changed.set()
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.pipeline.run(self.stop))
+
+    async def until(self, condition: Any) -> None:
+        await drive(self.clock, condition)
+
+    async def finish(self) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await drive(self.clock, self.task.done)
+        self.task.result()
+        self.quarantine.close()
+        self.pipeline.reader.close()
+
+    def checkpoint(self) -> int:
+        return sum(m.offset for m in self.store.load().values())
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        path = self.state.quarantine_file(self.sink.name)
+        return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def ids(records: Sequence[Record]) -> list[str]:
+    return [str(r.id) for r in records if isinstance(r, SpanRecord)]
+
+
+async def test_every_record_is_delivered_once_and_the_checkpoint_reaches_the_end(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path, FakeSink())
+    spans = [span(i) for i in range(25)]
+    h.write(spans)
+    h.start()
+    await h.until(lambda: len(h.sink.stored) == 25)
+    await h.finish()
+    assert ids(h.sink.stored) == [s["id"] for s in spans]
+    assert h.checkpoint() == h.file.stat().st_size
+    assert ("batch_flush", "fake") in h.observed and ("sink_send", "fake") in h.observed
+
+
+async def test_a_failed_stream_falls_back_to_send_and_delivers(tmp_path: Path) -> None:
+    sink = StreamingFakeSink(Retry("unique violation: a re-delivery"))
+    h = Harness(tmp_path, sink)
+    spans = [span(i) for i in range(5)]
+    h.write(spans)
+    h.start()
+    await h.until(lambda: len(sink.stored) == 5)
+    await h.finish()
+    assert sink.streamed == 1 and sink.calls == 1  # streamed, refused, then sent
+    assert ids(sink.stored) == [s["id"] for s in spans]
+    assert h.checkpoint() == h.file.stat().st_size
+
+
+async def test_a_clean_stream_commits_without_a_second_send(tmp_path: Path) -> None:
+    sink = StreamingFakeSink()
+    h = Harness(tmp_path, sink)
+    h.write([span(i) for i in range(7)])
+    h.start()
+    await h.until(lambda: h.checkpoint() == h.file.stat().st_size)
+    await h.finish()
+    assert sink.streamed >= 1 and sink.calls == 0 and len(sink.stored) == 7
+
+
+async def test_breaker_opens_half_opens_and_closes_on_the_fake_clock(tmp_path: Path) -> None:
+    """Three failures with a threshold of two: open, wait 30 s of fake time, trial, closed."""
+    sink = FakeSink(Retry("503"), Retry("503"), Retry("503"))
+    h = Harness(tmp_path, sink, failure_threshold=2, reset_timeout_s=30.0)
+    h.write([span(0)])
+    began, t0 = time.monotonic(), h.clock.monotonic()
+    with capture_logs() as logs:
+        h.start()
+        await h.until(lambda: len(sink.stored) == 1)
+        await h.finish()
+    moves = [(e["old"], e["new"]) for e in logs if e["event"] == "breaker.state.changed"]
+    assert moves == [("closed", "open"), ("open", "half_open"), ("half_open", "open"),
+                     ("open", "half_open"), ("half_open", "closed")]
+    assert h.clock.monotonic() - t0 >= 60.0  # two reset timeouts passed on the fake clock
+    assert time.monotonic() - began < 2.0  # and none in real time
+    assert h.state.read_status("fake")["breaker"] == "closed"
+    assert h.pipeline.stats().attempts_failed == 3
+
+
+async def test_backpressure_waits_without_opening_the_breaker(tmp_path: Path) -> None:
+    sink = FakeSink(*[Retry("429", after_s=10.0, failure=False)] * 4)
+    h = Harness(tmp_path, sink, failure_threshold=2)
+    h.write([span(0)])
+    t0 = h.clock.monotonic()
+    h.start()
+    await h.until(lambda: len(sink.stored) == 1)
+    await h.finish()
+    stats = h.pipeline.stats()
+    assert stats.breaker.opened_total == 0 and stats.rate_limited_total == 4
+    assert h.clock.monotonic() - t0 >= 40.0  # RateLimit-Reset honoured each time
+
+
+async def test_partial_rejects_are_quarantined_and_synced_before_the_checkpoint_moves(
+        tmp_path: Path) -> None:
+    sink = FakeSink(PartlyRejected({1: "value too long for type"}))
+    h = Harness(tmp_path, sink)
+    order: list[str] = []
+    real_sync, real_save = h.quarantine.sync, h.store.save
+    h.quarantine.sync = lambda: (order.append("quarantine.sync"), real_sync())[1]  # type: ignore[method-assign]
+    h.store.save = lambda marks: (order.append("checkpoint.save"), real_save(marks))[1]  # type: ignore[method-assign]
+    spans = [span(i) for i in range(3)]
+    h.write(spans)
+    h.start()
+    await h.until(lambda: h.checkpoint() == h.file.stat().st_size)
+    await h.finish()
+    assert order[:2] == ["quarantine.sync", "checkpoint.save"]
+    [entry] = h.quarantined()
+    assert entry["reason"] == "rejected by fake: value too long for type"
+    assert orjson.loads(entry["raw"])["id"] == spans[1]["id"]
+    assert ids(sink.stored) == [spans[0]["id"], spans[2]["id"]]
+    stats = h.pipeline.stats()
+    assert (stats.records_shipped, stats.records_quarantined) == (2, 1)
+
+
+async def test_unparseable_lines_are_quarantined_and_do_not_block_the_rest(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path, FakeSink())
+    good = [span(0), span(1)]
+    h.write([orjson.dumps(good[0]) + b"\n", b"{not json\n", b"[1, 2]\n",
+             orjson.dumps(good[1]) + b"\n"])
+    h.start()
+    await h.until(lambda: h.checkpoint() == h.file.stat().st_size)
+    await h.finish()
+    assert ids(h.sink.stored) == [g["id"] for g in good]
+    reasons = [e["reason"] for e in h.quarantined()]
+    assert reasons[0].startswith("invalid JSON") and reasons[1] == "not a JSON object"
+
+
+async def test_a_sink_that_raises_does_not_kill_the_pipeline(tmp_path: Path) -> None:
+    sink = FakeSink(RuntimeError("driver bug"))
+    h = Harness(tmp_path, sink)
+    h.write([span(0)])
+    with capture_logs() as logs:
+        h.start()
+        await h.until(lambda: len(sink.stored) == 1)
+        await h.finish()
+    assert sink.calls == 2
+    assert [e["error_type"] for e in logs if e["event"] == "sink.send.crashed"] == ["RuntimeError"]
+
+
+async def test_drain_delivers_the_batch_in_flight(tmp_path: Path) -> None:
+    sink = FakeSink()
+    sink.gate = asyncio.Event()
+    h = Harness(tmp_path, sink)
+    h.write([span(i) for i in range(4)])
+    h.start()
+    await h.until(sink.sending.is_set)
+    h.stop.set()  # stop while the batch is at the sink
+    h.write([span(9)])  # read no more after the stop
+    sink.gate.set()
+    assert h.task is not None
+    await drive(h.clock, h.task.done)
+    h.task.result()
+    assert len(sink.stored) == 4
+    late = len(orjson.dumps(span(9))) + 1
+    assert h.checkpoint() == h.file.stat().st_size - late  # the batch, not the late span
+
+
+async def test_lag_returns_to_zero_under_steady_traffic(tmp_path: Path) -> None:
+    """Lag in records, bytes and seconds falls back to zero after every batch,
+    and the seconds never grow with the number of rounds."""
+    h = Harness(tmp_path, FakeSink(), max_records=1000)
+    h.start()
+    for round_ in range(20):
+        h.write([span(round_ * 10 + i) for i in range(10)])
+        h.clock.advance(0.2)
+        await h.until(lambda r=round_: len(h.sink.stored) == (r + 1) * 10)  # type: ignore[misc]
+        stats = h.pipeline.stats()
+        assert (stats.lag_records, stats.lag_bytes, stats.lag_seconds) == (0, 0, 0.0)
+        h.clock.advance(5.0)  # time passes between bursts: it must not count as lag
+    h.write([span(999)])
+    await drive(h.clock, lambda: h.pipeline.read_total == 201)
+    h.clock.advance(0.3)  # less than max_wait: the batch is still pending
+    stats = h.pipeline.stats()
+    assert stats.lag_records == 1 and stats.lag_bytes > 0
+    assert stats.lag_seconds == pytest.approx(0.3)  # the pending span's age, not the run's
+    await h.finish()
+
+
+@pytest.mark.parametrize("sink", [FakeSink(), StreamingFakeSink()], ids=["send", "stream"])
+async def test_checkpoint_survives_a_restart_without_reshipping(tmp_path: Path,
+                                                                sink: FakeSink) -> None:
+    h = Harness(tmp_path, sink)
+    h.write([span(i) for i in range(3)])
+    h.start()
+    await h.until(lambda: h.checkpoint() == h.file.stat().st_size)
+    await h.finish()
+    store = CheckpointStore(h.state, sink.name)
+    reader = SpoolReader(h.spool_dir, PATTERNS, 1 << 20, 1 << 16, store.load(), sink.name,
+                         h.clock)
+    reader.scan()
+    assert await reader.read(100) == []  # nothing left to ship
+    reader.close()
