@@ -65,7 +65,7 @@ class PostgresSettings(Section):
     password: SecretStr | None = None
     db_schema: str = Field(default="public", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     auto_migrate: bool = True
-    # Postgres is fastest with thousands of rows per COPY (../shared/PERFORMANCE.md).
+    # Postgres is fastest with thousands of rows per COPY (README, "Performance").
     max_batch_records: int = Field(default=5000, ge=1)
     pool_size: int = Field(default=2, ge=1, le=32)
     connect_timeout_s: float = Field(default=10.0, gt=0)
