@@ -201,11 +201,14 @@ def readiness_check(
 ) -> Callable[[], ReadyResult]:
     """The default ``/readyz`` check for the app.
 
-    Ready means: the spool is readable, the state directory writable, and at
-    least one sink is not failing (breaker not open). A single sink being down
-    is no reason to be unready, since the spool buffers; being unready when
-    every sink fails tells the orchestrator the sidecar is useless right now.
-    The configuration was loaded, or there would be no settings to pass.
+    Ready means what restarting the sidecar or taking its pod out of service
+    could fix: the configuration was loaded (or there would be no settings to
+    pass), the spool is readable and the state directory writable. A sink's
+    breaker being open is not a reason: in a pod, every container's readiness
+    gates the pod's, so failing here would unroute the agent during a backend
+    outage that the spool exists to buffer. Open and half-open breakers, and a
+    sidecar with no sink enabled, are listed after the reasons, marked as
+    information, so that a person reading the body still sees them.
     """
 
     def check() -> ReadyResult:
@@ -215,12 +218,14 @@ def readiness_check(
         state = spool.state_dir
         if not (state.is_dir() and os.access(state, os.W_OK | os.X_OK)):
             reasons.append(f"state directory {state} is not writable")
-        stats = sinks()
-        if not stats:
-            reasons.append("no sink is enabled")
-        elif all(s.breaker.state == "open" for s in stats):
-            names = ", ".join(s.sink for s in stats)
-            reasons.append(f"every sink is failing (breaker open): {names}")
-        return not reasons, reasons
+        return not reasons, reasons + _sink_notes(sinks())
 
     return check
+
+
+def _sink_notes(stats: Sequence[SinkStats]) -> list[str]:
+    """Sink states worth a look, none of which makes the sidecar unready."""
+    if not stats:
+        return ["information: no sink is enabled; records stay in the spool"]
+    return [f"information: sink {s.sink} breaker is {s.breaker.state}; the spool buffers "
+            "its records until it recovers" for s in stats if s.breaker.state != "closed"]
