@@ -1,120 +1,121 @@
-"""Spool record models and the total line parser.
+"""Spool records as the sinks use them, and the total line parser.
 
-Field names follow Opik's write models so that Opik users recognise them; the
-agent fields (``agent_name``, ``agent_tier``, ``events``) are ours. The JSON
-Schema in ``schema/spool-record.schema.json`` is generated from these models
-(``python -m sidecar.records``) and a test fails when the two drift.
+The hot path decodes each line once, typed, with msgspec: the free-form
+fields (``input``, ``output``, ``metadata``, an event's ``attributes``) stay
+raw JSON text (``msgspec.Raw``) that the sinks pass through untouched (the
+jsonb binary format is a version byte and the JSON text; Opik gets it as an
+``orjson.Fragment``), so they are never decoded and encoded again. Only what
+a sink needs is checked: ids, times, types, int32 ranges, objects where
+objects are required.
+
+The pydantic models in ``sidecar/schema.py`` stay the one description of a
+valid record: the published JSON Schema is generated from them, and a line
+the fast decoder refuses is explained by them (the quarantine's reason names
+the fields). A differential test keeps the two in agreement.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Literal
 from uuid import UUID
 
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Discriminator,
-    Field,
-    StrictInt,
-    Tag,
-    TypeAdapter,
-    ValidationError,
-)
+import msgspec
+from msgspec import Meta, Raw, Struct
 
 SpanType = Literal["general", "llm", "tool", "guardrail"]
+Int32 = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+ShortText = Annotated[str, Meta(max_length=512)]
+Cost = Annotated[float, Meta(ge=0)]
+_NULL = b"null"
+if TYPE_CHECKING:
+    OptRaw = Raw | None
+else:  # msgspec takes no union with Raw: a JSON null arrives as Raw(b"null")
+    OptRaw = Raw
+_EMPTY = Raw(b"{}")
 
 
-def _rfc3339_shape(value: Any) -> Any:
-    # pydantic would also take unix times, as numbers or digit strings
-    # ("1700000000"). Cheap on the hot path: the rest is pydantic's own check.
-    if not isinstance(value, str) or value[4:5] != "-":
-        raise ValueError("must be an RFC 3339 timestamp string, like 2025-01-31T12:00:00Z")
-    return value
+class _Invalid(ValueError):
+    """A check msgspec's types cannot say (raised in ``__post_init__``)."""
 
 
-def _not_bool(value: Any) -> Any:
-    # Literal[1] would take JSON true (True == 1); the schema says const 1.
-    if isinstance(value, bool):
-        raise ValueError("must be the integer 1")
-    return value
-
-
-# Timestamps must be RFC 3339 strings with an offset: the shape check refuses
-# the unix times pydantic would otherwise accept, AwareDatetime the naive ones.
-def _storable(value: datetime) -> datetime:
-    # Every sink must be able to store it: year 1 with +14:00 is "valid" but
-    # overflows as soon as anything converts it to UTC.
-    offset = value.utcoffset() or timedelta(0)
+def _time(value: datetime | None, field: str) -> None:
+    """Aware, and storable by every sink once converted to UTC."""
+    if value is None:
+        return
+    offset = value.utcoffset()
+    if offset is None:
+        raise _Invalid(f"{field}: a timestamp needs an offset")
     try:
         utc_year = (value - offset).year
     except OverflowError:
         utc_year = 0
     if not (1900 <= value.year <= 9999 and 1900 <= utc_year <= 9999):
-        raise ValueError("must be between the years 1900 and 9999")
-    return value
+        raise _Invalid(f"{field}: must be between the years 1900 and 9999")
 
 
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_shape), AfterValidator(_storable)]
-# Opik stores usage and our tiers as int32; Postgres indexes agent_name.
-Int32 = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
-ShortText = Annotated[str, Field(max_length=512)]
-# A JSON number: strict refuses strings and booleans; NaN/Infinity are refused
-# by the models' allow_inf_nan=False (they are not JSON).
-Number = Annotated[float, Field(strict=True)]
-Version = Annotated[Literal[1], BeforeValidator(_not_bool)]
-JsonObject = dict[str, Any]
+def _object(value: Raw | None, field: str) -> Raw | None:
+    """A JSON object, or None for an absent or null value."""
+    if value is None:
+        return None
+    if memoryview(value)[0] == 0x7B:  # "{"
+        return value
+    if bytes(value) == _NULL:
+        return None
+    raise _Invalid(f"{field}: must be a JSON object")
 
 
-class _Model(BaseModel):
-    # Unknown fields are dropped, as Opik drops them: a newer writer never
-    # gets its records quarantined by an older sidecar.
-    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
-
-
-class ErrorInfo(_Model):
-    exception_type: str = Field(min_length=1)
+class ErrorInfo(Struct, kw_only=True):
+    exception_type: NonEmpty
     message: str | None = None
     traceback: str | None = None
 
 
-class Event(_Model):
+class Event(Struct, kw_only=True):
     name: str
-    time: Timestamp | None = None
-    attributes: JsonObject = Field(default_factory=dict)
+    time: datetime | None = None
+    attributes: Raw = _EMPTY
+
+    def __post_init__(self) -> None:
+        _time(self.time, "events.time")
+        self.attributes = _object(self.attributes, "events.attributes") or _EMPTY
 
 
-class SpanRecord(_Model):
+class SpanRecord(Struct, kw_only=True):
     kind: Literal["span"] = "span"
-    v: Version = 1
+    v: Literal[1] = 1
     id: UUID
     trace_id: UUID
     parent_span_id: UUID | None = None
-    name: str = Field(min_length=1)
+    name: NonEmpty
     type: SpanType = "general"
-    start_time: Timestamp
-    end_time: Timestamp | None = None
-    input: JsonObject | None = None
-    output: JsonObject | None = None
-    metadata: JsonObject | None = None
+    start_time: datetime
+    end_time: datetime | None = None
+    input: OptRaw = None
+    output: OptRaw = None
+    metadata: OptRaw = None
     tags: list[str] | None = None
     model: str | None = None
     provider: str | None = None
     usage: dict[str, Int32] | None = None
-    total_estimated_cost: Number | None = Field(default=None, ge=0)
+    total_estimated_cost: Cost | None = None
     error_info: ErrorInfo | None = None
     project_name: str | None = None
     agent_name: ShortText | None = None
     agent_tier: Int32 | None = None
     events: list[Event] | None = None
-    last_updated_at: Timestamp | None = None
+    last_updated_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _time(self.start_time, "start_time")
+        _time(self.end_time, "end_time")
+        _time(self.last_updated_at, "last_updated_at")
+        self.input = _object(self.input, "input")
+        self.output = _object(self.output, "output")
+        self.metadata = _object(self.metadata, "metadata")
 
     @property
     def status(self) -> Literal["ok", "error"]:
@@ -127,30 +128,38 @@ class SpanRecord(_Model):
         return (self.end_time - self.start_time).total_seconds() * 1000.0
 
 
-class TraceRecord(_Model):
+class TraceRecord(Struct, kw_only=True):
     kind: Literal["trace"]
-    v: Version = 1
+    v: Literal[1] = 1
     id: UUID
-    name: str = Field(min_length=1)
-    start_time: Timestamp
-    end_time: Timestamp | None = None
-    input: JsonObject | None = None
-    output: JsonObject | None = None
-    metadata: JsonObject | None = None
+    name: NonEmpty
+    start_time: datetime
+    end_time: datetime | None = None
+    input: OptRaw = None
+    output: OptRaw = None
+    metadata: OptRaw = None
     tags: list[str] | None = None
     error_info: ErrorInfo | None = None
     thread_id: str | None = None
     project_name: str | None = None
-    last_updated_at: Timestamp | None = None
+    last_updated_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _time(self.start_time, "start_time")
+        _time(self.end_time, "end_time")
+        _time(self.last_updated_at, "last_updated_at")
+        self.input = _object(self.input, "input")
+        self.output = _object(self.output, "output")
+        self.metadata = _object(self.metadata, "metadata")
 
 
-class FeedbackRecord(_Model):
+class FeedbackRecord(Struct, kw_only=True):
     kind: Literal["feedback"]
-    v: Version = 1
+    v: Literal[1] = 1
     target: Literal["trace", "span"]
     id: UUID
-    name: str = Field(min_length=1)
-    value: Number
+    name: NonEmpty
+    value: float
     reason: str | None = None
     project_name: str | None = None
 
@@ -158,21 +167,19 @@ class FeedbackRecord(_Model):
 Record = SpanRecord | TraceRecord | FeedbackRecord
 
 
-def _kind_of(value: Any) -> str | None:
-    if isinstance(value, dict):
-        kind = value.get("kind", "span")
-        return kind if isinstance(kind, str) else None
-    return "span"  # lets the span model report "not a JSON object"
+class _Kind(Struct):
+    kind: object = "span"
 
 
-AnyRecord = Annotated[
-    Annotated[SpanRecord, Tag("span")]
-    | Annotated[TraceRecord, Tag("trace")]
-    | Annotated[FeedbackRecord, Tag("feedback")],
-    Discriminator(_kind_of, custom_error_type="unknown_kind",
-                  custom_error_message="kind must be 'span', 'trace' or 'feedback'"),
-]
-RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(AnyRecord)
+_SPAN = msgspec.json.Decoder(SpanRecord)
+_KIND = msgspec.json.Decoder(_Kind)
+_BY_KIND: dict[object, msgspec.json.Decoder[SpanRecord] | msgspec.json.Decoder[TraceRecord]
+               | msgspec.json.Decoder[FeedbackRecord]] = {
+    "span": _SPAN,
+    "trace": msgspec.json.Decoder(TraceRecord),
+    "feedback": msgspec.json.Decoder(FeedbackRecord),
+}
+_ENCODER = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,50 +196,41 @@ def parse_line(line: bytes) -> Record | Rejected:
     fields) comes back as ``Rejected`` with a short reason naming the fields.
     """
     try:
-        return RECORD_ADAPTER.validate_json(line)
-    except ValidationError as exc:
-        return Rejected(_not_utf8(line) or _describe(exc))
+        return _decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
+        return _slow(line, exc)
     except Exception as exc:  # a parser bug must not stop the spool
         return Rejected(f"unparseable: {type(exc).__name__}")
 
 
-def _not_utf8(line: bytes) -> str | None:
-    # Checked only once parsing failed: the JSON parser's own message for bad
-    # UTF-8 ("invalid unicode code point") does not say so.
+def _decode(line: bytes) -> Record:
+    if not line.isascii():
+        line.decode("utf-8")  # raw fields are not decoded: check the text here
+    if b'"kind"' not in line:
+        return _SPAN.decode(line)
+    decoder = _BY_KIND.get(_KIND.decode(line).kind)
+    if decoder is None:
+        raise ValueError("unknown kind")
+    return decoder.decode(line)
+
+
+def _slow(line: bytes, exc: Exception) -> Record | Rejected:
+    """The error path: the schema models name what is wrong, or accept the line
+    (then it is decoded again as the strict JSON they make of it)."""
+    from sidecar.schema import explain
+
+    verdict = explain(line)
+    if isinstance(verdict, str):
+        return Rejected(verdict)
     try:
-        line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"not valid UTF-8 (byte {exc.start})"
-    return None
+        return _decode(verdict)
+    except Exception:
+        return Rejected(f"invalid record: {exc}")
 
 
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False)[:5]:
-        tagged = err["loc"][:1] in (("span",), ("trace",), ("feedback",))  # the union's tag
-        path = err["loc"][1:] if tagged else err["loc"]
-        loc = ".".join(str(p) for p in path)
-        if err["type"] in ("json_invalid", "json_type"):
-            return "invalid JSON: " + err["msg"].removeprefix("Invalid JSON: ")
-        if err["type"] in ("model_type", "model_attributes_type", "dict_type") and not loc:
-            return "not a JSON object"
-        if err["type"] == "unknown_kind":
-            return "unknown kind (expected span, trace or feedback)"
-        parts.append(f"{loc or '<record>'}: {err['msg']}")
-    more = exc.error_count() - len(parts)
-    suffix = f" (+{more} more)" if more > 0 else ""
-    return "invalid record: " + "; ".join(parts) + suffix
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of a spool line, as published in ``schema/``."""
-    schema = RECORD_ADAPTER.json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "span-sidecar spool record"
-    schema["description"] = (
-        "One line of a span-sidecar spool file (JSON Lines). 'kind' defaults to 'span'."
-    )
-    return schema
+def encode_json(value: object) -> bytes:
+    """JSON text of a record's part (a struct, a list of them), raw fields as they came."""
+    return _ENCODER.encode(value)
 
 
 def utc_iso(ts: datetime) -> str:
@@ -241,5 +239,6 @@ def utc_iso(ts: datetime) -> str:
 
 
 if __name__ == "__main__":
-    json.dump(json_schema(), sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+    from sidecar.schema import main
+
+    sys.exit(main())

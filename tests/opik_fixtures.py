@@ -11,17 +11,25 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from uuid6 import uuid7
 
-from sidecar.records import FeedbackRecord, SpanRecord, TraceRecord
+from sidecar.records import FeedbackRecord, Rejected, SpanRecord, TraceRecord, parse_line
 from sidecar.settings import OpikSettings
 from tests.opik_emulator import OpikEmulator
 
+R = TypeVar("R", SpanRecord, TraceRecord, FeedbackRecord)
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def _parsed(values: dict[str, Any], kind: type[R]) -> R:
+    """The record, read from its line as the sidecar reads it."""
+    record = parse_line(as_json(values).encode())
+    assert isinstance(record, kind), record.reason if isinstance(record, Rejected) else record
+    return record
 
 
 def as_json(values: dict[str, Any]) -> str:
@@ -54,7 +62,7 @@ def span(**fields: Any) -> SpanRecord:
         "end_time": T0 + timedelta(seconds=1),
     }
     values.update(fields)
-    return SpanRecord.model_validate_json(as_json(values))
+    return _parsed(values, SpanRecord)
 
 
 def full_span(**fields: Any) -> SpanRecord:
@@ -95,7 +103,7 @@ def trace(**fields: Any) -> TraceRecord:
         "error_info": {"exception_type": "Timeout", "traceback": "Traceback ..."},
     }
     values.update(fields)
-    return TraceRecord.model_validate_json(as_json(values))
+    return _parsed(values, TraceRecord)
 
 
 def feedback(target: str, target_id: uuid.UUID, **fields: Any) -> FeedbackRecord:
@@ -103,4 +111,4 @@ def feedback(target: str, target_id: uuid.UUID, **fields: Any) -> FeedbackRecord
     values: dict[str, Any] = {"kind": "feedback", "target": target, "id": target_id,
                               "name": "helpfulness", "value": 0.75, "reason": "clear"}
     values.update(fields)
-    return FeedbackRecord.model_validate_json(as_json(values))
+    return _parsed(values, FeedbackRecord)

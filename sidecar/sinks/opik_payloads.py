@@ -27,6 +27,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 import orjson
+from msgspec import Raw
 
 from sidecar.ids import to_v7
 from sidecar.records import (
@@ -84,33 +85,54 @@ def _error_info(info: ErrorInfo | None) -> Payload | None:
                 message=info.message)
 
 
+def _raw(value: Raw | None) -> orjson.Fragment | None:
+    """A raw JSON value of the spool line, embedded in the payload as it came."""
+    return None if value is None else orjson.Fragment(bytes(value))
+
+
+def _merged(value: Raw | None, extra: Payload) -> orjson.Fragment | None:
+    """A raw JSON object with ``extra``'s keys added, without decoding it.
+
+    The keys are appended, so where the object has one of them too, ours
+    comes last, which is the one a JSON reader keeps.
+    """
+    if not extra:
+        return _raw(value)
+    tail = orjson.dumps(extra)
+    body = b"" if value is None else bytes(value)[:-1].rstrip()
+    if len(body) <= 1:  # absent, or an empty object
+        return orjson.Fragment(tail)
+    return orjson.Fragment(body + b"," + tail[1:])
+
+
 def _tags(tags: list[str] | None) -> list[str] | None:
     return None if tags is None else list(dict.fromkeys(tags))  # Opik: unique items
 
 
-def _agent_metadata(span: SpanRecord) -> Payload:
-    """The span's metadata plus our agent fields, which Opik would drop."""
-    meta = dict(span.metadata or {})
+def _agent_fields(span: SpanRecord) -> Payload:
+    """Our agent fields, which Opik would drop: they travel in metadata."""
     events = None if span.events is None else [
-        _put({"name": e.name, "attributes": e.attributes}, time=e.time and ts(e.time))
+        _put({"name": e.name, "attributes": _raw(e.attributes)}, time=e.time and ts(e.time))
         for e in span.events
     ]
-    return _put(meta, agent_name=span.agent_name, agent_tier=span.agent_tier, events=events)
+    return _put({}, agent_name=span.agent_name, agent_tier=span.agent_tier, events=events)
 
 
 def span_write(span: SpanRecord, default_project: str) -> Payload:
     """A ``SpanWrite``: agent fields and original ids go into metadata."""
-    meta = _agent_metadata(span)
-    meta.update(_originals(id=span.id, trace_id=span.trace_id,
-                           parent_span_id=span.parent_span_id))
+    extra = _agent_fields(span)
+    extra.update(_originals(id=span.id, trace_id=span.trace_id,
+                            parent_span_id=span.parent_span_id))
+    meta = _merged(span.metadata, extra)
     version = span.last_updated_at or span.end_time or span.start_time
     return _put(
         {"id": _uuid(span.id), "trace_id": _uuid(span.trace_id),
          "project_name": span.project_name or default_project, "name": span.name,
          "type": span.type, "start_time": ts(span.start_time), "last_updated_at": ts(version)},
         parent_span_id=span.parent_span_id and _uuid(span.parent_span_id),
-        end_time=span.end_time and ts(span.end_time), input=span.input, output=span.output,
-        metadata=meta or None, model=span.model, provider=span.provider, tags=_tags(span.tags),
+        end_time=span.end_time and ts(span.end_time), input=_raw(span.input),
+        output=_raw(span.output), metadata=meta, model=span.model, provider=span.provider,
+        tags=_tags(span.tags),
         usage=span.usage, total_estimated_cost=span.total_estimated_cost,
         error_info=_error_info(span.error_info),
     )
@@ -118,28 +140,30 @@ def span_write(span: SpanRecord, default_project: str) -> Payload:
 
 def trace_write(trace: TraceRecord, default_project: str) -> Payload:
     """A ``TraceWrite`` from an explicit trace record."""
-    meta = dict(trace.metadata or {})
-    meta.update(_originals(id=trace.id))
+    meta = _merged(trace.metadata, _originals(id=trace.id))
     version = trace.last_updated_at or trace.end_time or trace.start_time
     return _put(
         {"id": _uuid(trace.id), "project_name": trace.project_name or default_project,
          "name": trace.name, "start_time": ts(trace.start_time), "last_updated_at": ts(version)},
-        end_time=trace.end_time and ts(trace.end_time), input=trace.input, output=trace.output,
-        metadata=meta or None, tags=_tags(trace.tags), error_info=_error_info(trace.error_info),
+        end_time=trace.end_time and ts(trace.end_time), input=_raw(trace.input),
+        output=_raw(trace.output), metadata=meta, tags=_tags(trace.tags),
+        error_info=_error_info(trace.error_info),
         thread_id=trace.thread_id,
     )
 
 
 def derived_trace_write(root: SpanRecord, default_project: str) -> Payload:
     """A ``TraceWrite`` derived from a root span (see the module docstring)."""
-    meta = _agent_metadata(root)
-    meta.update(_originals(id=root.trace_id))
+    extra = _agent_fields(root)
+    extra.update(_originals(id=root.trace_id))
+    meta = _merged(root.metadata, extra)
     return _put(
         {"id": _uuid(root.trace_id), "project_name": root.project_name or default_project,
          "name": root.name, "start_time": ts(root.start_time),
          "last_updated_at": ts(root.start_time)},
-        end_time=root.end_time and ts(root.end_time), input=root.input, output=root.output,
-        metadata=meta or None, tags=_tags(root.tags), error_info=_error_info(root.error_info),
+        end_time=root.end_time and ts(root.end_time), input=_raw(root.input),
+        output=_raw(root.output), metadata=meta, tags=_tags(root.tags),
+        error_info=_error_info(root.error_info),
     )
 
 

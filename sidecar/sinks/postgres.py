@@ -17,10 +17,11 @@ from typing import Any
 import asyncpg
 import orjson
 import structlog
+from msgspec import Raw
 
 from sidecar.clock import Clock
 from sidecar.migrate import is_current, migrate, quote_ident
-from sidecar.records import Record, SpanRecord
+from sidecar.records import Record, SpanRecord, encode_json
 from sidecar.settings import PostgresSettings, Settings, scrub
 from sidecar.sinks.base import (
     Delivered,
@@ -53,26 +54,26 @@ _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
 
 
 def span_row(span: SpanRecord, default_project: str) -> tuple[Any, ...]:
-    """The table row of a span; jsonb values stay Python objects until encoded.
-
-    (orjson's output buffers carry ~4 KiB each until freed: serialising at
-    encode time keeps a queued batch small.)
-    """
+    """The table row of a span; the free-form jsonb values are the raw JSON
+    text of the line, which the jsonb codec passes through as it came."""
     usage = span.usage or {}
     return (
         span.id, span.trace_id, span.parent_span_id, span.name, span.type, span.agent_name,
         span.agent_tier, span.project_name or default_project, span.start_time, span.end_time,
         span.duration_ms, span.status, span.model, span.provider, usage.get("prompt_tokens"),
         usage.get("completion_tokens"), usage.get("total_tokens"), span.total_estimated_cost,
-        None if span.error_info is None else span.error_info.model_dump(),
+        None if span.error_info is None else encode_json(span.error_info),
         span.input, span.output, span.metadata,
-        None if span.events is None else [e.model_dump(mode="json") for e in span.events],
+        None if span.events is None else encode_json(span.events),
         span.tags, span.last_updated_at,
     )
 
 
 def _jsonb_encode(value: Any) -> bytes:
-    return b"\x01" + orjson.dumps(value)  # jsonb binary format: version 1, then the text
+    """jsonb's binary format: version 1, then the JSON text (raw text as it is)."""
+    if isinstance(value, bytes | Raw):
+        return b"\x01" + value
+    return b"\x01" + orjson.dumps(value)
 
 
 def _jsonb_decode(value: bytes) -> Any:

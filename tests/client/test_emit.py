@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.client import emit_test_span
-from sidecar.records import SpanRecord
+from sidecar.schema import SpanRecord
 
 from .helpers import spool_files, spool_records
 

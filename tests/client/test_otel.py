@@ -16,7 +16,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from sidecar.client import SpoolWriter, Tracer, extract, inject, span_uuid
 from sidecar.client.otel import SpoolSpanExporter, UUID7IdGenerator
-from sidecar.records import SpanRecord
+from sidecar.schema import SpanRecord
 
 from .helpers import spool_records
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.client import SpoolWriter, Tracer, new_id
-from sidecar.records import SpanRecord
+from sidecar.schema import SpanRecord
 
 from .helpers import spool_files, spool_lines, spool_records
 

@@ -21,7 +21,7 @@ from sidecar.client import (
     w3c_span_id,
 )
 from sidecar.client.propagation import parse_traceparent
-from sidecar.records import SpanRecord
+from sidecar.schema import SpanRecord
 
 from .helpers import spool_records
 

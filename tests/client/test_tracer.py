@@ -13,7 +13,7 @@ from uuid import UUID
 import pytest
 
 from sidecar.client import SpoolWriter, Tracer, current_span_context, inject, use_context
-from sidecar.records import FeedbackRecord, SpanRecord
+from sidecar.schema import FeedbackRecord, SpanRecord
 
 from .helpers import spool_lines, spool_records
 

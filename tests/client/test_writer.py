@@ -14,7 +14,7 @@ import pytest
 from sidecar.client import SpoolWriter, new_id
 from sidecar.client.writer import safe_name_part
 from sidecar.clock import FakeClock
-from sidecar.records import SpanRecord
+from sidecar.schema import SpanRecord
 
 from .helpers import spool_files, spool_lines, spool_records
 

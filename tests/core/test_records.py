@@ -18,13 +18,13 @@ from sidecar.records import (
     Rejected,
     SpanRecord,
     TraceRecord,
-    json_schema,
     parse_line,
 )
+from sidecar.schema import json_schema
 from tests.core.helpers import dumps, feedback, span, trace
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema" / "spool-record.schema.json"
-REGENERATE = ".venv/bin/python -m sidecar.records > schema/spool-record.schema.json"
+REGENERATE = ".venv/bin/python -m sidecar.schema > schema/spool-record.schema.json"
 VALIDATOR = Draft202012Validator(json_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
 PROPERTY = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -159,7 +159,10 @@ def test_a_full_span_keeps_every_field() -> None:
     parsed = parse_line(dumps(rec))
     assert isinstance(parsed, SpanRecord)
     assert parsed.usage == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
-    assert parsed.metadata == {"k": [1, {"x": None}]} and parsed.agent_tier == 2
+    # free-form fields stay the line's own JSON text, passed through to the sinks
+    assert parsed.metadata is not None and parsed.agent_tier == 2
+    assert json.loads(bytes(parsed.metadata)) == {"k": [1, {"x": None}]}
+    assert parsed.input is not None and bytes(parsed.input) == b'{"q":"hi"}'
     assert parsed.status == "error" and parsed.duration_ms == 1000.0
     assert parsed.events is not None and parsed.events[0].time is not None
     assert parsed.events[0].time.utcoffset() == timedelta(hours=1)
