@@ -102,7 +102,12 @@ class SinkPipeline:
                 self.reader.scan()
             lines = await self.reader.read(budget, self.settings.batch.max_bytes)
             for n, line in enumerate(lines, 1):
-                await self._add(line, queue)
+                fresh = self.streaming is not None and self.batcher.current.empty
+                self._ingest(line)
+                if fresh and not self.batcher.current.empty:
+                    # A streaming sink gets the batch at its first line (this
+                    # is where reading blocks while the sink is busy).
+                    await queue.put(self.batcher.current)
                 if self.batcher.full:
                     await self._hand_over(queue)
                 elif self.streaming and n % YIELD_EVERY == 0:
@@ -121,14 +126,6 @@ class SinkPipeline:
         if self.batcher.time_left(0.0) is not None:
             await self._hand_over(queue)
         await queue.put(None)
-
-    async def _add(self, line: Line, queue: asyncio.Queue[Batch | None]) -> None:
-        """Parse one line into the pending batch; a streaming sink gets the
-        batch as soon as it has its first line (this is where reading blocks)."""
-        fresh = self.batcher.current.empty
-        self._ingest(line)
-        if fresh and self.streaming and not self.batcher.current.empty:
-            await queue.put(self.batcher.current)
 
     async def _hand_over(self, queue: asyncio.Queue[Batch | None]) -> None:
         batch = self.batcher.take()

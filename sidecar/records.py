@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Literal
 from uuid import UUID
 
@@ -46,9 +46,11 @@ def _time(value: datetime | None, field: str) -> None:
     """Aware, and storable by every sink once converted to UTC."""
     if value is None:
         return
-    offset = value.utcoffset()
-    if offset is None:
+    if value.tzinfo is None:
         raise _Invalid(f"{field}: a timestamp needs an offset")
+    if 1901 <= value.year <= 9998:  # an offset of under a day cannot leave 1900-9999
+        return
+    offset = value.utcoffset() or timedelta(0)
     try:
         utc_year = (value - offset).year
     except OverflowError:
@@ -206,11 +208,14 @@ def parse_line(line: bytes) -> Record | Rejected:
 def _decode(line: bytes) -> Record:
     if not line.isascii():
         line.decode("utf-8")  # raw fields are not decoded: check the text here
-    if b'"kind"' not in line:
+    try:  # most lines are spans; a span's kind, when it has one, is checked as "span"
         return _SPAN.decode(line)
+    except msgspec.ValidationError:
+        if b'"kind"' not in line:
+            raise
     decoder = _BY_KIND.get(_KIND.decode(line).kind)
-    if decoder is None:
-        raise ValueError("unknown kind")
+    if decoder is None or decoder is _SPAN:
+        raise ValueError("unknown kind, or an invalid span")
     return decoder.decode(line)
 
 

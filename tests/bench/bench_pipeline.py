@@ -4,9 +4,10 @@ Run on demand (not part of the test suite):
 
     .venv/bin/python tests/bench/bench_pipeline.py --spans 200000 --writers 4
 
-It writes N realistic spans (~820 bytes) from several writers, copies the
-same rows with `psql \\copy` (the machine's ceiling) in the same run, then
-times the daemon until every row is stored, sampling its CPU time and RSS.
+It writes N realistic spans (~880 bytes) from several writers, copies the
+same rows with `psql \\copy` (the machine's ceiling) in the same run, ships
+them with rsyslog's imfile -> ompgsql (the classic shipper; when installed),
+then times the daemon until every row is stored, sampling its CPU time and RSS.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from pathlib import Path
 import asyncpg
 import orjson
 import yaml
+from msgspec import Raw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sidecar.migrate import migrate
 from sidecar.records import SpanRecord, parse_line
 from sidecar.sinks.postgres import COLUMNS, span_row
+from tests.bench import rsyslog_peer
 from tests.support import PG_DSN, line, span
 
 JSONB = {"error_info", "input", "output", "metadata", "events"}
@@ -50,7 +53,7 @@ def _csv_value(column: str, v: object) -> str:
     if v is None:
         return ""
     if column in JSONB:
-        return orjson.dumps(v).decode()
+        return bytes(v).decode() if isinstance(v, bytes | Raw) else orjson.dumps(v).decode()
     if isinstance(v, list):
         return "{" + ",".join('"' + s.replace('"', '\\"') + '"' for s in v) + "}"
     if hasattr(v, "isoformat"):
@@ -64,8 +67,8 @@ def write_csv(lines: list[bytes], path: Path) -> None:
         for raw in lines:
             rec = parse_line(raw.rstrip(b"\n"))
             assert isinstance(rec, SpanRecord)
-            out.writerow([_csv_value(c, v)
-                          for c, v in zip(COLUMNS, span_row(rec, "Default Project"), strict=True)])
+            row = span_row(rec, "Default Project")
+            out.writerow([_csv_value(c, v) for c, v in zip(COLUMNS, row, strict=True)])
 
 
 async def make_schema(schema: str) -> None:
@@ -189,6 +192,8 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--small", type=int, default=50_000, help="the smaller backlog for RSS")
     ap.add_argument("--out", type=Path, default=Path("tests/bench/out/pipeline.json"))
+    ap.add_argument("--no-rsyslog", action="store_true", help="skip the rsyslog peer")
+    ap.add_argument("--only", choices=("large", "small"), default=None)
     ap.add_argument("--health-overhead", type=int, default=0, metavar="ROUNDS",
                     help="instead: ROUNDS alternating runs with the self-monitor off and on")
     args = ap.parse_args()
@@ -200,6 +205,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for size, key in ((args.spans, "large"), (args.small, "small")):
+            if args.only and key != args.only:
+                continue
             spool, state = root / f"spool-{key}", root / f"state-{key}"
             spool.mkdir()
             state.mkdir()
@@ -211,15 +218,26 @@ def main() -> None:
                 secs = psql_copy(csv_path, f"bench_copy_{tag}")
                 results["psql_copy_rows_per_s"] = size / secs
                 asyncio.run(drop_schema(f"bench_copy_{tag}"))
+                if not args.no_rsyslog and rsyslog_peer.available():
+                    peer = f"bench_rsyslog_{tag}"
+                    asyncio.run(make_schema(peer))
+                    results["rsyslog"] = rsyslog_peer.run(
+                        spool, root, PG_DSN, peer, ", ".join(COLUMNS), size,
+                        lambda name=peer: asyncio.run(count(name)))  # type: ignore[misc]
+                    asyncio.run(drop_schema(peer))
+                    print(json.dumps({"rsyslog": results["rsyslog"]}), flush=True)
             schema = f"bench_{key}_{tag}"
             results[key] = run_daemon(spool, state, schema, size, {})
             asyncio.run(drop_schema(schema))
             print(json.dumps({key: results[key]}), flush=True)
-    large = results["large"]
-    assert isinstance(large, dict)
-    ceiling = float(results["psql_copy_rows_per_s"])  # type: ignore[arg-type]
-    results["ratio_to_psql_copy"] = large["rows_per_s"] / ceiling
-    results["steady_ratio_to_psql_copy"] = large["steady_rows_per_s"] / ceiling
+    large = results.get("large")
+    if isinstance(large, dict):
+        ceiling = float(results["psql_copy_rows_per_s"])  # type: ignore[arg-type]
+        results["ratio_to_psql_copy"] = large["rows_per_s"] / ceiling
+        results["steady_ratio_to_psql_copy"] = large["steady_rows_per_s"] / ceiling
+        peer = results.get("rsyslog")
+        if isinstance(peer, dict):
+            results["ratio_to_rsyslog"] = large["rows_per_s"] / peer["rows_per_s"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
