@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -88,7 +89,12 @@ class OpikSettings(Section):
 
 
 class RedisSettings(Section):
+    """Redis for the statistics cache; the URL may carry a password (never logged)."""
+
     url: str = "redis://localhost:6379/0"
+    # Connect and command timeout: the longest a dead Redis can delay one
+    # request before the cache's breaker takes it out of the path.
+    timeout_s: float = Field(default=0.25, gt=0)
 
 
 class BreakerSettings(Section):
@@ -113,13 +119,34 @@ class SpansSettings(Section):
 
 
 class RetentionSettings(Section):
-    postgres_days: int | None = Field(default=None, ge=1)
-    quarantine_days: int | None = Field(default=None, ge=1)
+    """How long spans stay in Postgres; the daemon also keeps day partitions ahead."""
+
+    # null: keep spans forever; else spans whose start_time is older go.
+    ttl_days: int | None = Field(default=None, ge=1)
+    # How often a running daemon creates partitions ahead and applies the TTL.
+    interval_s: float = Field(default=3600.0, gt=0)
+    # Day partitions kept ready ahead of today (UTC).
+    partitions_ahead_days: int = Field(default=3, ge=1, le=60)
+    # Rows deleted per transaction where a whole partition cannot be dropped.
+    delete_batch_rows: int = Field(default=10_000, ge=100)
+
+
+_WINDOW = r"^[1-9][0-9]{0,5}[mhd]$"
 
 
 class CacheSettings(Section):
-    ttl_s: float = Field(default=60.0, gt=0)
-    key_prefix: str = "span-sidecar:"
+    """The statistics cache: Redis first, an in-memory TTL cache as fallback."""
+
+    backend: Literal["redis", "memory"] = "redis"
+    # Seconds a window's statistics stay cached; windows not listed are not cached.
+    ttl_s: dict[Annotated[str, StringConstraints(pattern=_WINDOW)],
+                Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: {"1h": 60.0, "24h": 300.0, "7d": 600.0})
+    # Deployment-wide prefix before obs_metrics:{window}:{agent} (e.g. "prod:").
+    key_prefix: str = Field(default="", max_length=128)
+    # After a Redis failure, the cache answers from memory this long before trying again.
+    retry_after_s: float = Field(default=5.0, gt=0)
+    memory_max_entries: int = Field(default=1024, ge=1)
 
 
 class HealthThresholds(Section):
