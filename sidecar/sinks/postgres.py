@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -34,6 +34,9 @@ from sidecar.sinks.base import (
 log = structlog.get_logger("sidecar.sinks.postgres")
 
 TABLE = "ml_observability_spans"
+# Called after a commit with the agent names of the batch's spans (spans
+# without one add nothing; the hook is called even when the set is empty).
+StoredHook = Callable[[frozenset[str]], Awaitable[None]]
 Row = tuple[Any, ...]
 CLOSE_TIMEOUT_S = 2.0
 COLUMNS = (
@@ -85,8 +88,10 @@ class PostgresSink:
 
     name = "postgres"
 
-    def __init__(self, settings: PostgresSettings, default_project: str) -> None:
+    def __init__(self, settings: PostgresSettings, default_project: str,
+                 on_stored: StoredHook | None = None) -> None:
         self.settings = settings
+        self.on_stored = on_stored
         self.max_batch_records = settings.max_batch_records
         self.default_project = default_project
         self.schema = settings.db_schema
@@ -155,6 +160,7 @@ class PostgresSink:
                 RuntimeError) as exc:
             await self._reset_on_connection_error(exc)
             return Retry(f"{type(exc).__name__}: {_safe(exc)}")
+        await self._stored(r.agent_name for r in batch if isinstance(r, SpanRecord))
         if not rejects:
             return Delivered()
         return PartlyRejected({rows[i][0]: reason for i, reason in rejects.items()})
@@ -166,9 +172,12 @@ class PostgresSink:
         data error, a lost connection) answers Retry, and the pipeline sends
         the sealed batch through ``send`` instead.
         """
+        agents: set[str | None] = set()
+
         async def rows() -> AsyncIterator[Row]:
             async for record in records:
                 if isinstance(record, SpanRecord):
+                    agents.add(record.agent_name)
                     yield span_row(record, self.default_project)
 
         try:
@@ -177,7 +186,18 @@ class PostgresSink:
                 await self._copy(conn, rows())
         except Exception as exc:  # every failure falls back to the ordinary path
             return Retry(f"streamed COPY: {type(exc).__name__}: {_safe(exc)}")
+        if agents:
+            await self._stored(agents)
         return Delivered()
+
+    async def _stored(self, agents: Iterable[str | None]) -> None:
+        """Tell ``on_stored`` which agents got rows; its failure never fails the batch."""
+        if self.on_stored is None:
+            return
+        try:
+            await self.on_stored(frozenset(a for a in agents if a is not None))
+        except Exception as exc:
+            log.warning("sink.stored_hook.failed", sink=self.name, error_type=type(exc).__name__)
 
     def _attempt(self, pool: asyncpg.Pool) -> Callable[[Sequence[Row]], Awaitable[None]]:
         async def attempt(part: Sequence[Row]) -> None:
@@ -206,7 +226,7 @@ class PostgresSink:
                                                  columns=COLUMNS)
                 await conn.execute(
                     f"INSERT INTO {self._table} ({_COLS}) SELECT {_COLS} FROM span_sidecar_stage "
-                    "ON CONFLICT (span_id) DO NOTHING")
+                    "ON CONFLICT (span_id, start_time) DO NOTHING")
             log.info("sink.postgres.merged", rows=len(rows),
                      note="batch overlapped stored rows (a re-delivery); duplicates skipped")
         except _DATA_ERRORS as exc:
