@@ -24,6 +24,7 @@ from sidecar.health import (
 )
 from sidecar.janitor import Janitor
 from sidecar.pipeline import PipelineSettings, SinkPipeline
+from sidecar.read_side import ReadSide
 from sidecar.settings import Settings, mask_url
 from sidecar.sinks.base import Sink
 from sidecar.spool.checkpoints import CheckpointStore
@@ -48,6 +49,7 @@ class App:
                                status=lambda: self.monitor.status.status)
         self.monitor = SelfMonitor(settings.health, self.clock, recorder=self.metrics)
         self.http: HttpServer | None = None
+        self.read: ReadSide | None = None  # stats, cache and retention (with Postgres)
 
     def sink_stats(self) -> list[SinkStats]:
         return [p.stats() for p in self.pipelines]
@@ -66,7 +68,7 @@ class App:
             from sidecar.sinks.postgres import PostgresSink
 
             sinks.append(await stack.enter_async_context(
-                PostgresSink(s.postgres, s.opik.project_name)))
+                PostgresSink(s.postgres, s.opik.project_name, on_stored=self._on_stored)))
         if s.opik.enabled:
             from sidecar.sinks.opik import OpikSink
 
@@ -74,6 +76,18 @@ class App:
         if not sinks:
             log.warning("app.sinks.none", hint="enable postgres or opik; spans stay in the spool")
         return sinks
+
+    async def _open_read_side(self, stack: AsyncExitStack) -> ReadSide | None:
+        if not self.settings.postgres.enabled:
+            return None
+        read = await stack.enter_async_context(
+            ReadSide(self.settings, self.clock, self.monitor.observe))
+        self.metrics.add_cache(read.cache_stats)
+        return read
+
+    async def _on_stored(self, agents: frozenset[str]) -> None:
+        if self.read is not None:
+            await self.read.on_stored(agents)
 
     def _pipeline(self, sink: Sink, watcher: SpoolWatcher) -> SinkPipeline:
         s = self.settings
@@ -93,6 +107,7 @@ class App:
         s.spool.dir.mkdir(parents=True, exist_ok=True)
         s.spool.state_dir.mkdir(parents=True, exist_ok=True)
         async with AsyncExitStack() as stack:
+            self.read = await self._open_read_side(stack)
             sinks = await self._open_sinks(stack)
             watcher = SpoolWatcher(s.spool)
             pipelines = self.pipelines = [self._pipeline(sink, watcher) for sink in sinks]
@@ -103,6 +118,8 @@ class App:
             if s.http.enabled:
                 self.http = await stack.enter_async_context(HttpServer(
                     s.http, self.metrics.render, readiness_check(s.spool, self.sink_stats)))
+                if self.read is not None:
+                    self.http.set_stats_handler(self.read.stats_http)
             reporter = self._reporter(stack)
             log.info("app.started", spool_dir=str(s.spool.dir), state_dir=str(s.spool.state_dir),
                      sinks=[p.sink.name for p in pipelines], postgres=mask_url(s.postgres.dsn)
@@ -134,6 +151,8 @@ class App:
             tg.create_task(self.notifier.run_watchdog(background))
             if reporter is not None:
                 tg.create_task(reporter.run(background))
+            if self.read is not None:
+                tg.create_task(self.read.run(background))
             tasks = [tg.create_task(p.run(stop)) for p in self.pipelines]
             self.started.set()
             self.notifier.ready()

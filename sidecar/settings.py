@@ -129,6 +129,9 @@ class RetentionSettings(Section):
     partitions_ahead_days: int = Field(default=3, ge=1, le=60)
     # Rows deleted per transaction where a whole partition cannot be dropped.
     delete_batch_rows: int = Field(default=10_000, ge=100)
+    # false: a partly expired day stays until all of it has expired (up to a
+    # day past ttl_days), so retention never deletes from day partitions.
+    trim_partial_day: bool = True
 
 
 _WINDOW = r"^[1-9][0-9]{0,5}[mhd]$"
