@@ -44,6 +44,7 @@ class Retention:
         self.clock = clock
         self.pool = pool
         self.passes = 0
+        self.passed = asyncio.Event()  # set after each pass of ``run``, failed or not
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.wall(), UTC)
@@ -56,7 +57,7 @@ class Retention:
         """Create partitions ahead (unless dry) and apply the TTL once, if one is set."""
         pool = await self.pool.get()
         async with pool.acquire() as conn:
-            await self._ensure_schema(conn)
+            await self._ensure_schema(conn, migrate_now=not dry_run)
             created: list[str] = []
             if not dry_run and await is_partitioned(conn, self.schema):
                 created = await ensure_partitions(conn, self.schema, self.now().date(),
@@ -66,10 +67,10 @@ class Retention:
                 return RetentionResult(tuple(created), None)
             return await self._expire_locked(conn, cutoff, tuple(created), dry_run)
 
-    async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
+    async def _ensure_schema(self, conn: asyncpg.Connection, migrate_now: bool) -> None:
         if await is_current(conn, self.schema):
             return
-        if not self.auto_migrate:
+        if not (self.auto_migrate and migrate_now):
             raise RuntimeError("schema missing or old: run `span-sidecar migrate`")
         await migrate(conn, self.schema)
 
@@ -101,6 +102,7 @@ class Retention:
                             error_type=type(exc).__name__)
                 wait_s = min(wait_s, RETRY_AFTER_FAILURE_S)
             self.passes += 1
+            self.passed.set()
             try:
                 await asyncio.wait_for(stop.wait(), wait_s)
             except TimeoutError:
