@@ -19,7 +19,7 @@ import asyncpg
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-from sidecar.migrate import quote_ident
+from sidecar.migrate import is_current, migrate, quote_ident
 from sidecar.records import SpanRecord
 from sidecar.settings import PostgresSettings
 from sidecar.sinks.postgres import COLUMNS, TABLE, span_row
@@ -143,8 +143,18 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         encoder=lambda v: b"\x01" + orjson.dumps(v), decoder=lambda b: orjson.loads(b[1:]))
 
 
+async def ensure_schema(conn: asyncpg.Connection, settings: PostgresSettings) -> None:
+    """Migrate when the schema is missing or old and ``auto_migrate`` allows, else raise."""
+    if await is_current(conn, settings.db_schema):
+        return
+    if not settings.auto_migrate:
+        raise RuntimeError("schema missing or old: run `span-sidecar migrate`")
+    await migrate(conn, settings.db_schema)
+
+
 class LazyPool:
-    """A small asyncpg pool opened on first use, so a caller starts while Postgres is down."""
+    """A small asyncpg pool opened on first use (so a caller starts while Postgres is
+    down), on a schema migrated as the sink would."""
 
     def __init__(self, settings: PostgresSettings, max_size: int = 2) -> None:
         self.settings = settings
@@ -157,10 +167,17 @@ class LazyPool:
             if self._pool is None:
                 s = self.settings
                 password = s.password.get_secret_value() if s.password else ""
-                self._pool = await asyncpg.create_pool(
+                pool = await asyncpg.create_pool(
                     s.dsn, password=password or None, min_size=1, max_size=self._max_size,
                     timeout=s.connect_timeout_s, command_timeout=s.command_timeout_s,
                     init=init_connection)
+                try:
+                    async with pool.acquire() as conn:
+                        await ensure_schema(conn, s)
+                except BaseException:
+                    await pool.close()
+                    raise
+                self._pool = pool
             return self._pool
 
     async def close(self) -> None:

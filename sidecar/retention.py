@@ -16,7 +16,6 @@ import asyncpg
 import structlog
 
 from sidecar.clock import Clock
-from sidecar.migrate import is_current, migrate
 from sidecar.partitions import Expiry, ensure_partitions, expire, is_partitioned, lock_key
 from sidecar.repository import LazyPool
 from sidecar.settings import PostgresSettings, RetentionSettings
@@ -40,7 +39,6 @@ class Retention:
                  clock: Clock, pool: LazyPool) -> None:
         self.settings = settings
         self.schema = postgres.db_schema
-        self.auto_migrate = postgres.auto_migrate
         self.clock = clock
         self.pool = pool
         self.passes = 0
@@ -57,7 +55,6 @@ class Retention:
         """Create partitions ahead (unless dry) and apply the TTL once, if one is set."""
         pool = await self.pool.get()
         async with pool.acquire() as conn:
-            await self._ensure_schema(conn, migrate_now=not dry_run)
             created: list[str] = []
             if not dry_run and await is_partitioned(conn, self.schema):
                 created = await ensure_partitions(conn, self.schema, self.now().date(),
@@ -66,13 +63,6 @@ class Retention:
             if cutoff is None:
                 return RetentionResult(tuple(created), None)
             return await self._expire_locked(conn, cutoff, tuple(created), dry_run)
-
-    async def _ensure_schema(self, conn: asyncpg.Connection, migrate_now: bool) -> None:
-        if await is_current(conn, self.schema):
-            return
-        if not (self.auto_migrate and migrate_now):
-            raise RuntimeError("schema missing or old: run `span-sidecar migrate`")
-        await migrate(conn, self.schema)
 
     async def _expire_locked(self, conn: asyncpg.Connection, cutoff: datetime,
                              created: tuple[str, ...], dry_run: bool) -> RetentionResult:
