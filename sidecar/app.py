@@ -27,8 +27,9 @@ from sidecar.health import (
 from sidecar.janitor import Janitor
 from sidecar.lifecycle import drain
 from sidecar.pipeline import PipelineSettings, SinkPipeline, SinkSpool
+from sidecar.read_side import ReadSide
 from sidecar.settings import Settings, mask_url
-from sidecar.sinks.base import Sink
+from sidecar.sinks.base import Sink, SinkContext
 from sidecar.sinks.registry import build_sink, enabled_sinks
 from sidecar.spool.checkpoints import CheckpointStore
 from sidecar.spool.quarantine import Quarantine
@@ -54,6 +55,7 @@ class App:
                                status=lambda: self.monitor.status.status)
         self.monitor = SelfMonitor(settings.health, self.clock, recorder=self.metrics)
         self.http: HttpServer | None = None
+        self.read: ReadSide | None = None  # stats, cache and retention (with Postgres)
 
     def sink_stats(self) -> list[SinkStats]:
         return [p.stats() for p in self.pipelines]
@@ -70,8 +72,21 @@ class App:
         names = enabled_sinks(self.settings)
         if not names:
             log.warning("app.sinks.none", hint="enable postgres or opik; spans stay in the spool")
-        return [await stack.enter_async_context(build_sink(name, self.settings, self.clock))
+        context = SinkContext(self.clock, on_stored=self._on_stored)
+        return [await stack.enter_async_context(build_sink(name, self.settings, context))
                 for name in names]
+
+    async def _open_read_side(self, stack: AsyncExitStack) -> ReadSide | None:
+        if not self.settings.postgres.enabled:
+            return None
+        read = await stack.enter_async_context(
+            ReadSide(self.settings, self.clock, self.monitor.observe))
+        self.metrics.add_cache(read.cache_stats)
+        return read
+
+    async def _on_stored(self, agents: frozenset[str]) -> None:
+        if self.read is not None:
+            await self.read.on_stored(agents)
 
     def _pipeline(self, sink: Sink, watcher: SpoolWatcher) -> SinkPipeline:
         s = self.settings
@@ -92,6 +107,7 @@ class App:
         s.spool.state_dir.mkdir(parents=True, exist_ok=True)
         async with AsyncExitStack() as stack:
             stack.callback(self.notifier.close)
+            self.read = await self._open_read_side(stack)
             sinks = await self._open_sinks(stack)
             watcher = SpoolWatcher(s.spool, self.clock)
             pipelines = self.pipelines = [self._pipeline(sink, watcher) for sink in sinks]
@@ -101,6 +117,8 @@ class App:
             if s.http.enabled:
                 self.http = await stack.enter_async_context(HttpServer(
                     s.http, self.metrics.render, readiness_check(s.spool, self.sink_stats)))
+                if self.read is not None:
+                    self.http.set_stats_handler(self.read.stats_http)
             log.info("app.started", spool_dir=str(s.spool.dir), state_dir=str(s.spool.state_dir),
                      sinks=[p.sink.name for p in pipelines], postgres=mask_url(s.postgres.dsn)
                      if s.postgres.enabled else None, opik=mask_url(s.opik.url)
@@ -138,6 +156,8 @@ class App:
                 tg.create_task(self.http.run(background))
             if reporter is not None:
                 tg.create_task(reporter.run(background))
+            if self.read is not None:
+                tg.create_task(self.read.run(background))
             tasks = [tg.create_task(p.run(stop)) for p in self.pipelines]
             self.started.set()
             self.notifier.ready()

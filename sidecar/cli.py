@@ -39,9 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     st = cmd("status", "spool files and lag per sink, breaker states, quarantine counts")
     st.add_argument("--json", action="store_true")
     stats = cmd("stats", "latency percentiles and quality metrics per agent")
-    stats.add_argument("--window", choices=("1h", "24h", "7d"), default="1h")
+    stats.add_argument("--window", default="1h", help="1h, 24h, 7d or any <n>m|h|d")
     stats.add_argument("--agent", default=None)
     stats.add_argument("--json", action="store_true")
+    tr = cmd("trace", "the stored spans of one trace, as a tree")
+    tr.add_argument("trace_id", metavar="TRACE_ID")
+    tr.add_argument("--json", action="store_true")
+    ret = cmd("retention", "remove spans older than retention.ttl_days now")
+    ret.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
     emit = cmd("emit", "write a test span into the spool, as an agent would")
     emit.add_argument("--name", default="span-sidecar.test")
     emit.add_argument("--agent", default="span-sidecar-cli")
@@ -123,9 +128,21 @@ def _emit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _stats(settings: Settings, args: argparse.Namespace) -> int:
-    print("span-sidecar stats: not available yet (it arrives with the statistics issue)",
-          file=sys.stderr)
-    return EXIT_ERROR
+    from sidecar import read_cli
+
+    return read_cli.stats(settings, args)
+
+
+def _trace(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar import read_cli
+
+    return read_cli.trace(settings, args)
+
+
+def _retention(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar import read_cli
+
+    return read_cli.retention(settings, args)
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -139,6 +156,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "run": _run, "migrate": _migrate, "check-config": _check_config, "status": _status,
     "emit": _emit, "stats": _stats, "replay-quarantine": _replay,
+    "trace": _trace, "retention": _retention,
 }
 
 

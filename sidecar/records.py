@@ -224,10 +224,10 @@ def _slow(line: bytes, exc: Exception) -> Record | Rejected:
     (then it is decoded again as the strict JSON they make of it)."""
     from sidecar.schema import explain
 
-    verdict = explain(line)
-    if isinstance(verdict, str):
-        return Rejected(verdict)
     try:
+        verdict = explain(line)
+        if isinstance(verdict, str):
+            return Rejected(verdict)
         return _decode(verdict)
     except Exception:
         return Rejected(f"invalid record: {exc}")

@@ -11,12 +11,12 @@ explain why a line was refused (``explain``).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -192,7 +192,19 @@ def explain(line: bytes) -> str | bytes:
         return _not_utf8(line) or _describe(exc)
     except Exception as exc:  # a bug in the models must not stop the spool
         return f"unparseable: {type(exc).__name__}"
-    return orjson.dumps(model.model_dump(mode="json", exclude_unset=True))
+    plain = _finite(model.model_dump(mode="json", exclude_unset=True))
+    return json.dumps(plain, ensure_ascii=False).encode()  # json: ints of any size
+
+
+def _finite(value: Any) -> Any:
+    """NaN and the infinities as null, as every JSON store keeps them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _not_utf8(line: bytes) -> str | None:

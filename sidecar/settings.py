@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -100,6 +101,15 @@ class OpikSettings(SinkSection):
     max_events_per_minute: int | None = Field(default=None, ge=1)
 
 
+class RedisSettings(Section):
+    """Redis for the statistics cache; the URL may carry a password (never logged)."""
+
+    url: str = "redis://localhost:6379/0"
+    # Connect and command timeout: the longest a dead Redis can delay one
+    # request before the cache's breaker takes it out of the path.
+    timeout_s: float = Field(default=0.25, gt=0)
+
+
 class BreakerSettings(Section):
     failure_threshold: int = Field(default=5, ge=1)
     reset_timeout_s: float = Field(default=30.0, gt=0)
@@ -114,6 +124,40 @@ class RetrySettings(Section):
 
 class SpansSettings(Section):
     max_line_bytes: int = Field(default=1 << 20, ge=1024)
+
+
+class RetentionSettings(Section):
+    """How long spans stay in Postgres; the daemon also keeps day partitions ahead."""
+
+    # null: keep spans forever; else spans whose start_time is older go.
+    ttl_days: int | None = Field(default=None, ge=1)
+    # How often a running daemon creates partitions ahead and applies the TTL.
+    interval_s: float = Field(default=3600.0, gt=0)
+    # Day partitions kept ready ahead of today (UTC).
+    partitions_ahead_days: int = Field(default=3, ge=1, le=60)
+    # Rows deleted per transaction where a whole partition cannot be dropped.
+    delete_batch_rows: int = Field(default=10_000, ge=100)
+    # false: a partly expired day stays until all of it has expired (up to a
+    # day past ttl_days), so retention never deletes from day partitions.
+    trim_partial_day: bool = True
+
+
+_WINDOW = r"^[1-9][0-9]{0,5}[mhd]$"
+
+
+class CacheSettings(Section):
+    """The statistics cache: Redis first, an in-memory TTL cache as fallback."""
+
+    backend: Literal["redis", "memory"] = "redis"
+    # Seconds a window's statistics stay cached; windows not listed are not cached.
+    ttl_s: dict[Annotated[str, StringConstraints(pattern=_WINDOW)],
+                Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: {"1h": 60.0, "24h": 300.0, "7d": 600.0})
+    # Deployment-wide prefix before obs_metrics:{window}:{agent} (e.g. "prod:").
+    key_prefix: str = Field(default="", max_length=128)
+    # After a Redis failure, the cache answers from memory this long before trying again.
+    retry_after_s: float = Field(default=5.0, gt=0)
+    memory_max_entries: int = Field(default=1024, ge=1)
 
 
 class HealthThresholds(Section):
@@ -153,9 +197,12 @@ class Settings(Section):
     batch: BatchSettings = BatchSettings()
     postgres: PostgresSettings = PostgresSettings()
     opik: OpikSettings = OpikSettings()
+    redis: RedisSettings = RedisSettings()
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
     spans: SpansSettings = SpansSettings()
+    retention: RetentionSettings = RetentionSettings()
+    cache: CacheSettings = CacheSettings()
     health: HealthSettings = HealthSettings()
     http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -180,9 +227,6 @@ NOT_IMPLEMENTED: dict[tuple[str, ...], str] = {
     ("spans", "max_field_bytes"): "field size limits",
     ("spool", "max_bytes"): "the spool quota",
     ("spool", "on_full"): "the spool quota",
-    ("retention",): "retention",
-    ("cache",): "the statistics cache",
-    ("redis",): "the statistics cache",
 }
 
 
@@ -390,6 +434,7 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json", by_alias=True)
     data["postgres"]["dsn"] = mask_url(settings.postgres.dsn)
     data["opik"]["url"] = mask_url(settings.opik.url)
+    data["redis"]["url"] = mask_url(settings.redis.url)
     for section, key in (("postgres", "password"), ("opik", "api_key")):
         if data[section][key] is not None:
             data[section][key] = "***"

@@ -44,3 +44,21 @@ class SpoolStats:
 
     files: int
     bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """The statistics cache, counters since the process started.
+
+    Each ``stats`` request counts once as ``hits`` or ``misses`` (from the
+    configured backend) or ``fallbacks`` (answered without Redis while it
+    failed); ``errors`` counts failed Redis calls, invalidations included.
+    """
+
+    backend: str  # "redis" | "memory"
+    hits: int
+    misses: int
+    fallbacks: int
+    errors: int
+    invalidations: int  # batches whose agents' entries were invalidated
+    redis: BreakerState  # the Redis breaker ("closed" for the memory backend)

@@ -168,6 +168,8 @@ class SidecarEnv:
             "shutdown": {"drain_timeout_s": 5},
             "retry": {"initial_backoff_s": 0.05, "max_backoff_s": 0.5},
             "logging": {"format": "json"},
+            # the daemon invalidates cached statistics in Redis: this test's keys only
+            "cache": {"key_prefix": f"{self.schema}:"},
         }
         for name, values in sections.items():
             cfg[name] = {**cfg.get(name, {}), **values}

@@ -28,7 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from sidecar.health.monitor import STATUSES, rss_bytes
-from sidecar.stats import BreakerState, SinkStats, SpoolStats
+from sidecar.stats import BreakerState, CacheStats, SinkStats, SpoolStats
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 PREFIX = "span_sidecar_"
@@ -169,6 +169,36 @@ class _HistogramCollector(Collector):
         yield self._histograms.family()
 
 
+class CacheCollector(Collector):
+    """The statistics cache's counters and its Redis breaker state."""
+
+    def __init__(self, stats: Callable[[], CacheStats]) -> None:
+        self._stats = stats
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._stats()
+        requests = CounterMetricFamily(
+            PREFIX + "cache_requests", "Statistics requests by how the cache answered them "
+            "(fallback: from memory while Redis failed).", labels=["backend", "result"])
+        for result, value in (("hit", s.hits), ("miss", s.misses), ("fallback", s.fallbacks)):
+            requests.add_metric([s.backend, result], value)
+        yield requests
+        yield CounterMetricFamily(PREFIX + "cache_errors", "Failed Redis calls of the cache.",
+                                  value=s.errors)
+        yield CounterMetricFamily(PREFIX + "cache_invalidations",
+                                  "Stored batches that invalidated cached statistics.",
+                                  value=s.invalidations)
+        state = GaugeMetricFamily(PREFIX + "cache_redis_breaker_state",
+                                  "1 for the state of the cache's Redis breaker.",
+                                  labels=["state"])
+        for name in BREAKER_STATES:
+            state.add_metric([name], 1.0 if s.redis == name else 0.0)
+        yield state
+
+
 class Metrics:
     """The ``/metrics`` document: snapshot metrics plus operation histograms.
 
@@ -189,6 +219,10 @@ class Metrics:
         self.observe: Callable[[str, float, str], None] = self.durations.observe
         self.registry.register(_HistogramCollector(self.durations))
         self.registry.register(SnapshotCollector(sinks, spool, status, rss))
+
+    def add_cache(self, stats: Callable[[], CacheStats]) -> None:
+        """Export the statistics cache's counters (``span_sidecar_cache_*``)."""
+        self.registry.register(CacheCollector(stats))
 
     def render(self) -> bytes:
         """The exposition text (``CONTENT_TYPE``); calls the snapshot callables."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self, TypeVar, runtime_checkable
 
+from sidecar.clock import Clock
 from sidecar.records import Record
 
 
@@ -84,6 +85,19 @@ class StreamingSink(Sink, Protocol):
     """
 
     async def send_stream(self, records: AsyncIterator[Record]) -> Outcome: ...
+
+
+# Called by a sink after it stored spans, with their agents' names (the
+# statistics cache invalidates those agents' entries).
+StoredHook = Callable[[frozenset[str]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """What the app gives every sink it builds, beside the settings."""
+
+    clock: Clock
+    on_stored: StoredHook | None = None
 
 
 class RejectError(Exception):

@@ -37,6 +37,7 @@ from sidecar.sinks.base import (
     PartlyRejected,
     RejectError,
     Retry,
+    SinkContext,
     isolate_rejects,
 )
 from sidecar.sinks.opik_payloads import ROUTES, Group, bodies_of, envelope, plan
@@ -83,9 +84,9 @@ class TokenBucket:
         return (need - self.tokens) / self.rate
 
 
-def build(settings: Settings, clock: Clock) -> OpikSink:
+def build(settings: Settings, context: SinkContext) -> OpikSink:
     """The sink registry's entry point."""
-    return OpikSink(settings.opik, clock)
+    return OpikSink(settings.opik, context.clock)
 
 
 class OpikSink:

@@ -10,7 +10,7 @@ crash leaves it all or nothing, and the span id keeps it once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -19,7 +19,6 @@ import orjson
 import structlog
 from msgspec import Raw
 
-from sidecar.clock import Clock
 from sidecar.migrate import is_current, migrate, quote_ident
 from sidecar.records import Record, SpanRecord, encode_json
 from sidecar.settings import PostgresSettings, Settings, scrub
@@ -29,12 +28,16 @@ from sidecar.sinks.base import (
     PartlyRejected,
     RejectError,
     Retry,
+    SinkContext,
+    StoredHook,
     isolate_rejects,
 )
 
 log = structlog.get_logger("sidecar.sinks.postgres")
 
 TABLE = "ml_observability_spans"
+# Called after a commit with the agent names of the batch's spans (spans
+# without one add nothing; the hook is called even when the set is empty).
 Row = tuple[Any, ...]
 CLOSE_TIMEOUT_S = 2.0
 COLUMNS = (
@@ -80,9 +83,16 @@ def _jsonb_decode(value: bytes) -> Any:
     return orjson.loads(value[1:])
 
 
-def build(settings: Settings, clock: Clock) -> PostgresSink:
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """jsonb in binary: raw JSON text passes through, Python values are encoded."""
+    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode,
+                              schema="pg_catalog", format="binary")
+
+
+def build(settings: Settings, context: SinkContext) -> PostgresSink:
     """The sink registry's entry point."""
-    return PostgresSink(settings.postgres, settings.opik.project_name)
+    return PostgresSink(settings.postgres, settings.opik.project_name,
+                        on_stored=context.on_stored)
 
 
 class PostgresSink:
@@ -92,8 +102,10 @@ class PostgresSink:
 
     name = "postgres"
 
-    def __init__(self, settings: PostgresSettings, default_project: str) -> None:
+    def __init__(self, settings: PostgresSettings, default_project: str,
+                 on_stored: StoredHook | None = None) -> None:
         self.settings = settings
+        self.on_stored = on_stored
         self.max_batch_records = settings.max_batch_records
         self.default_project = default_project
         self.schema = settings.db_schema
@@ -113,10 +125,6 @@ class PostgresSink:
             except TimeoutError:
                 pool.terminate()
 
-    async def _init_conn(self, conn: asyncpg.Connection) -> None:
-        await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode,
-                                  schema="pg_catalog", format="binary")
-
     async def pool(self) -> asyncpg.Pool:
         """The pool, connecting (and migrating when allowed) on first use."""
         async with self._pool_lock:
@@ -126,7 +134,7 @@ class PostgresSink:
                 pool = await asyncpg.create_pool(
                     s.dsn, password=password or None,
                     min_size=1, max_size=s.pool_size, timeout=s.connect_timeout_s,
-                    command_timeout=s.command_timeout_s, init=self._init_conn)
+                    command_timeout=s.command_timeout_s, init=init_connection)
                 try:
                     await self._ensure_schema(pool)
                 except BaseException:
@@ -156,6 +164,7 @@ class PostgresSink:
                 RuntimeError) as exc:
             await self._reset_on_connection_error(exc)
             return Retry(f"{type(exc).__name__}: {_safe(exc)}")
+        await self._stored(r.agent_name for r in batch if isinstance(r, SpanRecord))
         if not rejects:
             return Delivered()
         return PartlyRejected({rows[i][0]: reason for i, reason in rejects.items()})
@@ -167,9 +176,12 @@ class PostgresSink:
         data error, a lost connection) answers Retry, and the pipeline sends
         the sealed batch through ``send`` instead.
         """
+        agents: set[str | None] = set()
+
         async def rows() -> AsyncIterator[Row]:
             async for record in records:
                 if isinstance(record, SpanRecord):
+                    agents.add(record.agent_name)
                     yield span_row(record, self.default_project)
 
         try:
@@ -178,7 +190,18 @@ class PostgresSink:
                 await self._copy(conn, rows())
         except Exception as exc:  # every failure falls back to the ordinary path
             return Retry(f"streamed COPY: {type(exc).__name__}: {_safe(exc)}")
+        if agents:
+            await self._stored(agents)
         return Delivered()
+
+    async def _stored(self, agents: Iterable[str | None]) -> None:
+        """Tell ``on_stored`` which agents got rows; its failure never fails the batch."""
+        if self.on_stored is None:
+            return
+        try:
+            await self.on_stored(frozenset(a for a in agents if a is not None))
+        except Exception as exc:
+            log.warning("sink.stored_hook.failed", sink=self.name, error_type=type(exc).__name__)
 
     def _attempt(self, pool: asyncpg.Pool) -> Callable[[Sequence[Row]], Awaitable[None]]:
         async def attempt(part: Sequence[Row]) -> None:
@@ -207,7 +230,7 @@ class PostgresSink:
                                                  columns=COLUMNS)
                 await conn.execute(
                     f"INSERT INTO {self._table} ({_COLS}) SELECT {_COLS} FROM span_sidecar_stage "
-                    "ON CONFLICT (span_id) DO NOTHING")
+                    "ON CONFLICT (span_id, start_time) DO NOTHING")
             log.info("sink.postgres.merged", rows=len(rows),
                      note="batch overlapped stored rows (a re-delivery); duplicates skipped")
         except _DATA_ERRORS as exc:

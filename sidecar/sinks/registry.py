@@ -3,7 +3,7 @@
 A sink is declared by its settings section (a ``SinkSection`` of
 ``Settings``, whose ``SINK`` names the module): the app, ``status`` and the
 health code read this registry instead of spelling sink names. Adding a sink
-is one module with a ``build(settings, clock) -> Sink`` function plus one
+is one module with a ``build(settings, context) -> Sink`` function plus one
 settings section; nothing else changes.
 """
 
@@ -12,11 +12,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from sidecar.clock import Clock
 from sidecar.settings import Settings, SinkSection
-from sidecar.sinks.base import Sink
+from sidecar.sinks.base import Sink, SinkContext
 
-Build = Callable[[Settings, Clock], Sink]
+Build = Callable[[Settings, SinkContext], Sink]
 
 
 def sink_sections(settings: Settings) -> dict[str, SinkSection]:
@@ -29,8 +28,8 @@ def enabled_sinks(settings: Settings) -> list[str]:
     return [name for name, section in sink_sections(settings).items() if section.enabled]
 
 
-def build_sink(name: str, settings: Settings, clock: Clock) -> Sink:
+def build_sink(name: str, settings: Settings, context: SinkContext) -> Sink:
     """Build the named sink (its module is imported only now)."""
     section = sink_sections(settings)[name]
     build: Build = importlib.import_module(section.SINK).build
-    return build(settings, clock)
+    return build(settings, context)

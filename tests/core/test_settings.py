@@ -297,14 +297,14 @@ def test_keys_not_implemented_yet_are_refused_with_their_line(tmp_path: Path) ->
           max_records: 0
         environments:
           production:
-            retention: {ttl_days: 7}
+            spool: {max_bytes: 1000}
     """)
     with pytest.raises(ConfigError) as info:
         load_settings(path, {})
     problems = info.value.problems
     assert any(p.startswith("line 3: spans.redaction: not implemented yet") for p in problems)
     assert any(p.startswith("line 5: sampling: not implemented yet") for p in problems)
-    assert any(p.startswith("line 11: environments.production.retention: not implemented")
+    assert any(p.startswith("line 11: environments.production.spool.max_bytes: not impl")
                for p in problems)
     # the other errors are still listed, and the refused keys only once each
     assert any("batch.max_records" in p for p in problems)

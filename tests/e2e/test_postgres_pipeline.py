@@ -88,7 +88,9 @@ def test_postgres_rejected_record_is_isolated(sidecar_env: SidecarEnv) -> None:
     recs = [span(i) for i in range(50)]
     recs[17]["name"] = "bad\u0000name"
     write_spans(sidecar_env.spool / "a-h-1-0.jsonl", recs)
-    wait_until(lambda: sidecar_env.rows() == 49, 15, "49 rows")
+    # the rows commit before the reject is quarantined: wait for both
+    wait_until(lambda: sidecar_env.rows() == 49 and len(sidecar_env.quarantine()) == 1, 15,
+               "49 rows and the quarantined record")
     q = sidecar_env.quarantine()
     assert len(q) == 1 and "rejected by postgres" in q[0]["reason"]
     assert orjson.loads(q[0]["raw"])["id"] == recs[17]["id"]

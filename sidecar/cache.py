@@ -1,0 +1,223 @@
+"""The statistics cache: Redis first, an in-memory TTL cache while Redis fails.
+
+Keys are ``{prefix}obs_metrics:{window}:{agent}`` (``*`` for all agents),
+kept ``cache.ttl_s[window]`` seconds; windows without a TTL are not cached.
+When the Postgres sink stores spans, ``invalidate`` deletes the entries of
+their agents and of ``*``, for every window, in one round trip per batch.
+
+A Redis failure (refused, timed out, any error) opens a breaker: for
+``cache.retry_after_s`` requests go straight to the memory cache without
+touching Redis, so a dead Redis costs one timeout, not one per request; then
+one trial request goes to Redis again. Invalidations missed meanwhile are
+replayed on that first successful round trip, so Redis never serves an entry
+that spans stored during the outage made stale.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from sidecar.breaker import CircuitBreaker
+from sidecar.clock import Clock
+from sidecar.settings import BreakerSettings, CacheSettings, RedisSettings, mask_url
+from sidecar.stats import CacheStats
+
+log = structlog.get_logger("sidecar.cache")
+
+ALL_AGENTS = "*"
+# Agents whose invalidations a Redis outage remembers; past this, the rest
+# expire by their TTL (and the drop is logged).
+MAX_MISSED = 10_000
+Observe = Callable[[str, float], None]
+
+
+def _no_observe(op: str, seconds: float) -> None:
+    pass
+
+
+class MemoryTtlCache:
+    """A bounded dict of values with expiry times (monotonic seconds), oldest evicted first."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def get(self, key: str, now: float) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[0] <= now:
+            del self._data[key]
+            return None
+        return item[1]
+
+    def put(self, key: str, value: bytes, ttl_s: float, now: float) -> None:
+        self._data[key] = (now + ttl_s, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self._max:
+            self._data.popitem(last=False)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._data.pop(key, None)
+
+
+class MetricsCache:
+    """Async context manager; ``get_or_compute`` is the one read path."""
+
+    def __init__(self, settings: CacheSettings, redis: RedisSettings, clock: Clock,
+                 observe: Observe | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._observe = observe or _no_observe
+        self._memory = MemoryTtlCache(settings.memory_max_entries)
+        self._redis: Redis | None = None
+        if settings.backend == "redis":
+            self._redis = Redis.from_url(
+                redis.url, socket_timeout=redis.timeout_s, socket_connect_timeout=redis.timeout_s,
+                retry=Retry(NoBackoff(), 0))
+        self._target = mask_url(redis.url)
+        self.breaker = CircuitBreaker(
+            BreakerSettings(failure_threshold=1, reset_timeout_s=settings.retry_after_s), "redis")
+        self._missed: set[str] = set()  # agents whose Redis invalidation failed
+        # Bumped per agent (and "*") by invalidate: a value computed while its
+        # agent was invalidated may predate the new spans and is not cached.
+        self._epochs: dict[str, int] = {}
+        self._counts = dict.fromkeys(("hits", "misses", "fallbacks", "errors", "invalidations"), 0)
+
+    async def __aenter__(self) -> MetricsCache:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def key(self, window: str, agent: str | None) -> str:
+        return f"{self.settings.key_prefix}obs_metrics:{window}:{agent or ALL_AGENTS}"
+
+    def ttl(self, window: str) -> float | None:
+        return self.settings.ttl_s.get(window)
+
+    async def get_or_compute(self, window: str, agent: str | None,
+                             compute: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The cached value of (window, agent), else ``compute()``'s, then cached."""
+        ttl = self.ttl(window)
+        if ttl is None:
+            return await compute()
+        key, name = self.key(window, agent), agent or ALL_AGENTS
+        epoch = self._epochs.get(name, 0)
+        if self._redis is not None and self.breaker.allow(self.clock.monotonic()):
+            found, value = await self._redis_get(key)
+            if found:
+                if value is not None:
+                    self._counts["hits"] += 1
+                    return value
+                self._counts["misses"] += 1
+                value = await compute()
+                if self._epochs.get(name, 0) == epoch:
+                    await self._redis_set(key, value, ttl)
+                return value
+        return await self._from_memory(key, name, epoch, ttl, compute)
+
+    async def _from_memory(self, key: str, name: str, epoch: int, ttl: float,
+                           compute: Callable[[], Awaitable[bytes]]) -> bytes:
+        start = self.clock.monotonic()
+        value = self._memory.get(key, start)
+        self._observe("cache", self.clock.monotonic() - start)
+        self._counts["fallbacks" if self._redis is not None else
+                     "hits" if value is not None else "misses"] += 1
+        if value is None:
+            value = await compute()
+            if self._epochs.get(name, 0) == epoch:
+                self._memory.put(key, value, ttl, self.clock.monotonic())
+        return value
+
+    async def _redis_get(self, key: str) -> tuple[bool, bytes | None]:
+        """(True, value or None) from Redis, or (False, None) when Redis failed."""
+        assert self._redis is not None
+        start = self.clock.monotonic()
+        missed = set(self._missed)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if missed:  # replayed in the same round trip
+                    pipe.delete(*self._stale_keys(missed))
+                pipe.get(key)
+                results = await pipe.execute()
+        except Exception as exc:
+            self._failed("get", exc)
+            return False, None
+        finally:
+            self._observe("cache", self.clock.monotonic() - start)
+        self._missed -= missed
+        self._recovered()
+        value = results[-1]
+        return True, value if isinstance(value, bytes) else None
+
+    async def _redis_set(self, key: str, value: bytes, ttl: float) -> None:
+        assert self._redis is not None
+        try:
+            await self._redis.set(key, value, px=max(1, int(ttl * 1000)))
+        except Exception as exc:
+            self._failed("set", exc)
+        else:
+            self._recovered()
+
+    async def invalidate(self, agents: frozenset[str]) -> None:
+        """Forget the entries of ``agents`` and of all agents, for every window."""
+        self._counts["invalidations"] += 1
+        names = {*agents, ALL_AGENTS}
+        for name in names:
+            self._epochs[name] = self._epochs.get(name, 0) + 1
+        self._memory.delete(self._stale_keys(names))
+        if self._redis is None:
+            return
+        if not self.breaker.allow(self.clock.monotonic()):
+            self._remember(names)
+            return
+        missed = set(self._missed)
+        try:  # one DEL of every key: one command, one round trip
+            await self._redis.delete(*self._stale_keys(names | missed))
+        except Exception as exc:
+            self._failed("invalidate", exc)
+            self._remember(names)
+        else:
+            self._missed -= missed
+            self._recovered()
+
+    def _stale_keys(self, agents: Iterable[str]) -> list[str]:
+        return [self.key(w, a) for a in agents for w in self.settings.ttl_s]
+
+    def _remember(self, agents: set[str]) -> None:
+        room = MAX_MISSED - len(self._missed)
+        new = agents - self._missed
+        if len(new) > room:
+            log.warning("cache.invalidations.dropped", agents=len(new) - room,
+                        note="their Redis entries expire by TTL")
+            new = set(sorted(new)[:room]) | ({ALL_AGENTS} & new)
+        self._missed |= new
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self._counts["errors"] += 1
+        if self.breaker.state == "closed":
+            # Logged once per outage: the breaker keeps Redis out of the path after it.
+            log.warning("cache.redis.failed", op=op, error_type=type(exc).__name__,
+                        redis=self._target, retry_after_s=self.settings.retry_after_s)
+        self.breaker.record_failure(self.clock.monotonic())
+
+    def _recovered(self) -> None:
+        if self.breaker.state != "closed" or self.breaker.failures:
+            log.info("cache.redis.recovered", redis=self._target)
+        self.breaker.record_success()
+
+    def stats(self) -> CacheStats:
+        c = self._counts
+        return CacheStats(self.settings.backend, c["hits"], c["misses"], c["fallbacks"],
+                          c["errors"], c["invalidations"], self.breaker.state)

@@ -1,0 +1,196 @@
+"""Day partitions of ``ml_observability_spans``: created ahead, dropped when expired.
+
+A day partition is ``ml_observability_spans_pYYYYMMDD`` and holds the spans
+that started on that UTC day; ``ml_observability_spans_default`` holds
+whatever no day partition covers. Expiring spans older than a cutoff drops
+every day partition that ends at or before it (a catalog operation, no row
+deletes) and deletes the older rows of the default partition and of the day
+the cutoff falls in, in batches, one short transaction each.
+
+DDL cannot take bind parameters: partition names and bounds are formatted
+from ``date`` values computed here, never from input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+import asyncpg
+import structlog
+
+from sidecar.migrate import quote_ident
+from sidecar.sinks.postgres import TABLE
+
+log = structlog.get_logger("sidecar.partitions")
+
+DEFAULT_PARTITION = f"{TABLE}_default"
+_DAY_NAME = re.compile(rf"^{TABLE}_p(\d{{8}})$")
+# DDL on the parent waits for in-flight COPYs; past this it gives up until the
+# next run rather than queue every writer behind it.
+LOCK_TIMEOUT = "2s"
+
+
+def lock_key(purpose: str, schema: str) -> int:
+    """A stable 64-bit advisory lock key for ``purpose`` in ``schema``."""
+    digest = hashlib.sha256(f"span-sidecar:{purpose}:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def partition_name(day: date) -> str:
+    return f"{TABLE}_p{day:%Y%m%d}"
+
+
+def day_start(day: date) -> datetime:
+    return datetime.combine(day, time(), UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """What an expiry removed (or, dry, would remove)."""
+
+    cutoff: datetime
+    dropped: tuple[tuple[str, int], ...] = ()  # (partition, rows) dropped whole
+    deleted: tuple[tuple[str, int], ...] = ()  # (partition, rows) deleted in batches
+    dry_run: bool = False
+
+    @property
+    def rows(self) -> int:
+        return sum(n for _, n in self.dropped) + sum(n for _, n in self.deleted)
+
+
+@dataclass(slots=True)
+class _Plan:
+    drop: list[str] = field(default_factory=list)
+    trim: list[str] = field(default_factory=list)
+
+
+async def day_partitions(conn: asyncpg.Connection, schema: str) -> dict[date, str]:
+    """The day partitions that exist, by day."""
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "
+        "WHERE n.nspname = $1 AND p.relname = $2", schema, TABLE)
+    out: dict[date, str] = {}
+    for r in rows:
+        m = _DAY_NAME.match(r["relname"])
+        if m:
+            out[datetime.strptime(m.group(1), "%Y%m%d").date()] = r["relname"]
+    return out
+
+
+async def is_partitioned(conn: asyncpg.Connection, schema: str) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relname = $2", schema, TABLE))
+
+
+async def ensure_partitions(conn: asyncpg.Connection, schema: str, today: date,
+                            ahead_days: int) -> list[str]:
+    """Create the day partitions from yesterday to ``today + ahead_days``; return new names.
+
+    Serialised across a fleet by a transaction advisory lock, so two sidecars
+    never race to create the same day.
+    """
+    created = []
+    existing = await day_partitions(conn, schema)
+    for offset in range(-1, ahead_days + 1):
+        day = today + timedelta(days=offset)
+        if day not in existing and await _create_day(conn, schema, day):
+            created.append(partition_name(day))
+    for name in created:
+        log.info("retention.partition.created", schema=schema, partition=name)
+    return created
+
+
+async def _create_day(conn: asyncpg.Connection, schema: str, day: date) -> bool:
+    """Create one day partition, moving that day's rows out of the default partition.
+
+    Built as a plain table and attached (``ATTACH`` takes a weaker lock on the
+    parent than ``CREATE TABLE ... PARTITION OF``, so ingest keeps going).
+    """
+    q = quote_ident(schema)
+    name, lo, hi = partition_name(day), day_start(day), day_start(day + timedelta(days=1))
+    parent, part = f"{q}.{TABLE}", f"{q}.{quote_ident(name)}"
+    bounds = f"FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key("partitions", schema))
+        if day in await day_partitions(conn, schema):
+            return False
+        await conn.execute(f"CREATE TABLE {part} (LIKE {parent} INCLUDING DEFAULTS "
+                           "INCLUDING CONSTRAINTS)")
+        moved = await conn.execute(
+            f"WITH moved AS (DELETE FROM {q}.{quote_ident(DEFAULT_PARTITION)} "
+            "WHERE start_time >= $1 AND start_time < $2 RETURNING *) "
+            f"INSERT INTO {part} SELECT * FROM moved", lo, hi)
+        # The constraint lets ATTACH skip scanning the new table.
+        check = f"start_time >= '{lo.isoformat()}' AND start_time < '{hi.isoformat()}'"
+        await conn.execute(f"ALTER TABLE {part} ADD CONSTRAINT bounds CHECK ({check})")
+        await conn.execute(f"ALTER TABLE {parent} ATTACH PARTITION {part} FOR VALUES {bounds}")
+        await conn.execute(f"ALTER TABLE {part} DROP CONSTRAINT bounds")
+    rows = int(moved.split()[-1])
+    if rows:
+        log.info("retention.default_rows.moved", schema=schema, partition=name, rows=rows)
+    return True
+
+
+async def expire(conn: asyncpg.Connection, schema: str, cutoff: datetime, batch_rows: int,
+                 dry_run: bool, trim_partial_day: bool = True) -> Expiry:
+    """Remove (or with ``dry_run`` count) the spans that started before ``cutoff``."""
+    plan = await _plan(conn, schema, cutoff, trim_partial_day)
+    q = quote_ident(schema)
+    dropped, deleted = [], []
+    for name in plan.drop:
+        rows = int(await conn.fetchval(f"SELECT count(*) FROM {q}.{quote_ident(name)}"))
+        if not dry_run:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                await conn.execute(f"DROP TABLE {q}.{quote_ident(name)}")
+            log.info("retention.partition.dropped", schema=schema, partition=name, rows=rows)
+        dropped.append((name, rows))
+    for name in plan.trim:
+        rows = await (_count_before if dry_run else _delete_before)(
+            conn, f"{q}.{quote_ident(name)}", cutoff, batch_rows)
+        if rows:
+            deleted.append((name, rows))
+            if not dry_run:
+                log.info("retention.rows.deleted", schema=schema, partition=name, rows=rows)
+    return Expiry(cutoff, tuple(dropped), tuple(deleted), dry_run)
+
+
+async def _plan(conn: asyncpg.Connection, schema: str, cutoff: datetime,
+                trim_partial_day: bool) -> _Plan:
+    plan = _Plan()
+    if not await is_partitioned(conn, schema):
+        plan.trim.append(TABLE)  # not migrated yet: rows only
+        return plan
+    for day, name in sorted((await day_partitions(conn, schema)).items()):
+        if day_start(day + timedelta(days=1)) <= cutoff:
+            plan.drop.append(name)
+        elif day_start(day) < cutoff and trim_partial_day:
+            plan.trim.append(name)
+    plan.trim.append(DEFAULT_PARTITION)
+    return plan
+
+
+async def _count_before(conn: asyncpg.Connection, table: str, cutoff: datetime,
+                        batch_rows: int) -> int:
+    return int(await conn.fetchval(f"SELECT count(*) FROM {table} WHERE start_time < $1",
+                                   cutoff))
+
+
+async def _delete_before(conn: asyncpg.Connection, table: str, cutoff: datetime,
+                         batch_rows: int) -> int:
+    """Delete in batches of ``batch_rows``, each its own short transaction."""
+    total = 0
+    while True:
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+            f"SELECT ctid FROM {table} WHERE start_time < $1 LIMIT $2))", cutoff, batch_rows)
+        n = int(status.split()[-1])
+        total += n
+        if n < batch_rows:
+            return total

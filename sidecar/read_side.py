@@ -1,0 +1,53 @@
+"""The read side as one component: a small Postgres pool, the cache, stats, retention.
+
+The app enters it on its exit stack, passes ``on_stored`` to the Postgres
+sink, ``stats_http`` to the HTTP server and ``cache_stats`` to the metrics,
+and starts ``run`` (partitions ahead and retention) in its TaskGroup. The
+CLI's ``stats``, ``trace`` and ``retention`` build the same pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any
+
+from sidecar.cache import MetricsCache, Observe
+from sidecar.clock import Clock
+from sidecar.repository import LazyPool
+from sidecar.retention import Retention
+from sidecar.settings import Settings
+from sidecar.stats import CacheStats
+from sidecar.stats_view import StatsService
+
+
+class ReadSide:
+    def __init__(self, settings: Settings, clock: Clock, observe: Observe | None = None) -> None:
+        self.pool = LazyPool(settings.postgres)
+        self.cache = MetricsCache(settings.cache, settings.redis, clock, observe)
+        self.stats = StatsService(self.pool, settings.postgres.db_schema, self.cache, clock)
+        self.retention = Retention(settings.retention, settings.postgres, clock, self.pool)
+
+    async def __aenter__(self) -> ReadSide:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            await self.cache.__aexit__(et, e, tb)
+        finally:
+            await self.pool.close()
+
+    async def on_stored(self, agents: frozenset[str]) -> None:
+        """The Postgres sink's hook: stored spans make their agents' statistics stale."""
+        await self.cache.invalidate(agents)
+
+    async def stats_http(self, query: Any) -> Any:
+        return await self.stats.http(query)
+
+    def cache_stats(self) -> CacheStats:
+        return self.cache.stats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Partitions ahead and, with ``retention.ttl_days`` set, the TTL, every interval."""
+        await self.retention.run(stop)

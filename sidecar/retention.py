@@ -1,0 +1,99 @@
+"""Retention: day partitions kept ahead, and spans older than ``retention.ttl_days`` removed.
+
+One sidecar of a fleet applies the TTL at a time: the pass holds a session
+advisory lock, taken with ``pg_try_advisory_lock``, so a second sidecar (or a
+``span-sidecar retention`` run) finds it taken and says so instead of waiting.
+The running daemon calls ``Retention.run`` every ``retention.interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import structlog
+
+from sidecar.clock import Clock
+from sidecar.partitions import Expiry, ensure_partitions, expire, is_partitioned, lock_key
+from sidecar.repository import LazyPool
+from sidecar.settings import PostgresSettings, RetentionSettings
+
+log = structlog.get_logger("sidecar.retention")
+# A pass that failed (Postgres down) is tried again this soon, not an interval later.
+RETRY_AFTER_FAILURE_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionResult:
+    """One pass: partitions created, and what the TTL removed (None: TTL not applied)."""
+
+    created: tuple[str, ...]
+    expiry: Expiry | None
+    locked_out: bool = False  # another sidecar held the retention lock
+
+
+class Retention:
+    def __init__(self, settings: RetentionSettings, postgres: PostgresSettings,
+                 clock: Clock, pool: LazyPool) -> None:
+        self.settings = settings
+        self.schema = postgres.db_schema
+        self.clock = clock
+        self.pool = pool
+        self.passes = 0
+        self.passed = asyncio.Event()  # set after each pass of ``run``, failed or not
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.wall(), UTC)
+
+    def cutoff(self) -> datetime | None:
+        ttl = self.settings.ttl_days
+        return None if ttl is None else self.now() - timedelta(days=ttl)
+
+    async def apply(self, dry_run: bool = False) -> RetentionResult:
+        """Create partitions ahead (unless dry) and apply the TTL once, if one is set."""
+        pool = await self.pool.get()
+        async with pool.acquire() as conn:
+            created: list[str] = []
+            if not dry_run and await is_partitioned(conn, self.schema):
+                created = await ensure_partitions(conn, self.schema, self.now().date(),
+                                                  self.settings.partitions_ahead_days)
+            cutoff = self.cutoff()
+            if cutoff is None:
+                return RetentionResult(tuple(created), None)
+            return await self._expire_locked(conn, cutoff, tuple(created), dry_run)
+
+    async def _expire_locked(self, conn: asyncpg.Connection, cutoff: datetime,
+                             created: tuple[str, ...], dry_run: bool) -> RetentionResult:
+        key = lock_key("retention", self.schema)
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            log.info("retention.run.skipped", schema=self.schema,
+                     reason="another sidecar is applying retention")
+            return RetentionResult(created, None, locked_out=True)
+        try:
+            expiry = await expire(conn, self.schema, cutoff, self.settings.delete_batch_rows,
+                                  dry_run, self.settings.trim_partial_day)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        if not dry_run:
+            log.info("retention.run.completed", schema=self.schema, cutoff=cutoff.isoformat(),
+                     partitions_dropped=len(expiry.dropped), rows_removed=expiry.rows)
+        return RetentionResult(created, expiry)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Apply now and every ``interval_s`` until ``stop``; a failed pass is retried next time."""
+        while not stop.is_set():
+            wait_s = self.settings.interval_s
+            try:
+                await self.apply()
+            except Exception as exc:  # the loop's boundary: log, retry sooner
+                log.warning("retention.run.failed", schema=self.schema,
+                            error_type=type(exc).__name__)
+                wait_s = min(wait_s, RETRY_AFTER_FAILURE_S)
+            self.passes += 1
+            self.passed.set()
+            try:
+                await asyncio.wait_for(stop.wait(), wait_s)
+            except TimeoutError:
+                pass
