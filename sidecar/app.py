@@ -2,7 +2,8 @@
 
 Lifecycle: start (sinks entered on an AsyncExitStack, checkpoints loaded),
 run (every long loop in one TaskGroup: watcher, one pipeline per sink,
-janitor, health verdict, health spans, HTTP heartbeat, watchdog), drain (on
+janitor, health verdict, health spans, catch-up progress, HTTP heartbeat,
+watchdog), drain (on
 stop: readers stop, in-flight batches are delivered within
 ``shutdown.drain_timeout_s``), stop.
 """
@@ -10,11 +11,13 @@ stop: readers stop, in-flight batches are delivered within
 from __future__ import annotations
 
 import asyncio
+import os
 from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
 
+from sidecar import __version__
 from sidecar.clock import Clock, SystemClock, every
 from sidecar.health import (
     HealthReporter,
@@ -27,6 +30,7 @@ from sidecar.health import (
 from sidecar.janitor import Janitor
 from sidecar.lifecycle import drain
 from sidecar.pipeline import PipelineSettings, SinkPipeline, SinkSpool
+from sidecar.progress import Progress
 from sidecar.read_side import ReadSide
 from sidecar.settings import Settings, mask_url
 from sidecar.sinks.base import Sink, SinkContext
@@ -54,6 +58,7 @@ class App:
         self.metrics = Metrics(sinks=self.sink_stats, spool=self.spool_stats,
                                status=lambda: self.monitor.status.status)
         self.monitor = SelfMonitor(settings.health, self.clock, recorder=self.metrics)
+        self.progress = Progress(self.sink_stats, self.clock)
         self.http: HttpServer | None = None
         self.read: ReadSide | None = None  # stats, cache and retention (with Postgres)
 
@@ -116,7 +121,8 @@ class App:
                 stack.callback(p.quarantine.close)
             if s.http.enabled:
                 self.http = await stack.enter_async_context(HttpServer(
-                    s.http, self.metrics.render, readiness_check(s.spool, self.sink_stats)))
+                    s.http, self.metrics.render, readiness_check(s.spool, self.sink_stats),
+                    status=self.status_report))
                 if self.read is not None:
                     self.http.set_stats_handler(self.read.stats_http)
             log.info("app.started", spool_dir=str(s.spool.dir), state_dir=str(s.spool.state_dir),
@@ -152,6 +158,7 @@ class App:
             tg.create_task(self.notifier.run_watchdog(background))
             tg.create_task(every(self.clock, s.health.evaluate_interval_s, background,
                                  self.evaluate))
+            tg.create_task(self.progress.run(background))
             if self.http is not None:
                 tg.create_task(self.http.run(background))
             if reporter is not None:
@@ -173,6 +180,11 @@ class App:
                 probe.cancel()
             background.set()
         log.info("app.stopped", drained=drained)
+
+    def status_report(self) -> dict[str, Any]:
+        """``GET /status``: who runs, and each sink's snapshot and catch-up pace."""
+        return {"pid": os.getpid(), "version": __version__,
+                "health": self.monitor.status.status, **self.progress.report()}
 
     def evaluate(self) -> None:
         """The health verdict, on its own schedule (health spans or not)."""

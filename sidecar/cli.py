@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import platform
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,26 +17,49 @@ from typing import Any
 import structlog
 import yaml
 
-from sidecar.settings import ConfigError, Settings, load_settings, redacted
+from sidecar import __version__
+from sidecar.config_sources import example_config
+from sidecar.settings import (
+    ConfigError,
+    LoadedConfig,
+    Settings,
+    load_config,
+    redacted,
+    scrub,
+)
 
 log = structlog.get_logger("sidecar.cli")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
+CONFIG_HELP = ("YAML config file (default: $SIDECAR_CONFIG, else ./config/sidecar.yaml, "
+               "else /etc/span-sidecar/sidecar.yaml, else none)")
+
+
+def _version() -> str:
+    return f"span-sidecar {__version__} (Python {platform.python_version()})"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="span-sidecar", description=__doc__)
+    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=help_)
-        c.add_argument("--config", type=Path, default=None,
-                       help="YAML config file (default: config/sidecar.yaml)")
+        # SUPPRESS: given after the command it wins, else the one before it stays.
+        c.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
         return c
 
     cmd("run", "run the daemon")
     cmd("migrate", "create or upgrade the Postgres schema (idempotent)")
-    cmd("check-config", "validate and print the effective config, secrets masked")
+    cc = cmd("check-config", "validate and print the effective config, secrets masked")
+    cc.add_argument("--connect", action="store_true",
+                    help="also try to reach Postgres, Opik (and Redis when configured)")
+    cc.add_argument("--example", action="store_true",
+                    help="print the example config shipped with the package, and exit")
     st = cmd("status", "spool files and lag per sink, breaker states, quarantine counts")
     st.add_argument("--json", action="store_true")
     stats = cmd("stats", "latency percentiles and quality metrics per agent")
@@ -59,8 +83,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "check-config" and args.example:
+        sys.stdout.write(example_config())
+        return EXIT_OK
     try:
-        settings = load_settings(args.config)
+        loaded = load_config(args.config)
     except ConfigError as exc:
         print(f"span-sidecar: invalid configuration in {exc.source}:", file=sys.stderr)
         for problem in exc.problems:
@@ -68,19 +95,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from sidecar.logging import configure
 
-    configure(settings.logging)
+    configure(loaded.settings.logging)
+    args.loaded = loaded
     handler: Callable[[Settings, argparse.Namespace], int] = COMMANDS[args.command]
     try:
-        return handler(settings, args)
+        return handler(loaded.settings, args)
     except KeyboardInterrupt:
         return EXIT_ERROR
     except Exception as exc:
-        print(f"span-sidecar {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"span-sidecar {args.command}: {type(exc).__name__}: {scrub(str(exc))}",
+              file=sys.stderr)
         return EXIT_ERROR
 
 
 def _check_config(settings: Settings, args: argparse.Namespace) -> int:
+    loaded: LoadedConfig = args.loaded
+    print(f"# config file: {loaded.file.path or 'none'} ({loaded.file.origin})")
+    sources = loaded.sources()
+    print("# values that are not defaults, and where they came from:"
+          if sources else "# every value is its default")
+    for key, value, origin in sources:
+        print(f"#   {key} = {json.dumps(value, default=str)}  <- {origin}")
     yaml.safe_dump(redacted(settings), sys.stdout, sort_keys=False)
+    if not args.connect:
+        return EXIT_OK
+    from sidecar.connect import check_all, render_checks
+
+    results = asyncio.run(check_all(settings))
+    print(render_checks(results))
+    down = [r.name for r in results if r.ok is False]
+    if down:
+        print(f"span-sidecar check-config: cannot reach {', '.join(down)}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 

@@ -1,15 +1,9 @@
-"""Small durability helpers shared by the daemon and the client (stdlib only)."""
+"""Durability helpers of the daemon: the client's, which needs them too.
 
-from __future__ import annotations
+They live in ``sidecar.client`` so that the client distribution, which ships
+``sidecar/client`` alone, imports nothing outside it.
+"""
 
-import os
-from pathlib import Path
+from sidecar.client.fsutil import fsync_dir
 
-
-def fsync_dir(path: str | os.PathLike[str] | Path) -> None:
-    """Make the names in a directory durable (after a create or a rename)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+__all__ = ["fsync_dir"]

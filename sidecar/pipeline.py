@@ -77,6 +77,7 @@ class SinkPipeline:
         self.streaming: StreamingSink | None = sink if isinstance(sink, StreamingSink) else None
         self.read_total = self.shipped_total = self.quarantined_total = 0
         self.batches_total = self.failed_total = self.limited_total = 0
+        self.bytes_total = 0  # of shipped lines: the catch-up rate in bytes (progress.py)
         self._recorded_state = ""
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -240,6 +241,7 @@ class SinkPipeline:
         self.quarantined_total += len(rejects)
         self.shipped_total += len(batch.records) - len(rejects)
         self.batches_total += 1
+        self.bytes_total += batch.bytes
         log.debug("sink.batch.shipped", sink=self.sink.name, records=len(batch.records),
                   rejected=len(rejects))
 
@@ -261,5 +263,5 @@ class SinkPipeline:
             records_quarantined=self.quarantined_total, batches_shipped=self.batches_total,
             attempts_failed=self.failed_total, rate_limited_total=self.limited_total,
             lag_bytes=self.reader.lag_bytes(), lag_records=max(0, in_flight), lag_seconds=lag_s,
-            oldest_unacked=oldest, breaker=self.breaker.stats(),
+            oldest_unacked=oldest, breaker=self.breaker.stats(), bytes_shipped=self.bytes_total,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -26,7 +27,16 @@ from pydantic import (
     model_validator,
 )
 
-DEFAULT_CONFIG = Path("config/sidecar.yaml")
+from sidecar.config_sources import (
+    LOCAL_CONFIG,
+    ConfigFile,
+    Key,
+    apply_environment,
+    describe,
+    locate,
+)
+
+DEFAULT_CONFIG = LOCAL_CONFIG  # the first fallback; see sidecar/config_sources.py
 ENVIRONMENTS = ("development", "staging", "production")
 
 
@@ -99,6 +109,12 @@ class OpikSettings(SinkSection):
     timeout_s: float = Field(default=10.0, gt=0)
     max_in_flight: int = Field(default=2, ge=1, le=16)
     max_events_per_minute: int | None = Field(default=None, ge=1)
+    # gzip request bodies: "auto" when the body is large enough and Opik is
+    # not on this machine (see sidecar/sinks/opik_http.py for the figures).
+    compress: Literal["auto", "always", "never"] = "auto"
+    # TLS: the system's trust store; a CA bundle (PEM) instead; or no check.
+    ca_bundle: Path | None = None
+    verify_tls: bool = True
 
 
 class RedisSettings(Section):
@@ -280,14 +296,39 @@ def _overlay(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Read, expand, overlay and validate a config file; raise ``ConfigError``.
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """Settings, the file they were read from, and where each value came from."""
 
-    A missing default file means all defaults; a missing named file is an error.
+    settings: Settings
+    file: ConfigFile
+    env_origins: dict[Key, str]
+    file_lines: dict[Key, int]
+    chosen_env: str
+
+    def sources(self) -> list[tuple[str, Any, str]]:
+        """``(key, masked value, origin)`` of every value that is not its default."""
+        defaults = Settings.model_validate({}, context={"env": {}})
+        return describe(redacted(self.settings), redacted(defaults), self.file_lines,
+                        self.env_origins, self.chosen_env)
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """The settings of ``load_config``; raise ``ConfigError``."""
+    return load_config(path, env).settings
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
+                cwd: Path | None = None) -> LoadedConfig:
+    """Find, read, expand, overlay, apply the environment and validate; raise ``ConfigError``.
+
+    ``path`` is ``--config`` (None: the lookup order of ``config_sources.locate``).
+    A missing file that was named is an error; a fallback that is absent is not.
     """
     env = os.environ if env is None else env
-    source = str(path or DEFAULT_CONFIG)
-    raw, lines = _read_yaml(path, source)
+    found = locate(path, env, cwd)
+    source = str(found.path) if found.path else "(no config file)"
+    raw, lines = _read_yaml(found, source)
     environments = raw.pop("environments", None) or {}
     chosen = env.get("SIDECAR_ENV", "")
     problems: list[str] = []
@@ -311,28 +352,35 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
             problems.extend(_not_implemented(section, lines, ("environments", str(name))))
     if chosen and isinstance(environments.get(chosen), dict):
         raw = _overlay(raw, environments[chosen])
+    tree = expand(raw, env)
+    origins = apply_environment(tree, env, Settings.model_fields)
+    opik_tree = tree.get("opik")
+    if not (isinstance(opik_tree, dict) and opik_tree.get("enabled") is not None):
+        origins.setdefault(("opik", "enabled"),
+                           "default: on when OPIK_URL_OVERRIDE or OPIK_API_KEY is set")
     try:
-        settings = Settings.model_validate(expand(raw, env), context={"env": env})
+        settings = Settings.model_validate(tree, context={"env": env})
     except ValidationError as exc:
-        problems.extend(_problems(exc, lines, chosen))
+        problems.extend(_problems(exc, lines, chosen, origins))
         raise ConfigError(source, problems) from None
     if problems:
         raise ConfigError(source, problems)
-    return settings
+    return LoadedConfig(settings, found, origins, lines, chosen)
 
 
 KeyLines = dict[tuple[str, ...], int]
 
 
-def _read_yaml(path: Path | None, source: str) -> tuple[dict[str, Any], KeyLines]:
+def _read_yaml(found: ConfigFile, source: str) -> tuple[dict[str, Any], KeyLines]:
     """The YAML tree, and the line of every key in it (for error messages)."""
-    target = path or DEFAULT_CONFIG
+    if found.path is None:
+        return {}, {}
     try:
-        text = target.read_text(encoding="utf-8")
+        text = found.path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        if path is None:
-            return {}, {}
-        raise ConfigError(source, ["file not found"]) from None
+        if not found.required:
+            return {}, {}  # it existed a moment ago: as if it never had
+        raise ConfigError(source, [f"file not found (named by {found.origin})"]) from None
     except OSError as exc:
         raise ConfigError(source, [f"cannot read: {exc.strerror}"]) from None
     try:
@@ -387,7 +435,8 @@ def _line_of(lines: KeyLines, loc: tuple[str, ...], chosen: str = "") -> str:
     return f"line {line}: " if depth else ""
 
 
-def _problems(exc: ValidationError, lines: KeyLines, chosen: str) -> list[str]:
+def _problems(exc: ValidationError, lines: KeyLines, chosen: str,
+              origins: Mapping[Key, str]) -> list[str]:
     out = []
     for err in exc.errors(include_url=False):
         path = tuple(str(p) for p in err["loc"])
@@ -395,7 +444,9 @@ def _problems(exc: ValidationError, lines: KeyLines, chosen: str) -> list[str]:
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         if err["type"] != "extra_forbidden" and "input" in err and not _secret_loc(loc):
             msg += f" (got {err['input']!r})"
-        out.append(f"{_line_of(lines, path, chosen)}{loc}: {msg}")
+        where = origins.get(path)
+        where = f"{where}: " if where else _line_of(lines, path, chosen)
+        out.append(f"{where}{loc}: {msg}")
     return out
 
 

@@ -36,6 +36,7 @@ class SinkStats:
     lag_seconds: float  # age of the oldest unacknowledged byte (0 when current)
     breaker: BreakerStats
     oldest_unacked: float | None = None  # wall time that byte was first seen
+    bytes_shipped: int = 0  # raw bytes of the records acknowledged by the sink
 
 
 @dataclass(frozen=True, slots=True)

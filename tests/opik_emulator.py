@@ -16,6 +16,9 @@ own REST models, plus the server's rules those models miss: v7 UUIDs,
 timestamps with an offset, enums, int32 usage, cost >= 0, non-blank
 error_info, 1..1000 items. Stored rows follow ClickHouse's ReplacingMergeTree:
 one per id, the newest ``last_updated_at`` wins (ties: the last write).
+Bodies sent with ``Content-Encoding: gzip`` are accepted (aiohttp inflates
+them; ``SeenRequest.size`` is the inflated size, the ``content-length``
+header the size on the wire). ``ssl_context=`` serves HTTPS instead.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -196,8 +200,10 @@ class OpikEmulator:
     """
 
     def __init__(self, *, api_key: str | None = None, workspace: str | None = None,
-                 max_body_bytes: int = 64 << 20, check_id_time: bool = False) -> None:
+                 max_body_bytes: int = 64 << 20, check_id_time: bool = False,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.api_key, self.workspace = api_key, workspace
+        self.ssl_context = ssl_context  # serve HTTPS with this certificate
         self.max_body_bytes = max_body_bytes
         self.check_id_time = check_id_time  # Opik's optional "id time within 24 h"
         self.port = 0
@@ -220,7 +226,8 @@ class OpikEmulator:
     @property
     def base_url(self) -> str:
         """What ``opik.url`` / ``OPIK_URL_OVERRIDE`` should be."""
-        return f"http://127.0.0.1:{self.port}/api"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/api"
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> OpikEmulator:
@@ -387,7 +394,7 @@ class OpikEmulator:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))  # 0 the first time, then the same port
         self.port = sock.getsockname()[1]
-        self._site = web.SockSite(self._runner, sock)
+        self._site = web.SockSite(self._runner, sock, ssl_context=self.ssl_context)
         await self._site.start()
 
     async def _unlisten(self) -> None:

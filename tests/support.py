@@ -97,17 +97,20 @@ def span_ids(schema: str) -> list[str]:
 class Daemon:
     """``span-sidecar run`` as a real subprocess, its log in a file."""
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        self.config, self.log = config, log
+    def __init__(self, config: Path | None, log: Path, env: dict[str, str] | None = None,
+                 cwd: Path = REPO) -> None:
+        """``config`` None: no ``--config`` (the lookup order and the environment decide)."""
+        self.config, self.log, self.cwd = config, log, cwd
         base = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
         self.env = {**base, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
         self._log_fh = open(self.log, "ab")
+        config = [] if self.config is None else ["--config", str(self.config)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run", "--config", str(self.config)],
-            stdout=self._log_fh, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
+            [sys.executable, "-m", "sidecar", "run", *config],
+            stdout=self._log_fh, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
         return self
 
     def wait_started(self, timeout: float = 30.0) -> Daemon:

@@ -205,10 +205,12 @@ async def test_the_api_key_and_workspace_headers(emu: OpikEmulator) -> None:
     assert headers["authorization"] == "secret-key" and headers["comet-workspace"] == "team"
 
 
-async def test_without_an_api_key_no_auth_headers(sink: OpikSink, emu: OpikEmulator) -> None:
+async def test_without_an_api_key_no_key_but_the_workspace_header_all_the_same(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    """As the Opik SDK does: the workspace header always, the key when there is one."""
     assert await sink.send([span()]) == Delivered()
     assert "authorization" not in emu.requests()[0].headers
-    assert "comet-workspace" not in emu.requests()[0].headers
+    assert emu.requests()[0].headers["comet-workspace"] == "default"
 
 
 async def test_a_wrong_api_key_is_a_retry_not_a_rejection(emu: OpikEmulator) -> None:

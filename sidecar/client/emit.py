@@ -2,8 +2,10 @@
 
 Unlike the agent-facing API this raises, because its caller is a command that
 must report failure: ``ValueError`` when the fields make an invalid span (the
-line is checked with ``sidecar.records.parse_line``, imported only here), and
-``OSError`` when the spool cannot be written.
+line is checked with the daemon's ``sidecar.records.parse_line``, imported
+only here and only when the daemon is installed: the client distribution
+alone writes the span unchecked), and ``OSError`` when the spool cannot be
+written.
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ def emit_test_span(
     ``fields`` override any span field (``type``, ``input``, ``metadata``,
     ``model``, ``usage``, ``trace_id``...); ``duration_ms`` sets ``end_time``.
     """
-    from sidecar.records import Rejected, SpanRecord, parse_line
-
     start = datetime.now(UTC)
     duration = timedelta(milliseconds=float(fields.pop("duration_ms", 0.0)))
     record: dict[str, Any] = {
@@ -37,12 +37,23 @@ def emit_test_span(
     }
     record.update(fields)
     line = dumps_line(record)
+    span_id = _checked_id(line)
+    with SpoolWriter(spool_dir, agent) as writer:
+        if not writer.write_line(line):
+            raise OSError(f"could not write to spool {spool_dir}: {writer.stats().last_error}")
+    return span_id if span_id is not None else str(record["id"])
+
+
+def _checked_id(line: bytes) -> str | None:
+    """The span's id after the daemon's own parser accepted the line; None
+    when only the client is installed (no parser to check with)."""
+    try:
+        from sidecar.records import Rejected, SpanRecord, parse_line
+    except ImportError:
+        return None
     parsed = parse_line(line[:-1])
     if isinstance(parsed, Rejected):
         raise ValueError(f"not a valid span: {parsed.reason}")
     if not isinstance(parsed, SpanRecord):
         raise ValueError(f"not a span: kind={parsed.kind!r}")
-    with SpoolWriter(spool_dir, agent) as writer:
-        if not writer.write_line(line):
-            raise OSError(f"could not write to spool {spool_dir}: {writer.stats().last_error}")
     return str(parsed.id)

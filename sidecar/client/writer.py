@@ -21,12 +21,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sidecar.client import lifecycle
+from sidecar.client.fsutil import fsync_dir
 from sidecar.client.serialize import dumps_line
-from sidecar.clock import Clock
-from sidecar.fsutil import fsync_dir
+
+
+class Clock(Protocol):
+    """What the writer reads of a clock (the daemon's ``sidecar.clock`` fits);
+    defined here so that the client imports nothing outside ``sidecar.client``."""
+
+    def monotonic(self) -> float: ...
 
 FsyncPolicy = Literal["never", "interval", "always"]
 

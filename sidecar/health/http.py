@@ -1,4 +1,5 @@
-"""The probe and scrape server: ``/healthz``, ``/readyz``, ``/metrics``, ``/stats``.
+"""The probe and scrape server: ``/healthz``, ``/readyz``, ``/metrics``, ``/stats``,
+``/status`` (each sink's snapshot and catch-up pace, for ``span-sidecar status``).
 
 ``/healthz`` answers "is the event loop alive?". A handler cannot run while
 the loop is blocked, so a blocked loop shows to the prober first as a timeout
@@ -103,10 +104,12 @@ class HttpServer:
         clock: Clock | None = None,
         heartbeat_s: float = 0.5,
         stale_after_s: float = 5.0,
+        status: Callable[[], Any] | None = None,
     ) -> None:
         self._host, self._wanted_port = parse_listen(settings.listen)
         self._metrics = metrics
         self._readiness = readiness
+        self._status = status
         self._stats: StatsHandler | None = None
         self.heartbeat = Heartbeat(clock or SystemClock(), heartbeat_s, stale_after_s)
         self._runner: web.AppRunner | None = None
@@ -128,6 +131,7 @@ class HttpServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/stats", self._stats_page)
+        app.router.add_get("/status", self._status_page)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         try:
@@ -176,6 +180,15 @@ class HttpServer:
             log.error("http.metrics.failed", error_type=type(exc).__name__)
             return web.Response(status=500, text="metrics unavailable\n")
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def _status_page(self, request: web.Request) -> web.Response:
+        if self._status is None:
+            return _json(404, {"error": "status is not available"})
+        try:
+            return _json(200, self._status())
+        except Exception as exc:
+            log.error("http.status.failed", error_type=type(exc).__name__)
+            return _json(500, {"error": "status failed"})
 
     async def _stats_page(self, request: web.Request) -> web.Response:
         if self._stats is None:

@@ -13,11 +13,12 @@ global registry, so several instances (tests, one per app) never collide.
 
 from __future__ import annotations
 
+import platform
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -27,7 +28,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from sidecar.health.monitor import STATUSES, rss_bytes
+from sidecar import __version__
+from sidecar.health.monitor import STATUSES
 from sidecar.stats import BreakerState, CacheStats, SinkStats, SpoolStats
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -39,20 +41,27 @@ DURATION_BUCKETS = (
     60.0,
 )
 
-# (metric name without prefix, help, SinkStats field) for the per-sink numbers.
-_SINK_COUNTERS = (
-    ("records_read", "Parsed records handed to the sink's batches.", "records_read"),
-    ("records_shipped", "Records acknowledged by the sink.", "records_shipped"),
+# (metric name without prefix, help, value) for the per-sink numbers.
+_SINK_COUNTERS: tuple[tuple[str, str, Callable[[SinkStats], float]], ...] = (
+    ("records_read", "Parsed records handed to the sink's batches.",
+     lambda s: s.records_read),
+    ("records_shipped", "Records acknowledged by the sink.", lambda s: s.records_shipped),
     ("records_quarantined", "Records quarantined (parse or sink rejects).",
-     "records_quarantined"),
-    ("batches_shipped", "Batches acknowledged by the sink.", "batches_shipped"),
-    ("send_failures", "Send attempts answered with retry (429 included).", "attempts_failed"),
-    ("rate_limited", "Send attempts answered with 429.", "rate_limited_total"),
+     lambda s: s.records_quarantined),
+    ("batches_shipped", "Batches acknowledged by the sink.", lambda s: s.batches_shipped),
+    # Back-pressure is counted apart, so that an alert on failures does not
+    # fire on rate limiting.
+    ("send_failures", "Send attempts that failed (429 back-pressure excluded).",
+     lambda s: max(0, s.attempts_failed - s.rate_limited_total)),
+    ("send_backpressure", "Send attempts answered with back-pressure (HTTP 429, or the "
+     "client-side rate limit).", lambda s: s.rate_limited_total),
 )
-_SINK_GAUGES = (
-    ("lag_bytes", "Spool bytes not yet acknowledged by the sink.", "lag_bytes"),
-    ("lag_records", "Records read but not yet acknowledged by the sink.", "lag_records"),
-    ("lag_seconds", "Age of the oldest unacknowledged data (0 when current).", "lag_seconds"),
+_SINK_GAUGES: tuple[tuple[str, str, Callable[[SinkStats], float]], ...] = (
+    ("lag_bytes", "Spool bytes not yet acknowledged by the sink.", lambda s: s.lag_bytes),
+    ("lag_records", "Records read but not yet acknowledged by the sink.",
+     lambda s: s.lag_records),
+    ("lag_seconds", "Age of the oldest unacknowledged data (0 when current).",
+     lambda s: s.lag_seconds),
 )
 
 
@@ -64,12 +73,10 @@ class SnapshotCollector(Collector):
         sinks: Callable[[], Sequence[SinkStats]],
         spool: Callable[[], SpoolStats],
         status: Callable[[], str],
-        rss: Callable[[], int] = rss_bytes,
     ) -> None:
         self._sinks = sinks
         self._spool = spool
         self._status = status
-        self._rss = rss
 
     def describe(self) -> Iterable[Metric]:
         # Registration must not call the snapshot callables (the components
@@ -83,7 +90,6 @@ class SnapshotCollector(Collector):
         spool = self._spool()
         yield _gauge("spool_files", "Spool files being tracked.", spool.files)
         yield _gauge("spool_bytes", "Bytes in the spool files being tracked.", spool.bytes)
-        yield _gauge("resident_memory_bytes", "Resident memory of the sidecar.", self._rss())
         health = GaugeMetricFamily(
             PREFIX + "health_status", "1 for the current health status.", labels=["status"]
         )
@@ -91,6 +97,14 @@ class SnapshotCollector(Collector):
         for status in STATUSES:
             health.add_metric([status], 1.0 if status == current else 0.0)
         yield health
+        yield _build_info()
+
+
+def _build_info() -> GaugeMetricFamily:
+    info = GaugeMetricFamily(PREFIX + "build_info", "Always 1; the labels say what runs.",
+                             labels=["version", "python"])
+    info.add_metric([__version__, platform.python_version()], 1.0)
+    return info
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
@@ -98,16 +112,26 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
 
 
 def _sink_families(sinks: Sequence[SinkStats]) -> Iterable[Metric]:
-    for name, help_text, field in _SINK_COUNTERS:
+    for name, help_text, value in _SINK_COUNTERS:
         counter = CounterMetricFamily(PREFIX + name, help_text, labels=["sink"])
         for stats in sinks:
-            counter.add_metric([stats.sink], getattr(stats, field))
+            counter.add_metric([stats.sink], value(stats))
         yield counter
-    for name, help_text, field in _SINK_GAUGES:
+    for name, help_text, value in _SINK_GAUGES:
         gauge = GaugeMetricFamily(PREFIX + name, help_text, labels=["sink"])
         for stats in sinks:
-            gauge.add_metric([stats.sink], getattr(stats, field))
+            gauge.add_metric([stats.sink], value(stats))
         yield gauge
+    # Absent while the sink is current: 0 would read as 1970, and
+    # ``time() - metric`` as a lag of 56 years.
+    oldest = GaugeMetricFamily(
+        PREFIX + "oldest_unshipped_timestamp_seconds",
+        "Unix time the oldest byte not yet acknowledged by the sink was first seen "
+        "(absent when the sink is current).", labels=["sink"])
+    for stats in sinks:
+        if stats.oldest_unacked is not None:
+            oldest.add_metric([stats.sink], stats.oldest_unacked)
+    yield oldest
 
 
 def _breaker_families(sinks: Sequence[SinkStats]) -> Iterable[Metric]:
@@ -211,14 +235,17 @@ class Metrics:
         sinks: Callable[[], Sequence[SinkStats]],
         spool: Callable[[], SpoolStats],
         status: Callable[[], str],
-        rss: Callable[[], int] = rss_bytes,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.durations = DurationHistograms()
         # The bound method is the DurationRecorder's observe: one call, no wrapper.
         self.observe: Callable[[str, float, str], None] = self.durations.observe
         self.registry.register(_HistogramCollector(self.durations))
-        self.registry.register(SnapshotCollector(sinks, spool, status, rss))
+        self.registry.register(SnapshotCollector(sinks, spool, status))
+        # process_open_fds, process_max_fds, process_cpu_seconds_total,
+        # process_resident_memory_bytes, ... (each sink holds every tracked
+        # spool file open, so open fds are worth watching).
+        ProcessCollector(registry=self.registry)
 
     def add_cache(self, stats: Callable[[], CacheStats]) -> None:
         """Export the statistics cache's counters (``span_sidecar_cache_*``)."""

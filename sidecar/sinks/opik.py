@@ -1,9 +1,10 @@
 """The Opik sink: spans, traces and feedback scores over Opik's REST API.
 
-It speaks HTTP with one shared ``httpx.AsyncClient`` (HTTP/1.1 keep-alive)
-and never imports the ``opik`` package (about 50 MB and 400 MB of
-dependencies for a few JSON requests). A batch becomes up to four kinds of
-requests (spans, traces, trace scores, span scores), each cut to at most
+It speaks HTTP with one shared ``httpx.AsyncClient`` (HTTP/1.1 keep-alive;
+headers, TLS and gzip as the Opik SDK does them: ``opik_http.py``) and
+never imports the ``opik`` package (about 50 MB and 400 MB of dependencies
+for a few JSON requests). A batch becomes up to four kinds of requests
+(spans, traces, trace scores, span scores), each cut to at most
 ``max_batch_records`` items and ``max_request_bytes``; spans and traces go
 concurrently (up to ``max_in_flight``), scores after them.
 
@@ -40,6 +41,7 @@ from sidecar.sinks.base import (
     SinkContext,
     isolate_rejects,
 )
+from sidecar.sinks.opik_http import Compressor, client_for
 from sidecar.sinks.opik_payloads import ROUTES, Group, bodies_of, envelope, plan
 
 log = structlog.get_logger("sidecar.sinks.opik")
@@ -101,21 +103,11 @@ class OpikSink:
         limit = settings.max_events_per_minute
         self._bucket = None if limit is None else TokenBucket(limit, self.clock)
         self._client: httpx.AsyncClient | None = None
+        self._compressor = Compressor(settings)
 
     async def __aenter__(self) -> OpikSink:
-        s = self.settings
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        if s.api_key is not None and s.api_key.get_secret_value():
-            headers["authorization"] = s.api_key.get_secret_value()
-            headers["Comet-Workspace"] = s.workspace
-        self._client = httpx.AsyncClient(
-            base_url=s.url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(s.timeout_s),
-            # One connection more than max_in_flight: check() never waits behind a send.
-            limits=httpx.Limits(max_connections=s.max_in_flight + 1,
-                                max_keepalive_connections=s.max_in_flight + 1),
-        )
+        # One connection more than max_in_flight: check() never waits behind a send.
+        self._client = client_for(self.settings)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -189,9 +181,10 @@ class OpikSink:
     async def _request(self, group: Group, records: Sequence[Record]) -> None:
         """One request; raises RejectError (invalid data) or _RetryNow."""
         method, path, _ = ROUTES[group.endpoint]
-        body = envelope(group.endpoint, bodies_of(group, records))
+        body, headers = self._compressor.encode(envelope(group.endpoint,
+                                                         bodies_of(group, records)))
         try:
-            response = await self._http().request(method, path, content=body)
+            response = await self._http().request(method, path, content=body, headers=headers)
         except httpx.HTTPError as exc:
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"
             raise _RetryNow(Retry(f"opik: {kind}: {type(exc).__name__}")) from None

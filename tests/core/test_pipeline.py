@@ -212,6 +212,29 @@ async def test_backpressure_waits_without_opening_the_breaker(tmp_path: Path) ->
     assert h.clock.monotonic() - t0 >= 40.0  # RateLimit-Reset honoured each time
 
 
+async def test_a_429_moves_the_backpressure_counter_not_the_failure_counter(
+        tmp_path: Path) -> None:
+    """/metrics: an alert on send failures must not fire on rate limiting."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sidecar.health.metrics import Metrics
+    from sidecar.stats import SpoolStats
+
+    sink = FakeSink(Retry("429", after_s=1.0, failure=False), Retry("503"),
+                    Retry("429", after_s=1.0, failure=False))
+    h = Harness(tmp_path, sink, failure_threshold=5)
+    h.write([span(0)])
+    h.start()
+    await h.until(lambda: len(sink.stored) == 1)
+    await h.finish()
+    metrics = Metrics(sinks=lambda: [h.pipeline.stats()], spool=lambda: SpoolStats(0, 0),
+                      status=lambda: "healthy")
+    got = {s.name: s.value for f in text_string_to_metric_families(metrics.render().decode())
+           for s in f.samples if s.labels.get("sink") == "fake"}
+    assert got["span_sidecar_send_backpressure_total"] == 2
+    assert got["span_sidecar_send_failures_total"] == 1
+
+
 async def test_partial_rejects_are_quarantined_and_synced_before_the_checkpoint_moves(
         tmp_path: Path) -> None:
     sink = FakeSink(PartlyRejected({1: "value too long for type"}))

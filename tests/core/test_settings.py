@@ -80,7 +80,7 @@ def test_a_missing_default_file_means_every_default(
 
 
 def test_a_missing_named_file_is_an_error(tmp_path: Path) -> None:
-    assert problems(tmp_path / "nope.yaml") == ["file not found"]
+    assert problems(tmp_path / "nope.yaml") == ["file not found (named by --config)"]
 
 
 ENVIRONMENTS = """

@@ -32,12 +32,6 @@ PROMTOOL = "Debian package prometheus"
 NOT_EXPORTED = {
     # Prometheus itself makes `up` for every scrape target.
     "up",
-    # The process collector's standard names come with the change that renames
-    # the metrics to Prometheus conventions; until then memory is
-    # span_sidecar_resident_memory_bytes and open files are not exported.
-    "process_resident_memory_bytes",
-    "process_open_fds",
-    "process_max_fds",
 }
 # What the dashboard must show: throughput, lag, breakers, quarantine, memory, files.
 MUST_QUERY = {

@@ -71,7 +71,7 @@ def test_status_reports_bytes_behind_without_a_daemon(sidecar_env: SidecarEnv) -
     after = json.loads(cli("status", "--json", "--config", str(sidecar_env.config)).stdout)
     assert after["sinks"][0]["bytes_behind"] == 0 and after["sinks"][0]["breaker"] == "closed"
     text = cli("status", "--config", str(sidecar_env.config)).stdout
-    assert "postgres" in text and "behind: 0 files" in text
+    assert "postgres" in text and "behind: 0 records, 0 B in 0 files" in text
 
 
 def test_emit_writes_a_span_that_reaches_postgres(sidecar_env: SidecarEnv) -> None:

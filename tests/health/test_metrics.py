@@ -26,17 +26,19 @@ def test_snapshot_values_are_exported(make_sink: SinkFactory) -> None:
     sinks = [
         make_sink("postgres", records_read=100, records_shipped=90, records_quarantined=3,
                   batches_shipped=7, attempts_failed=4, rate_limited_total=1, lag_bytes=2048,
-                  lag_records=7, lag_seconds=1.5, opened=2),
+                  lag_records=7, lag_seconds=1.5, opened=2, oldest_unacked=1_700_000_000.5),
         make_sink("opik", breaker="half_open", records_read=5),
     ]
     metrics = Metrics(sinks=lambda: sinks, spool=lambda: SpoolStats(files=3, bytes=4096),
-                      status=lambda: "degraded", rss=lambda: 123456)
+                      status=lambda: "degraded")
     got = samples(metrics)
     pg = (("sink", "postgres"),)
     expected = {
         "span_sidecar_records_read_total": 100, "span_sidecar_records_shipped_total": 90,
         "span_sidecar_records_quarantined_total": 3, "span_sidecar_batches_shipped_total": 7,
-        "span_sidecar_send_failures_total": 4, "span_sidecar_rate_limited_total": 1,
+        # 4 attempts failed, one of them a 429: 3 failures and 1 back-pressure
+        "span_sidecar_send_failures_total": 3, "span_sidecar_send_backpressure_total": 1,
+        "span_sidecar_oldest_unshipped_timestamp_seconds": 1_700_000_000.5,
         "span_sidecar_lag_bytes": 2048, "span_sidecar_lag_records": 7,
         "span_sidecar_lag_seconds": 1.5, "span_sidecar_breaker_opened_total": 2,
     }
@@ -49,7 +51,8 @@ def test_snapshot_values_are_exported(make_sink: SinkFactory) -> None:
             assert got[key] == (1.0 if state == current else 0.0)
     assert got[("span_sidecar_spool_files", ())] == 3
     assert got[("span_sidecar_spool_bytes", ())] == 4096
-    assert got[("span_sidecar_resident_memory_bytes", ())] == 123456
+    # the opik sink is current: no oldest-unshipped timestamp for it
+    assert ("span_sidecar_oldest_unshipped_timestamp_seconds", (("sink", "opik"),)) not in got
     for status in ("healthy", "degraded", "unhealthy"):
         assert got[("span_sidecar_health_status", (("status", status),))] == (
             1.0 if status == "degraded" else 0.0)
@@ -62,7 +65,24 @@ def test_values_are_read_at_scrape_time(make_sink: SinkFactory) -> None:
     assert samples(metrics)[("span_sidecar_records_shipped_total", (("sink", "postgres"),))] == 1
     current[0] = make_sink(records_shipped=42)
     assert samples(metrics)[("span_sidecar_records_shipped_total", (("sink", "postgres"),))] == 42
-    assert samples(metrics)[("span_sidecar_resident_memory_bytes", ())] > 0
+
+
+
+def test_process_and_build_info_are_exported_and_names_do_not_repeat() -> None:
+    """The process collector replaces the sidecar's own memory gauge."""
+    import platform
+
+    from sidecar import __version__
+
+    metrics = Metrics(sinks=list, spool=lambda: SpoolStats(0, 0), status=lambda: "healthy")
+    got = samples(metrics)
+    for name in ("process_open_fds", "process_max_fds", "process_cpu_seconds_total",
+                 "process_resident_memory_bytes"):
+        assert got[(name, ())] > 0, name
+    assert ("span_sidecar_resident_memory_bytes", ()) not in got
+    info = (("python", platform.python_version()), ("version", __version__))
+    assert got[("span_sidecar_build_info", info)] == 1
+    assert not any(name == "span_sidecar_rate_limited_total" for name, _ in got)
 
 
 def test_monitor_observations_feed_the_duration_histogram(

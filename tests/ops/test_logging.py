@@ -1,0 +1,69 @@
+"""Every log line, the sidecar's own and the stdlib's, is one JSON object with its logger."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import structlog
+
+from sidecar.logging import configure
+from sidecar.settings import LoggingSettings
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    out = io.StringIO()  # not a terminal: "auto" means JSON
+    configure(LoggingSettings(level="info", format="auto"), out)
+    yield out
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_span_sidecar_handler", False)]:
+        root.removeHandler(handler)
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [orjson.loads(x) for x in stream.getvalue().splitlines() if x]
+
+
+def test_a_stdlib_log_line_comes_out_as_json_with_its_logger_name(stream: io.StringIO) -> None:
+    logging.getLogger("aiohttp.server").error("Error handling request from %s", "127.0.0.1")
+    logging.getLogger("asyncio").warning("Executing %s took %.3f seconds", "<Task>", 0.25)
+    first, second = lines(stream)
+    assert first["logger"] == "aiohttp.server" and first["level"] == "error"
+    assert first["event"] == "Error handling request from 127.0.0.1"
+    assert second["logger"] == "asyncio" and "took 0.250 seconds" in str(second["event"])
+    assert "timestamp" in first
+
+
+def test_the_client_writers_stdlib_logger_goes_through_structlog_too(
+        stream: io.StringIO) -> None:
+    logging.getLogger("sidecar.client.writer").warning("spool write failed: %s", "ENOSPC")
+    (record,) = lines(stream)
+    assert record["logger"] == "sidecar.client.writer" and record["level"] == "warning"
+
+
+def test_structlog_events_carry_their_logger_name_and_fields(stream: io.StringIO) -> None:
+    structlog.get_logger("sidecar.test").info("test.event.logged", sink="postgres", n=3)
+    (record,) = lines(stream)
+    assert record == {**record, "event": "test.event.logged", "logger": "sidecar.test",
+                      "sink": "postgres", "n": 3, "level": "info"}
+
+
+def test_records_below_the_level_are_dropped(stream: io.StringIO) -> None:
+    logging.getLogger("aiohttp.access").debug("noise")
+    structlog.get_logger("sidecar.test").debug("test.noise.logged")
+    assert lines(stream) == []
+
+
+def test_an_exception_becomes_a_structured_traceback(stream: io.StringIO) -> None:
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        logging.getLogger("asyncio").exception("Task exception was never retrieved")
+    (record,) = lines(stream)
+    assert record["logger"] == "asyncio"
+    assert "ValueError" in orjson.dumps(record["exception"]).decode()

@@ -1,0 +1,125 @@
+"""The Opik client's parity with the SDK: workspace header, gzip, TLS from the system store."""
+
+from __future__ import annotations
+
+import gzip
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sidecar.settings import OpikSettings
+from sidecar.sinks.base import Delivered, Retry
+from sidecar.sinks.opik import OpikSink
+from sidecar.sinks.opik_http import MIN_GZIP_BYTES, Compressor, is_loopback, tls_verify
+from tests.opik_emulator import OpikEmulator
+from tests.opik_fixtures import no_proxies, settings_for, span
+
+
+async def test_bodies_are_gzipped_when_told_and_the_emulator_stores_them(
+        emu: OpikEmulator) -> None:
+    records = [span() for _ in range(50)]
+    async with OpikSink(settings_for(emu, compress="always")) as opik:
+        assert await opik.send(records) == Delivered()
+    (seen,) = emu.requests("spans")
+    assert seen.headers["content-encoding"] == "gzip"
+    assert int(seen.headers["content-length"]) < seen.size / 3  # on the wire vs inflated
+    assert set(emu.spans()) == {str(r.id) for r in records}
+
+
+async def test_auto_does_not_compress_for_an_opik_on_this_machine(emu: OpikEmulator) -> None:
+    async with OpikSink(settings_for(emu, compress="auto")) as opik:
+        assert await opik.send([span() for _ in range(50)]) == Delivered()
+    assert "content-encoding" not in emu.requests("spans")[0].headers
+
+
+def test_auto_compresses_large_bodies_for_a_remote_opik() -> None:
+    remote = Compressor(OpikSettings(url="https://opik.example/api", compress="auto"))
+    small = b"{" + b" " * (MIN_GZIP_BYTES - 3) + b"}"  # one byte short
+    assert remote.encode(small) == (small, {})
+    large = b'{"spans": [' + b'{"name": "step"},' * 200 + b"{}]}"
+    body, headers = remote.encode(large)
+    assert headers == {"content-encoding": "gzip"} and gzip.decompress(body) == large
+    never = Compressor(OpikSettings(url="https://opik.example/api", compress="never"))
+    assert never.encode(large) == (large, {})
+
+
+@pytest.mark.parametrize(("url", "loopback"), [
+    ("http://127.0.0.1:5173/api", True), ("http://localhost:5173/api", True),
+    ("http://[::1]:5173/api", True), ("https://www.comet.com/opik/api", False),
+    ("http://10.0.0.5/api", False), ("http://opik.internal/api", False),
+])
+def test_what_counts_as_this_machine(url: str, loopback: bool) -> None:
+    assert is_loopback(url) is loopback
+
+
+# -- TLS -----------------------------------------------------------------------------------
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private CA and a certificate it signed for 127.0.0.1 (ca.pem, srv.pem, srv.key)."""
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=span-sidecar test CA", cwd=d)
+    _openssl("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1",
+             cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    return d
+
+
+@pytest.fixture
+def tls_emu(private_ca: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpikEmulator]:
+    no_proxies(monkeypatch)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(private_ca / "srv.pem", private_ca / "srv.key")
+    with OpikEmulator(ssl_context=context) as server:
+        yield server
+
+
+async def test_a_private_ca_is_refused_by_default_and_trusted_through_ca_bundle(
+        tls_emu: OpikEmulator, private_ca: Path) -> None:
+    assert tls_emu.base_url.startswith("https://")
+    async with OpikSink(settings_for(tls_emu)) as opik:
+        refused = await opik.send([span()])
+    assert isinstance(refused, Retry) and refused.failure and not tls_emu.spans()
+    settings = settings_for(tls_emu, ca_bundle=private_ca / "ca.pem")
+    async with OpikSink(settings) as opik:
+        assert await opik.send([span()]) == Delivered()
+    assert len(tls_emu.spans()) == 1
+
+
+async def test_verification_can_be_switched_off(tls_emu: OpikEmulator) -> None:
+    async with OpikSink(settings_for(tls_emu, verify_tls=False)) as opik:
+        assert await opik.send([span()]) == Delivered()
+
+
+def test_the_default_trusts_the_system_store_not_certifi(
+        private_ca: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenSSL's default paths honour SSL_CERT_FILE: a CA the host trusts is trusted."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(private_ca / "ca.pem"))
+    context = tls_verify(OpikSettings())
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    names = [dict(x[0] for x in c["subject"]).get("commonName") for c in context.get_ca_certs()]
+    assert "span-sidecar test CA" in names
+    assert tls_verify(OpikSettings(verify_tls=False)) is False
+
+
+async def test_the_system_store_reaches_the_sink(
+        tls_emu: OpikEmulator, private_ca: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(private_ca / "ca.pem"))
+    async with OpikSink(settings_for(tls_emu)) as opik:
+        assert await opik.send([span()]) == Delivered()
+    with pytest.raises(httpx.ConnectError):  # certifi's bundle, what httpx uses by default
+        async with httpx.AsyncClient(trust_env=False) as plain:
+            await plain.get(tls_emu.base_url + "/is-alive/ping")
