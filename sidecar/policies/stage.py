@@ -24,6 +24,7 @@ from sidecar.policies.redaction import Counts, Redactor
 from sidecar.policies.sampling import Sampler
 from sidecar.records import ErrorInfo, Event, Record, SpanRecord, TraceRecord
 from sidecar.settings import Settings
+from sidecar.stats import PolicyStats
 
 
 class SampledOut:
@@ -38,14 +39,6 @@ class SampledOut:
 SAMPLED_OUT: Final = SampledOut()
 JSON_FIELDS = ("input", "output", "metadata")
 LIMITED_FIELDS = (*JSON_FIELDS, "events", "error_info")
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyStats:
-    """What the stage did since start: masks per pattern, truncations per field."""
-
-    redactions: tuple[tuple[str, int], ...]
-    truncated: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
