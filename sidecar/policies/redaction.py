@@ -13,9 +13,10 @@ in a decoded string is also a match in the raw text. JSON that escapes
 plain characters (``\\u0041``, ``\\/``) is always walked; so is any escape at
 all when user patterns are set (their syntax is the user's).
 
-Built-in patterns use Python's ``re`` (ours, written without nested
-quantifiers); user patterns run on RE2, whose matching time is linear in the
-input, so no pattern can stall the daemon.
+The gates run on RE2 (one pass over the text for every alternative), the
+built-in patterns' masking on Python's ``re`` (ours, with lookbehinds and
+no nested quantifiers), user patterns entirely on RE2, whose matching time is
+linear in the input, so no pattern can stall the daemon.
 """
 
 from __future__ import annotations
@@ -111,11 +112,13 @@ class Redactor:
         self._rules = rules
         # The gate for decoded strings: the cores (looser, and free of groups,
         # whose numbers a combined pattern would shift).
-        self._any = re.compile("|".join(f"(?:{c})" for c in cores)) if cores else None
+        # Both gates run on RE2: one pass whatever the number of alternatives
+        # (Python's re tries each alternative at each position: 10x slower).
+        self._any = re2.compile("|".join(f"(?:{c})" for c in cores)) if cores else None
         if self.keys:
             names = "|".join(re.escape(k) for k in self.keys)
             cores.append(f'"(?i:{names})"\\s*:')
-        self._pre = re.compile("|".join(cores).encode()) if cores else None
+        self._pre = re2.compile("|".join(f"(?:{c})" for c in cores).encode()) if cores else None
         self._user = [(p.name, re2.compile(p.regex)) for p in settings.patterns]
         self._user_pre = (re2.compile("|".join(f"(?:{p.regex})" for p in settings.patterns)
                                       .encode()) if self._user else None)
