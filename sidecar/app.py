@@ -30,13 +30,16 @@ from sidecar.health import (
 from sidecar.janitor import Janitor
 from sidecar.lifecycle import drain
 from sidecar.pipeline import PipelineSettings, SinkPipeline, SinkSpool
+from sidecar.policies import PolicyStage
 from sidecar.progress import Progress
 from sidecar.read_side import ReadSide
+from sidecar.reload import live_settings
 from sidecar.settings import Settings, mask_url
 from sidecar.sinks.base import Sink, SinkContext
 from sidecar.sinks.registry import build_sink, enabled_sinks
 from sidecar.spool.checkpoints import CheckpointStore
 from sidecar.spool.quarantine import Quarantine
+from sidecar.spool.quota import SpoolQuota
 from sidecar.spool.state import StateDir
 from sidecar.spool.tailer import SpoolReader
 from sidecar.spool.watcher import SpoolWatcher
@@ -48,16 +51,22 @@ CANCEL_GRACE_S = 2.0
 
 class App:
     def __init__(self, settings: Settings, clock: Clock | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, environment: str | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.state = StateDir(settings.spool.state_dir)
         self.pipelines: list[SinkPipeline] = []
         self.started = asyncio.Event()
         self.notifier = notifier or Notifier(clock=self.clock)
+        # One stage for every sink: sample, redact, truncate (sidecar/policies).
+        env = os.environ.get("SIDECAR_ENV", "") if environment is None else environment
+        self.policies = PolicyStage(settings, env)
+        self.quota = SpoolQuota(settings.spool, [], self.clock)
         self.metrics = Metrics(sinks=self.sink_stats, spool=self.spool_stats,
-                               status=lambda: self.monitor.status.status)
-        self.monitor = SelfMonitor(settings.health, self.clock, recorder=self.metrics)
+                               status=lambda: self.monitor.status.status,
+                               policies=self.policies.stats, quota=self.quota.stats)
+        self.monitor = SelfMonitor(settings.health, self.clock, recorder=self.metrics,
+                                   quota=self.quota.stats)
         self.progress = Progress(self.sink_stats, self.clock)
         self.http: HttpServer | None = None
         self.read: ReadSide | None = None  # stats, cache and retention (with Postgres)
@@ -102,8 +111,26 @@ class App:
         quarantine = Quarantine(self.state, sink.name, self.clock)
         quarantine.open()
         spool = SinkSpool(reader, store, quarantine, watcher.subscribe(), self.state)
-        settings = PipelineSettings(s.batch, s.breaker, s.retry, s.spans.max_line_bytes)
-        return SinkPipeline(sink, spool, settings, self.clock, observe=self.monitor.observe)
+        # The first pipeline counts what the shared policy stage did.
+        return SinkPipeline(sink, spool, self._pipeline_settings(), self.clock,
+                            observe=self.monitor.observe, policies=self.policies,
+                            counts_policies=not self.pipelines)
+
+    def _pipeline_settings(self) -> PipelineSettings:
+        s = self.settings
+        return PipelineSettings(s.batch, s.breaker, s.retry, s.spans.max_line_bytes)
+
+    def reload(self, new: Settings) -> list[str]:
+        """Apply what can change live (policies, batch, breaker, retry, logging,
+        the spool quota) to what happens from now on; return the changed keys
+        that need a restart, which are ignored. In-flight batches carry on."""
+        effective, restart = live_settings(self.settings, new)
+        self.settings = effective
+        self.policies.configure(effective)
+        for p in self.pipelines:
+            p.reconfigure(self._pipeline_settings())
+        self.quota.settings = effective.spool
+        return restart
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and return."""
@@ -115,7 +142,10 @@ class App:
             self.read = await self._open_read_side(stack)
             sinks = await self._open_sinks(stack)
             watcher = SpoolWatcher(s.spool, self.clock)
-            pipelines = self.pipelines = [self._pipeline(sink, watcher) for sink in sinks]
+            for sink in sinks:
+                self.pipelines.append(self._pipeline(sink, watcher))
+            pipelines = self.pipelines
+            self.quota.readers = [p.reader for p in pipelines]
             for p in pipelines:
                 stack.callback(p.reader.close)
                 stack.callback(p.quarantine.close)
@@ -144,7 +174,8 @@ class App:
                 log.warning("health.span.dropped", reason=writer.stats().last_error)
 
         return HealthReporter(self.settings.health, self.monitor, self.sink_stats,
-                              self.spool_stats, write, self.clock)
+                              self.spool_stats, write, self.clock, policies=self.policies.stats,
+                              quota=self.quota.stats)
 
     async def _supervise(self, stop: asyncio.Event, sinks: list[Sink], watcher: SpoolWatcher,
                          reporter: HealthReporter | None) -> None:
@@ -159,6 +190,7 @@ class App:
             tg.create_task(every(self.clock, s.health.evaluate_interval_s, background,
                                  self.evaluate))
             tg.create_task(self.progress.run(background))
+            tg.create_task(self.quota.run(background))
             if self.http is not None:
                 tg.create_task(self.http.run(background))
             if reporter is not None:

@@ -133,7 +133,7 @@ def _check_config(settings: Settings, args: argparse.Namespace) -> int:
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.daemon import run_daemon
 
-    return asyncio.run(run_daemon(settings))
+    return asyncio.run(run_daemon(settings, args.config))
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """``span-sidecar run``: the App under signal handling (uvicorn's shell).
 
-The first SIGTERM/SIGINT starts a drain; a second exits at once. The exit is
+The first SIGTERM/SIGINT starts a drain; a second exits at once. SIGHUP
+re-reads the config file the daemon started with (``sidecar/reload.py``). The exit is
 bounded whatever a driver does: after a stop signal the app has
 ``shutdown.drain_timeout_s`` plus a grace period, and past that the process
 exits. That is safe at any moment: checkpoints are durable and only ever
@@ -15,11 +16,13 @@ import resource
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 
 from sidecar.app import App
 from sidecar.lifecycle import drain
+from sidecar.reload import reload_config
 from sidecar.settings import Settings
 
 log = structlog.get_logger("sidecar.daemon")
@@ -61,12 +64,22 @@ def install_signal_handlers(stop: asyncio.Event, force: Callable[[], None]) -> N
         loop.add_signal_handler(sig, on_signal, sig)
 
 
-async def run_daemon(settings: Settings) -> int:
+def install_reload_handler(app: App, config: Path | None) -> None:
+    """SIGHUP: re-read ``config`` (as at start) and apply what can change live."""
+    def on_hup() -> None:
+        log.info("app.signal.received", signal="SIGHUP")
+        reload_config(app, config)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
+
+
+async def run_daemon(settings: Settings, config: Path | None = None) -> int:
     """Run until SIGTERM/SIGINT; 0 after a drain (a second signal exits with 1)."""
     raise_open_files_limit()
     stop = asyncio.Event()
     install_signal_handlers(stop, lambda: _exit_now(1, "app.exit.forced"))
     app = App(settings)
+    install_reload_handler(app, config)
     task = asyncio.create_task(app.run(stop))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -22,6 +22,26 @@ from sidecar.settings import LoggingSettings
 
 # The handler this module installed, so that configuring again replaces it.
 _HANDLER_FLAG = "_span_sidecar_handler"
+# The level in force; a SIGHUP reload changes it (``set_level``). structlog's
+# loggers are cached on first use, so its events are filtered by the first
+# processor rather than by the cached logger class; the stdlib's by the root.
+_level = [logging.INFO]
+_NAME_TO_LEVEL = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+                  "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
+                  "critical": logging.CRITICAL, "msg": logging.INFO}
+
+
+def set_level(level: str) -> None:
+    """Log ``level`` and above from now on (``logging.level`` on reload)."""
+    _level[0] = getattr(logging, level.upper())
+    logging.getLogger().setLevel(_level[0])
+
+
+def _below_level(logger: object, method: str, event: structlog.typing.EventDict
+                 ) -> structlog.typing.EventDict:
+    if _NAME_TO_LEVEL.get(method, logging.INFO) < _level[0]:
+        raise structlog.DropEvent
+    return event
 
 
 def _shared(fmt: str) -> list[structlog.typing.Processor]:
@@ -47,7 +67,6 @@ def configure(settings: LoggingSettings, stream: TextIO | None = None) -> None:
     fmt = settings.format
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
-    level = getattr(logging, settings.level.upper())
     shared = _shared(fmt)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
@@ -60,11 +79,11 @@ def configure(settings: LoggingSettings, stream: TextIO | None = None) -> None:
     for old in [h for h in root.handlers if getattr(h, _HANDLER_FLAG, False)]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
+    set_level(settings.level)
     structlog.configure(
-        processors=[*shared,
+        processors=[_below_level, *shared,
                     structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )

@@ -19,7 +19,8 @@ import structlog
 from sidecar.batching import Batch, Batcher
 from sidecar.breaker import Backoff, CircuitBreaker
 from sidecar.clock import Clock, yield_to_loop
-from sidecar.records import Record, Rejected, parse_line
+from sidecar.policies import PolicyStage, SampledOut
+from sidecar.records import Record, Rejected, SpanRecord, parse_line
 from sidecar.settings import BatchSettings, BreakerSettings, RetrySettings
 from sidecar.sinks.base import Delivered, Outcome, PartlyRejected, Retry, Sink, StreamingSink
 from sidecar.spool.checkpoints import CheckpointStore
@@ -33,6 +34,10 @@ log = structlog.get_logger("sidecar.pipeline")
 # (operation, seconds, sink): where the pipeline's timings go.
 Observe = Callable[[str, float, str], None]
 YIELD_EVERY = 200
+# Agents named in the sampled-out counters; later ones count as "other", so
+# the label's cardinality is bounded and every series only ever grows.
+MAX_AGENT_LABELS = 50
+OTHER_AGENTS = "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +66,13 @@ def _no_observe(op: str, seconds: float, sink: str) -> None:
 
 class SinkPipeline:
     def __init__(self, sink: Sink, spool: SinkSpool, settings: PipelineSettings,
-                 clock: Clock, observe: Observe = _no_observe) -> None:
+                 clock: Clock, observe: Observe = _no_observe,
+                 policies: PolicyStage | None = None, counts_policies: bool = True) -> None:
         self.sink, self.spool, self.settings = sink, spool, settings
         self.reader, self.quarantine = spool.reader, spool.quarantine
         self.clock, self.observe = clock, observe
+        # Shared by every sink's pipeline; only one of them counts what it did.
+        self.policies, self.counts_policies = policies, counts_policies
         self.breaker = CircuitBreaker(settings.breaker, sink.name)
         r = settings.retry
         self.backoff = Backoff(r.initial_backoff_s, r.max_backoff_s, r.multiplier)
@@ -78,7 +86,19 @@ class SinkPipeline:
         self.read_total = self.shipped_total = self.quarantined_total = 0
         self.batches_total = self.failed_total = self.limited_total = 0
         self.bytes_total = 0  # of shipped lines: the catch-up rate in bytes (progress.py)
+        self.sampled_out: dict[str, int] = {}
         self._recorded_state = ""
+
+    def reconfigure(self, settings: PipelineSettings) -> None:
+        """Batch, breaker and retry settings for what happens from now on (a
+        reload): the pending batch and in-flight sends carry on untouched."""
+        self.settings = settings
+        self.breaker.settings = settings.breaker
+        r = settings.retry
+        self.backoff = Backoff(r.initial_backoff_s, r.max_backoff_s, r.multiplier)
+        b = self.batcher
+        b.max_records = self.sink.max_batch_records or settings.batch.max_records
+        b.max_wait_s, b.max_bytes = settings.batch.max_wait_ms / 1000, settings.batch.max_bytes
 
     async def run(self, stop: asyncio.Event) -> None:
         """Ship until ``stop`` is set, then deliver what was read and return."""
@@ -143,8 +163,23 @@ class SinkPipeline:
                                 size=line.too_long or None)
             self.quarantined_total += 1
             self.batcher.add(line, None, now)
-        else:
-            self.batcher.add(line, result, now)
+            return
+        if self.policies is not None:
+            kept = self.policies.apply(result, line.raw, self.counts_policies)
+            if isinstance(kept, SampledOut):
+                # Acknowledged with the batch, like a quarantined line's position.
+                self._count_sampled_out(result)
+                self.batcher.add(line, None, now)
+                return
+            result = kept
+        self.batcher.add(line, result, now)
+
+    def _count_sampled_out(self, record: Record) -> None:
+        agent = (record.agent_name if isinstance(record, SpanRecord) else None) or "unknown"
+        counts = self.sampled_out
+        if agent not in counts and len(counts) >= MAX_AGENT_LABELS:
+            agent = OTHER_AGENTS
+        counts[agent] = counts.get(agent, 0) + 1
 
     def _parse(self, line: Line) -> Record | Rejected:
         if line.too_long:
@@ -237,7 +272,13 @@ class SinkPipeline:
         self.quarantine.sync()
         for f, gen, end in batch.ends.values():
             self.reader.ack(f, gen, end)
-        self.spool.store.save(self.reader.marks())
+        try:
+            self.spool.store.save(self.reader.marks())
+        except OSError as exc:
+            # The previous checkpoint is intact and only trails what was
+            # stored (a restart re-ships, without duplicates); the next batch
+            # tries again, so a full disk does not stop the shipping.
+            log.error("checkpoint.write.failed", sink=self.sink.name, error=exc.strerror)
         self.quarantined_total += len(rejects)
         self.shipped_total += len(batch.records) - len(rejects)
         self.batches_total += 1
@@ -257,11 +298,14 @@ class SinkPipeline:
     def stats(self) -> SinkStats:
         oldest = self.reader.oldest_unacked()
         lag_s = 0.0 if oldest is None else max(0.0, self.clock.wall() - oldest)
-        in_flight = self.read_total - self.shipped_total - self.quarantined_total
+        sampled = sum(self.sampled_out.values())
+        in_flight = self.read_total - self.shipped_total - self.quarantined_total - sampled
         return SinkStats(
             sink=self.sink.name, records_read=self.read_total, records_shipped=self.shipped_total,
             records_quarantined=self.quarantined_total, batches_shipped=self.batches_total,
             attempts_failed=self.failed_total, rate_limited_total=self.limited_total,
             lag_bytes=self.reader.lag_bytes(), lag_records=max(0, in_flight), lag_seconds=lag_s,
             oldest_unacked=oldest, breaker=self.breaker.stats(), bytes_shipped=self.bytes_total,
+            records_sampled_out=sampled,
+            sampled_out_by_agent=tuple(sorted(self.sampled_out.items())),
         )

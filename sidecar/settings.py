@@ -24,6 +24,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -57,6 +58,10 @@ class SpoolSettings(Section):
     # Where acknowledged .done files go; null deletes them.
     archive_dir: Path | None = None
     read_chunk_bytes: int = Field(default=1 << 20, ge=4096)
+    # The spool quota: null means none. "keep" only warns (health degraded,
+    # then unhealthy); "drop_oldest" deletes the oldest complete files.
+    max_bytes: int | None = Field(default=None, ge=1 << 20)
+    on_full: Literal["keep", "drop_oldest"] = "keep"
 
 
 class BatchSettings(Section):
@@ -138,8 +143,66 @@ class RetrySettings(Section):
     multiplier: float = Field(default=2.0, ge=1)
 
 
+Rate = Annotated[float, Field(ge=0, le=1)]
+
+
+class SamplingSettings(Section):
+    default_rate: Rate = 1.0
+    # Replaces default_rate when SIDECAR_ENV=production.
+    production_rate: Rate | None = None
+    always_sample_errors: bool = True
+    agent_overrides: dict[str, Rate] = Field(default_factory=dict)
+    tiers: dict[int, Rate] = Field(default_factory=dict)
+
+    def environment_rate(self, environment: str) -> float:
+        """The rate of agents without an override or tier rate."""
+        if environment == "production" and self.production_rate is not None:
+            return self.production_rate
+        return self.default_rate
+
+
+class RedactionPattern(Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    regex: str = Field(min_length=1)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        # User patterns run on RE2 (linear time): what RE2 cannot compile
+        # (backreferences, lookarounds) is a config error, not a runtime one.
+        import re2
+
+        try:
+            re2.compile(value)
+        except Exception as exc:
+            raise ValueError(f"not a valid RE2 regular expression: {exc}") from None
+        return value
+
+
+DEFAULT_SECRET_KEYS = ("password", "passwd", "secret", "api_key", "apikey", "token",
+                       "access_token", "authorization", "cookie")
+
+
+class RedactionSettings(Section):
+    enabled: bool = True
+    builtin: bool = True
+    patterns: tuple[RedactionPattern, ...] = ()
+    keys: tuple[str, ...] = DEFAULT_SECRET_KEYS
+    replacement: str = "[REDACTED]"
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RedactionSettings:
+        names = [p.name for p in self.patterns]
+        if len(names) != len(set(names)):
+            raise ValueError("patterns: each name must be unique")
+        return self
+
+
 class SpansSettings(Section):
     max_line_bytes: int = Field(default=1 << 20, ge=1024)
+    # A longer input/output/metadata/events/error_info value is truncated.
+    max_field_bytes: int = Field(default=64 << 10, ge=1024)
+    redaction: RedactionSettings = RedactionSettings()
 
 
 class RetentionSettings(Section):
@@ -216,6 +279,7 @@ class Settings(Section):
     redis: RedisSettings = RedisSettings()
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
+    sampling: SamplingSettings = SamplingSettings()
     spans: SpansSettings = SpansSettings()
     retention: RetentionSettings = RetentionSettings()
     cache: CacheSettings = CacheSettings()
@@ -238,11 +302,6 @@ class Settings(Section):
 # is an error, never a silent no-op (an operator who sets a redaction key must
 # not believe that secrets are masked).
 NOT_IMPLEMENTED: dict[tuple[str, ...], str] = {
-    ("sampling",): "trace sampling",
-    ("spans", "redaction"): "secret redaction",
-    ("spans", "max_field_bytes"): "field size limits",
-    ("spool", "max_bytes"): "the spool quota",
-    ("spool", "on_full"): "the spool quota",
 }
 
 
@@ -451,7 +510,7 @@ def _problems(exc: ValidationError, lines: KeyLines, chosen: str,
 
 
 def _secret_loc(loc: str) -> bool:
-    return any(word in loc for word in ("password", "api_key", "dsn", "url"))
+    return any(word in loc for word in ("password", "api_key", "dsn", "url", "redaction"))
 
 
 # libpq key/value DSNs and URL query strings may carry the password too.

@@ -37,6 +37,8 @@ class SinkStats:
     breaker: BreakerStats
     oldest_unacked: float | None = None  # wall time that byte was first seen
     bytes_shipped: int = 0  # raw bytes of the records acknowledged by the sink
+    records_sampled_out: int = 0  # dropped by sampling; acknowledged like shipped ones
+    sampled_out_by_agent: tuple[tuple[str, int], ...] = ()  # at most 50 agents + "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +65,23 @@ class CacheStats:
     errors: int
     invalidations: int  # batches whose agents' entries were invalidated
     redis: BreakerState  # the Redis breaker ("closed" for the memory backend)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaStats:
+    """The spool quota: usage against ``spool.max_bytes`` and what it dropped."""
+
+    max_bytes: int | None  # None: no quota
+    bytes: int  # bytes of the spool files present at the last check
+    on_full: str  # "keep" | "drop_oldest"
+    dropped_files: int = 0
+    dropped_records: int = 0  # records at least one sink had not read yet
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStats:
+    """What the policy stage did since start: masks per pattern name (never the
+    values), truncated fields per field name."""
+
+    redactions: tuple[tuple[str, int], ...] = ()
+    truncated: tuple[tuple[str, int], ...] = ()

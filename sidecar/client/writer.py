@@ -193,7 +193,8 @@ class SpoolWriter:
                 if os.path.lexists(path + ".done"):
                     continue  # an earlier process with our pid: never append to its files
                 try:
-                    self._fd = os.open(path, _OPEN_FLAGS, 0o644)
+                    # 0640: the agent's user and the sidecar's group only (spans hold prompts).
+                    self._fd = os.open(path, _OPEN_FLAGS, 0o640)
                 except FileExistsError:
                     continue
                 self._path, self._size = path, 0

@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from sidecar import __version__
 from sidecar.health.monitor import STATUSES
-from sidecar.stats import BreakerState, CacheStats, SinkStats, SpoolStats
+from sidecar.stats import BreakerState, CacheStats, PolicyStats, QuotaStats, SinkStats, SpoolStats
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 PREFIX = "span_sidecar_"
@@ -149,6 +149,48 @@ def _breaker_families(sinks: Sequence[SinkStats]) -> Iterable[Metric]:
     yield opened
 
 
+class PolicyCollector(Collector):
+    """Sampling, redaction, truncation and spool-quota figures from snapshots.
+
+    Labels are bounded: agents (50 + "other", see the pipeline), pattern names
+    from code and config, the five field names, one drop reason.
+    """
+
+    def __init__(self, sinks: Callable[[], Sequence[SinkStats]],
+                 policies: Callable[[], PolicyStats], quota: Callable[[], QuotaStats]) -> None:
+        self._sinks, self._policies, self._quota = sinks, policies, quota
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        sampled = CounterMetricFamily(
+            PREFIX + "records_sampled_out", "Records dropped by sampling (acknowledged).",
+            labels=["sink", "agent"])
+        for stats in self._sinks():
+            for agent, n in stats.sampled_out_by_agent:
+                sampled.add_metric([stats.sink, agent], n)
+        yield sampled
+        policies = self._policies()
+        yield _labelled("redactions", "Values masked by redaction, per pattern.", "pattern",
+                        policies.redactions)
+        yield _labelled("fields_truncated", "Fields cut to spans.max_field_bytes.", "field",
+                        policies.truncated)
+        quota = self._quota()
+        yield _labelled("records_dropped", "Records deleted unshipped from the spool.",
+                        "reason", (("spool_full", quota.dropped_records),))
+        if quota.max_bytes is not None:
+            yield _gauge("spool_quota_bytes", "spool.max_bytes.", quota.max_bytes)
+
+
+def _labelled(name: str, help_text: str, label: str,
+              values: Iterable[tuple[str, int]]) -> CounterMetricFamily:
+    family = CounterMetricFamily(PREFIX + name, help_text, labels=[label])
+    for value, n in values:
+        family.add_metric([value], n)
+    return family
+
+
 class DurationHistograms:
     """Cumulative duration histograms per op, exported as one metric family."""
 
@@ -235,6 +277,8 @@ class Metrics:
         sinks: Callable[[], Sequence[SinkStats]],
         spool: Callable[[], SpoolStats],
         status: Callable[[], str],
+        policies: Callable[[], PolicyStats] = PolicyStats,
+        quota: Callable[[], QuotaStats] = lambda: QuotaStats(None, 0, "keep"),
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.durations = DurationHistograms()
@@ -242,6 +286,7 @@ class Metrics:
         self.observe: Callable[[str, float, str], None] = self.durations.observe
         self.registry.register(_HistogramCollector(self.durations))
         self.registry.register(SnapshotCollector(sinks, spool, status))
+        self.registry.register(PolicyCollector(sinks, policies, quota))
         # process_open_fds, process_max_fds, process_cpu_seconds_total,
         # process_resident_memory_bytes, ... (each sink holds every tracked
         # spool file open, so open fds are worth watching).

@@ -12,7 +12,7 @@ import os
 import resource
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -22,7 +22,7 @@ import structlog
 from sidecar.clock import Clock
 from sidecar.health.latency import LatencySnapshot, LatencyWindow
 from sidecar.settings import HealthSettings
-from sidecar.stats import SinkStats
+from sidecar.stats import QuotaStats, SinkStats
 
 log = structlog.get_logger("sidecar.health")
 
@@ -39,6 +39,8 @@ MAX_OPERATIONS = 64
 MIN_ATTEMPTS = 5
 # Counter samples per window kept for the error rate (bounds memory).
 _SAMPLES_PER_WINDOW = 30
+# Spool use against spool.max_bytes: degraded from here, unhealthy when full.
+QUOTA_WARNING_PCT, QUOTA_CRITICAL_PCT = 90.0, 100.0
 
 
 class DurationRecorder(Protocol):
@@ -84,9 +86,11 @@ class SelfMonitor:
     """Latency windows per operation plus the health verdict from thresholds."""
 
     def __init__(
-        self, settings: HealthSettings, clock: Clock, recorder: DurationRecorder | None = None
+        self, settings: HealthSettings, clock: Clock, recorder: DurationRecorder | None = None,
+        quota: Callable[[], QuotaStats | None] | None = None,
     ) -> None:
         self._settings = settings
+        self._quota = quota
         self._clock = clock
         self._recorder = recorder
         self._windows: dict[OpKey, LatencyWindow] = {}
@@ -150,6 +154,7 @@ class SelfMonitor:
         for stats in sinks:
             findings.extend(self._judge_sink(stats, now))
         findings.extend(self._judge_latency())
+        findings.extend(self._judge_quota())
         worst = max((STATUSES.index(level) for level, _ in findings), default=0)
         result = HealthStatus(STATUSES[worst], tuple(reason for _, reason in findings))
         self._record(result)
@@ -172,6 +177,13 @@ class SelfMonitor:
                           limits.lag_warning_s, limits.lag_critical_s)
         if stats.breaker.state != "closed":
             yield "degraded", f"{stats.sink}: breaker {stats.breaker.state}"
+
+    def _judge_quota(self) -> Iterator[tuple[Status, str]]:
+        quota = self._quota() if self._quota is not None else None
+        if quota is not None and quota.max_bytes:
+            used = 100.0 * quota.bytes / quota.max_bytes
+            yield from _check("spool: quota used", used, "%", QUOTA_WARNING_PCT,
+                              QUOTA_CRITICAL_PCT)
 
     def _judge_latency(self) -> Iterator[tuple[Status, str]]:
         limits = self._settings.thresholds

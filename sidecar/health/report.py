@@ -25,7 +25,7 @@ from sidecar.clock import Clock, every
 from sidecar.health.latency import LatencySnapshot
 from sidecar.health.monitor import HealthStatus, OpKey, SelfMonitor, rss_bytes
 from sidecar.settings import HealthSettings
-from sidecar.stats import SinkStats, SpoolStats
+from sidecar.stats import PolicyStats, QuotaStats, SinkStats, SpoolStats
 
 log = structlog.get_logger("sidecar.health")
 
@@ -47,6 +47,8 @@ def _sink_metadata(stats: SinkStats, latencies: Mapping[OpKey, LatencySnapshot]
         "records_read": stats.records_read,
         "records_shipped": stats.records_shipped,
         "records_quarantined": stats.records_quarantined,
+        "records_sampled_out": stats.records_sampled_out,
+        "sampled_out_by_agent": dict(stats.sampled_out_by_agent),
         "lag": {
             "records": stats.lag_records,
             "bytes": stats.lag_bytes,
@@ -74,7 +76,11 @@ class HealthReporter:
         spool: Callable[[], SpoolStats],
         write: Callable[[Span], None],
         clock: Clock,
+        policies: Callable[[], PolicyStats] = PolicyStats,
+        quota: Callable[[], QuotaStats] | None = None,
     ) -> None:
+        self._policies = policies
+        self._quota = quota
         self._interval_s = settings.interval_s
         self._monitor = monitor
         self._sinks = sinks
@@ -113,10 +119,19 @@ class HealthReporter:
             "reasons": list(health.reasons),
             "sinks": {stats.sink: _sink_metadata(stats, latencies) for stats in sinks},
             "latency_ms": _latency(latencies, ""),
-            "spool": {"files": spool.files, "bytes": spool.bytes},
+            "spool": {"files": spool.files, "bytes": spool.bytes, **self._quota_metadata()},
+            "policies": {"redactions": dict(self._policies().redactions),
+                         "truncated": dict(self._policies().truncated)},
             "rss_bytes": rss_bytes(),
             "version": __version__,
         }
+
+    def _quota_metadata(self) -> dict[str, Any]:
+        if self._quota is None:
+            return {}
+        q = self._quota()
+        return {"max_bytes": q.max_bytes, "on_full": q.on_full,
+                "dropped_records": q.dropped_records, "dropped_files": q.dropped_files}
 
     def tick(self) -> Span | None:
         """Build and write one span; a failure is logged, not raised.

@@ -72,14 +72,20 @@ class CheckpointStore:
             "files": [_encode(m) for m in marks.values()],
         })
         tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(body)
-            while view:  # os.write may write less than asked
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(body)
+                while view:  # os.write may write less than asked
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            # A full disk (ENOSPC, EFBIG): the previous checkpoint was never
+            # touched; drop the partial temp file so it frees its space.
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.path)
         fsync_dir(self.dir)
 

@@ -88,7 +88,7 @@ class Quarantine:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 if self._is_current():
-                    os.write(self._fd, data)
+                    _write_whole(self._fd, data)
                     return
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -108,6 +108,22 @@ class Quarantine:
         if self._fd is not None and self._dirty:
             os.fsync(self._fd)
             self._dirty = False
+
+
+def _write_whole(fd: int, data: bytes) -> None:
+    """Append all of ``data`` or nothing: a write cut short by a full disk is
+    taken back, so the file never holds a torn entry."""
+    start = os.fstat(fd).st_size
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise
 
 
 def raw_of(entry: dict[str, object]) -> bytes:

@@ -345,6 +345,17 @@ class SpoolReader:
                                     f.deleted, f.skip_from is not None)
         return out
 
+    def forget(self, key: tuple[int, int]) -> int | None:
+        """Stop tracking a file (the spool quota dropped it): close it, so its
+        space is freed, and drop its mark. Returns how far it had been read
+        (None: not tracked). Lines of it already in a batch still ship."""
+        self._marks.pop(key, None)
+        f = self.files.pop(key, None)
+        if f is None:
+            return None
+        os.close(f.fd)
+        return f.read_pos
+
     def close(self) -> None:
         for f in self.files.values():
             os.close(f.fd)

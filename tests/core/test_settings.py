@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar import settings as settings_module
 from sidecar.settings import (
     ConfigError,
     Settings,
@@ -239,7 +240,9 @@ def test_redacted_config_never_contains_a_secret(tmp_path: Path) -> None:
     s = load_settings(path, env)
     assert s.opik.api_key is not None and s.opik.api_key.get_secret_value() == "opik-key-secret"
     text = json.dumps(redacted(s))
-    assert "secret" not in text, text
+    for secret in ("pg-url-secret", "pg-query-secret", "pg-field-secret", "opik-url-secret",
+                   "opik-key-secret"):
+        assert secret not in text, text
     data = redacted(s)
     assert data["postgres"]["password"] == "***" and data["opik"]["api_key"] == "***"
     assert data["postgres"]["dsn"].startswith("postgresql://app:***@db/spans")
@@ -284,31 +287,81 @@ def test_settings_built_directly_read_the_process_environment(
 
 # -- keys of features not built yet -------------------------------------------------------------
 
-def test_keys_not_implemented_yet_are_refused_with_their_line(tmp_path: Path) -> None:
-    """Accepting them would be worse than refusing: a redaction key would look like masking."""
+def test_keys_not_implemented_yet_are_refused_with_their_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accepting them would be worse than refusing: a redaction key that did nothing
+    would look like masking. (Every key of the contract is built today, so the test
+    declares two that are not.)"""
+    monkeypatch.setattr(settings_module, "NOT_IMPLEMENTED", {
+        ("export",): "an exporter", ("spans", "sampler"): "a sampler"})
     path = config(tmp_path, """
         spans:
           max_line_bytes: 2048
-          redaction:
-            keys: [password]
-        sampling:
-          default_rate: 0.5
+          sampler:
+            kind: tail
+        export:
+          to: kafka
         batch:
           max_records: 0
         environments:
           production:
-            spool: {max_bytes: 1000}
+            export: {to: s3}
     """)
     with pytest.raises(ConfigError) as info:
         load_settings(path, {})
     problems = info.value.problems
-    assert any(p.startswith("line 3: spans.redaction: not implemented yet") for p in problems)
-    assert any(p.startswith("line 5: sampling: not implemented yet") for p in problems)
-    assert any(p.startswith("line 11: environments.production.spool.max_bytes: not impl")
+    assert any(p.startswith("line 3: spans.sampler: not implemented yet") for p in problems)
+    assert any(p.startswith("line 5: export: not implemented yet") for p in problems)
+    assert any(p.startswith("line 11: environments.production.export: not implemented")
                for p in problems)
     # the other errors are still listed, and the refused keys only once each
     assert any("batch.max_records" in p for p in problems)
     assert len(problems) == 4, problems
+
+def test_policy_keys_are_accepted_with_the_contract_defaults(tmp_path: Path) -> None:
+    """sampling, spans.redaction, spans.max_field_bytes and the spool quota are built."""
+    defaults = load_settings(config(tmp_path, ""), {})
+    assert defaults.sampling.default_rate == 1.0 and defaults.sampling.production_rate is None
+    assert defaults.sampling.always_sample_errors is True
+    assert defaults.spans.max_field_bytes == 65536
+    assert defaults.spans.redaction.replacement == "[REDACTED]"
+    assert "authorization" in defaults.spans.redaction.keys
+    assert defaults.spool.max_bytes is None and defaults.spool.on_full == "keep"
+    path = config(tmp_path, """
+        sampling:
+          default_rate: 0.5
+          production_rate: 0.1
+          agent_overrides: {checkout: 1.0}
+          tiers: {2: 0.25}
+        spans:
+          max_field_bytes: 4096
+          redaction:
+            patterns: [{name: ticket, regex: "TCK-[0-9]{6}"}]
+        spool: {max_bytes: 104857600, on_full: drop_oldest}
+    """)
+    s = load_settings(path, {})
+    assert s.sampling.tiers == {2: 0.25}
+    assert s.sampling.environment_rate("production") == 0.1
+    assert s.sampling.environment_rate("staging") == 0.5
+    assert s.spans.redaction.patterns[0].name == "ticket"
+
+
+def test_bad_policy_values_are_reported_without_echoing_patterns(tmp_path: Path) -> None:
+    """A rate outside 0..1 and a regex RE2 cannot compile are config errors; the
+    pattern text (which may hold a literal secret) is not echoed."""
+    path = config(tmp_path, """
+        sampling:
+          default_rate: 1.5
+        spans:
+          redaction:
+            patterns: [{name: bad, regex: "(sk-live-abc)\\\\1"}]
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    problems = info.value.problems
+    assert any(p.startswith("line 2: sampling.default_rate") for p in problems), problems
+    assert any("spans.redaction.patterns.0.regex" in p and "RE2" in p for p in problems)
+    assert not any("sk-live-abc" in p for p in problems), problems
 
 
 def test_error_text_is_scrubbed_of_passwords() -> None:

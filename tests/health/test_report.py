@@ -66,6 +66,7 @@ def test_metadata_holds_the_documented_numbers(
     assert meta["status"] == "degraded" and meta["reasons"] == ["opik: breaker open"]
     assert meta["sinks"]["postgres"] == {
         "records_read": 10, "records_shipped": 8, "records_quarantined": 1,
+        "records_sampled_out": 0, "sampled_out_by_agent": {},
         "lag": {"records": 2, "bytes": 300, "seconds": 1.25},
         "breaker": "closed", "breaker_opened_total": 0,
         "latency_ms": meta["sinks"]["postgres"]["latency_ms"],
@@ -80,8 +81,9 @@ def test_metadata_holds_the_documented_numbers(
     assert meta["latency_ms"] == {}  # the sidecar's own ops (span_emit, cache) when observed
     assert meta["spool"] == {"files": 4, "bytes": 8192}
     assert meta["rss_bytes"] > 0
+    assert meta["policies"] == {"redactions": {}, "truncated": {}}
     assert set(meta) == {"status", "reasons", "sinks", "latency_ms", "spool", "rss_bytes",
-                         "version"}
+                         "version", "policies"}
 
 
 def test_successive_spans_cover_successive_intervals(

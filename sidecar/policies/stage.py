@@ -1,0 +1,170 @@
+"""The policy stage: sample, then redact, then truncate, once per record.
+
+Transforms between parse and batch (Vector's transforms are the model). One
+``PolicyStage`` is built by the app and shared by every sink's pipeline: each
+pipeline parses its own copy of a line and the decisions are deterministic,
+so every sink gets the same result. Counters of what the stage did
+(redactions per pattern, truncated fields) are counted by one pipeline only
+(``apply(..., count=True)``), so a record counts once whatever the number of
+sinks; sampled-out records are counted by each pipeline, per sink.
+
+``configure`` swaps the compiled policies in one assignment (a SIGHUP
+reload): records handled after it get the new ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+from msgspec import Raw
+from msgspec.structs import replace
+
+from sidecar.policies.limits import truncate_json
+from sidecar.policies.redaction import Counts, Redactor
+from sidecar.policies.sampling import Sampler
+from sidecar.records import ErrorInfo, Event, Record, SpanRecord, TraceRecord, encode_json
+from sidecar.settings import Settings
+from sidecar.stats import PolicyStats
+
+
+class SampledOut:
+    """The answer for a record the sampling policy drops."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SAMPLED_OUT"
+
+
+SAMPLED_OUT: Final = SampledOut()
+JSON_FIELDS = ("input", "output", "metadata")
+LIMITED_FIELDS = (*JSON_FIELDS, "events", "error_info")
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """One compiled configuration; replaced whole, never changed."""
+
+    sampler: Sampler
+    redactor: Redactor | None
+    max_field_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, environment: str) -> Policies:
+        r = settings.spans.redaction
+        key = settings.opik.api_key.get_secret_value() if settings.opik.api_key else None
+        return cls(Sampler(settings.sampling, environment),
+                   Redactor(r, key) if r.enabled else None, settings.spans.max_field_bytes)
+
+
+class PolicyStage:
+    def __init__(self, settings: Settings, environment: str = "") -> None:
+        self.policies = Policies.from_settings(settings, environment)
+        self.environment = environment
+        self._redactions: Counts = {}
+        self._truncated: Counts = {}
+
+    def configure(self, settings: Settings) -> None:
+        """Use ``settings``' policies for every record handled from now on."""
+        self.policies = Policies.from_settings(settings, self.environment)
+
+    def apply(self, record: Record, raw: bytes | None = None,
+              count: bool = True) -> Record | SampledOut:
+        """The record to ship (redacted, truncated), or ``SAMPLED_OUT``.
+
+        ``raw`` is the record's spool line: when given, a record whose line
+        has no candidate secret and fits the field limit is returned as it is
+        without looking at its fields.
+        """
+        p = self.policies
+        if not p.sampler.keep(record):
+            return SAMPLED_OUT
+        if not isinstance(record, SpanRecord | TraceRecord):
+            return record
+        redactions: Counts = {}
+        truncated: Counts = {}
+        if p.redactor is not None and (raw is None or p.redactor.may_match(raw)):
+            record = _redact(record, p.redactor, redactions)
+        if raw is None or len(raw) > p.max_field_bytes:
+            record = _truncate(record, p.max_field_bytes, truncated)
+        if count:
+            _add(self._redactions, redactions)
+            _add(self._truncated, truncated)
+        return record
+
+    def stats(self) -> PolicyStats:
+        return PolicyStats(tuple(sorted(self._redactions.items())),
+                           tuple(sorted(self._truncated.items())))
+
+
+def _add(total: Counts, more: Counts) -> None:
+    for name, n in more.items():
+        total[name] = total.get(name, 0) + n
+
+
+# -- applying the byte-level policies to a record's fields ------------------------
+# input/output/metadata and event attributes are raw JSON text (msgspec.Raw):
+# they are redacted and truncated as text, decoded only when something matches.
+
+Rec = SpanRecord | TraceRecord
+
+
+def _redact(record: Rec, redactor: Redactor, counts: Counts) -> Rec:
+    changes: dict[str, Any] = {}
+    for name in JSON_FIELDS:
+        value = getattr(record, name)
+        if value is not None:
+            new, found = redactor.redact_json(bytes(value))
+            if found:
+                changes[name] = Raw(new)
+                _add(counts, found)
+    if record.tags:
+        tags = redactor.redact_value(record.tags, counts)
+        if tags != record.tags:
+            changes["tags"] = tags
+    if record.error_info is not None:
+        info = record.error_info
+        masked = redactor.redact_value(
+            {"exception_type": info.exception_type, "message": info.message,
+             "traceback": info.traceback}, counts)
+        if masked["exception_type"] != info.exception_type or masked["message"] != info.message \
+                or masked["traceback"] != info.traceback:
+            changes["error_info"] = ErrorInfo(**masked)
+    if isinstance(record, SpanRecord) and record.events:
+        events = [_redact_event(e, redactor, counts) for e in record.events]
+        if any(new is not old for new, old in zip(events, record.events, strict=True)):
+            changes["events"] = events
+    return replace(record, **changes) if changes else record
+
+
+def _redact_event(event: Event, redactor: Redactor, counts: Counts) -> Event:
+    name = redactor.redact_text(event.name, counts)
+    attributes, found = redactor.redact_json(bytes(event.attributes))
+    _add(counts, found)
+    if name == event.name and not found:
+        return event
+    return Event(name=name, time=event.time, attributes=Raw(attributes))
+
+
+def _truncate(record: Rec, limit: int, counts: Counts) -> Rec:
+    changes: dict[str, Any] = {}
+    for name in LIMITED_FIELDS:
+        value = getattr(record, name, None)
+        if value is None:
+            continue
+        raw = bytes(value) if isinstance(value, Raw) else encode_json(value)
+        short = truncate_json(name, raw, limit)
+        if short is not None:
+            counts[name] = counts.get(name, 0) + 1
+            changes[name] = _typed(name, short)
+    return replace(record, **changes) if changes else record
+
+
+def _typed(name: str, short: bytes) -> Any:
+    if name == "error_info":
+        return msgspec.json.decode(short, type=ErrorInfo)
+    if name == "events":
+        return msgspec.json.decode(short, type=list[Event])
+    return Raw(short)

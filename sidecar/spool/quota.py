@@ -1,0 +1,100 @@
+"""The spool quota (``spool.max_bytes``, ``spool.on_full``).
+
+Checked on the rescan schedule. ``keep`` (the default) only reports: the
+health verdict turns degraded at 90 % of the quota and unhealthy at 100 %,
+and ``spool.quota.exceeded`` is logged when usage crosses the quota.
+``drop_oldest`` deletes the oldest complete files (``.done``, or idle past
+``spool.idle_done_after_s``) until the spool fits, even when a sink has not
+shipped them: each reader forgets the file first (closing it frees the
+space), every record some sink had not read yet is counted as dropped, and
+each deletion is logged as an error (``spool.file.dropped``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from sidecar.clock import Clock, every
+from sidecar.settings import SpoolSettings
+from sidecar.spool.tailer import SpoolReader, spool_files
+from sidecar.stats import QuotaStats
+
+log = structlog.get_logger("sidecar.quota")
+
+
+class SpoolQuota:
+    def __init__(self, settings: SpoolSettings, readers: Sequence[SpoolReader],
+                 clock: Clock) -> None:
+        self.settings = settings
+        self.readers = readers
+        self.clock = clock
+        self.bytes = 0
+        self.dropped_files = self.dropped_records = 0
+        self._over = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await every(self.clock, self.settings.rescan_interval_s, stop, self.check)
+
+    def check(self) -> None:
+        """Measure the spool; over the quota, warn or drop the oldest complete files."""
+        limit = self.settings.max_bytes
+        files = spool_files(self.settings.dir, self.settings.patterns)
+        self.bytes = sum(st.st_size for _, st in files)
+        if limit is None:
+            return
+        if self.bytes > limit and self.settings.on_full == "drop_oldest":
+            for path, st in sorted(files, key=lambda f: f[1].st_mtime):
+                if self.bytes <= limit:
+                    break
+                if self._complete(path, st.st_mtime) and self._drop(path, (st.st_dev, st.st_ino)):
+                    self.bytes -= st.st_size
+        over = self.bytes > limit
+        if over != self._over:
+            self._over = over
+            if over:
+                log.warning("spool.quota.exceeded", bytes=self.bytes, max_bytes=limit,
+                            on_full=self.settings.on_full)
+            else:
+                log.info("spool.quota.recovered", bytes=self.bytes, max_bytes=limit)
+
+    def _complete(self, path: str, mtime: float) -> bool:
+        return path.endswith(".done") or (
+            self.clock.wall() - mtime > self.settings.idle_done_after_s)
+
+    def _drop(self, path: str, key: tuple[int, int]) -> bool:
+        """Delete one file; count the records that some sink had not read yet."""
+        read = [r.forget(key) for r in self.readers]
+        start = min((0 if pos is None else pos for pos in read), default=0)
+        try:
+            records = _records_from(path, start)
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("spool.file.remove_failed", path=path, error=exc.strerror)
+            return False
+        self.dropped_files += 1
+        self.dropped_records += records
+        log.error("spool.file.dropped", path=path, records=records, reason="spool_full",
+                  max_bytes=self.settings.max_bytes)
+        return True
+
+    def stats(self) -> QuotaStats:
+        return QuotaStats(self.settings.max_bytes, self.bytes, self.settings.on_full,
+                          self.dropped_files, self.dropped_records)
+
+
+def _records_from(path: str, offset: int) -> int:
+    """Lines (a last one without its newline included) from ``offset`` to the end."""
+    count, last = 0, b"\n"
+    with Path(path).open("rb") as f:
+        f.seek(offset)
+        while chunk := f.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")

@@ -1,0 +1,108 @@
+"""Benchmark: throughput with the built-in redaction on vs off, in the same run.
+
+Run on demand (not part of the test suite):
+
+    .venv/bin/python tests/bench/bench_redaction.py --spans 50000 --runs 5
+    .venv/bin/python tests/bench/bench_redaction.py --daemon --spans 50000 --runs 3
+
+In-process (default): the pipeline's per-line work, ``parse_line`` then the
+policy stage, over realistic spans (~820 bytes; ``--secret-share`` of them
+carry a secret in their input). ``--daemon``: the real daemon from a
+pre-written spool to Postgres, timed until every row is stored. Runs
+alternate off/on and the medians are reported (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sidecar.policies import PolicyStage
+from sidecar.records import Rejected, parse_line
+from sidecar.settings import Settings
+from tests.support import PG_DSN, Daemon, line, row_count, span, wait_until
+
+
+def corpus(n: int, secret_share: float) -> list[bytes]:
+    every = int(1 / secret_share) if secret_share > 0 else 0
+    out = []
+    for i in range(n):
+        fields = {"input": {"prompt": f"key sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv{i:08d} please"}} \
+            if every and i % every == 0 else {}
+        out.append(line(span(i, **fields)).rstrip(b"\n"))
+    return out
+
+
+def in_process(lines: list[bytes], redaction: bool) -> float:
+    stage = PolicyStage(Settings(spans={"redaction": {"enabled": redaction}}))
+    t0 = time.perf_counter()
+    for raw in lines:
+        rec = parse_line(raw)
+        if not isinstance(rec, Rejected):
+            stage.apply(rec, raw)
+    return len(lines) / (time.perf_counter() - t0)
+
+
+def daemon_run(lines: list[bytes], redaction: bool) -> float:
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "spool").mkdir()
+        (root / "spool" / "bench-h-1-0.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+        cfg = {"spool": {"dir": str(root / "spool"), "state_dir": str(root / "state")},
+               "postgres": {"dsn": PG_DSN, "schema": schema}, "opik": {"enabled": False},
+               "http": {"enabled": False}, "health": {"enabled": False},
+               "spans": {"redaction": {"enabled": redaction}}, "logging": {"format": "json"}}
+        (root / "c.yaml").write_text(yaml.safe_dump(cfg))
+        d = Daemon(root / "c.yaml", root / "d.log").start().wait_started()
+        t0 = time.perf_counter()
+        wait_until(lambda: row_count(schema) == len(lines), 600, "every row")
+        elapsed = time.perf_counter() - t0
+        d.kill()
+    asyncio.run(_drop(schema))
+    return len(lines) / elapsed
+
+
+async def _drop(schema: str) -> None:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spans", type=int, default=50000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--secret-share", type=float, default=0.01)
+    ap.add_argument("--daemon", action="store_true")
+    args = ap.parse_args()
+    lines = corpus(args.spans, args.secret_share)
+    run = daemon_run if args.daemon else in_process
+    off: list[float] = []
+    on: list[float] = []
+    for _ in range(args.runs):
+        off.append(run(lines, False))
+        on.append(run(lines, True))
+    m_off, m_on = statistics.median(off), statistics.median(on)
+    print(f"{'daemon' if args.daemon else 'in-process'}: {args.spans} spans, {args.runs} runs, "
+          f"{args.secret_share:.0%} with a secret")
+    print(f"  redaction off: median {m_off:,.0f} spans/s  (runs: {[round(x) for x in off]})")
+    print(f"  redaction on : median {m_on:,.0f} spans/s  (runs: {[round(x) for x in on]})")
+    print(f"  slowdown: {100 * (1 - m_on / m_off):.1f} %")
+
+
+if __name__ == "__main__":
+    main()
