@@ -70,13 +70,13 @@ def _object(value: Raw | None, field: str) -> Raw | None:
     raise _Invalid(f"{field}: must be a JSON object")
 
 
-class ErrorInfo(Struct, kw_only=True):
+class ErrorInfo(Struct, kw_only=True, gc=False):
     exception_type: NonEmpty
     message: str | None = None
     traceback: str | None = None
 
 
-class Event(Struct, kw_only=True):
+class Event(Struct, kw_only=True, gc=False):
     name: str
     time: datetime | None = None
     attributes: Raw = _EMPTY
@@ -86,7 +86,7 @@ class Event(Struct, kw_only=True):
         self.attributes = _object(self.attributes, "events.attributes") or _EMPTY
 
 
-class SpanRecord(Struct, kw_only=True):
+class SpanRecord(Struct, kw_only=True, gc=False):
     kind: Literal["span"] = "span"
     v: Literal[1] = 1
     id: UUID
@@ -130,7 +130,7 @@ class SpanRecord(Struct, kw_only=True):
         return (self.end_time - self.start_time).total_seconds() * 1000.0
 
 
-class TraceRecord(Struct, kw_only=True):
+class TraceRecord(Struct, kw_only=True, gc=False):
     kind: Literal["trace"]
     v: Literal[1] = 1
     id: UUID
@@ -155,7 +155,7 @@ class TraceRecord(Struct, kw_only=True):
         self.metadata = _object(self.metadata, "metadata")
 
 
-class FeedbackRecord(Struct, kw_only=True):
+class FeedbackRecord(Struct, kw_only=True, gc=False):
     kind: Literal["feedback"]
     v: Literal[1] = 1
     target: Literal["trace", "span"]

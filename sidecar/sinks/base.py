@@ -54,11 +54,14 @@ class Sink(Protocol):
     needs the backend up), calls ``check`` once in its TaskGroup (connect
     early, log whether the backend answers), ``send``s batches from one
     pipeline, and exits it on shutdown (release within a bounded time).
-    ``max_batch_records`` is the largest batch the sink wants.
+    ``max_batch_records`` is the largest batch the sink wants;
+    ``batches_in_flight`` how many it takes at once (1 for a streaming sink).
     """
 
     name: str
     max_batch_records: int
+    # Batches the pipeline may have at this sink at once (committed in order).
+    batches_in_flight: int
 
     async def __aenter__(self) -> Self: ...
 
@@ -119,18 +122,19 @@ async def isolate_rejects(
     index -> reason of each refused record; all others are stored.
     """
     rejects: dict[int, str] = {}
-
-    async def go(lo: int, hi: int) -> None:
+    # Depth first, lower half first, without a recursive closure: a function
+    # that refers to itself is a reference cycle, which would keep the batch
+    # (and the request bodies the caller's ``attempt`` holds) until the
+    # garbage collector's next pass instead of freeing them on return.
+    pending = [(0, len(batch))] if batch else []
+    while pending:
+        lo, hi = pending.pop()
         try:
             await attempt(batch[lo:hi])
         except RejectError as exc:
             if hi - lo == 1:
                 rejects[lo] = str(exc) or "rejected by the sink"
-                return
-            mid = (lo + hi) // 2
-            await go(lo, mid)
-            await go(mid, hi)
-
-    if batch:
-        await go(0, len(batch))
+            else:
+                mid = (lo + hi) // 2
+                pending += [(mid, hi), (lo, mid)]
     return rejects

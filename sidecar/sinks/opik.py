@@ -99,6 +99,7 @@ class OpikSink:
     def __init__(self, settings: OpikSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.max_batch_records = settings.max_batch_records
+        self.batches_in_flight = settings.max_batches_in_flight
         self.clock = clock or SystemClock()
         limit = settings.max_events_per_minute
         self._bucket = None if limit is None else TokenBucket(limit, self.clock)
@@ -188,6 +189,10 @@ class OpikSink:
         except httpx.HTTPError as exc:
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"
             raise _RetryNow(Retry(f"opik: {kind}: {type(exc).__name__}")) from None
+        # httpx links a read response and its stream both ways: a cycle that
+        # would keep the request body (~1 MB) until the collector's next full
+        # pass. Unlinked, the response and its request go when this returns.
+        response.stream = httpx.ByteStream(b"")
         if response.is_success:
             return
         self._fail(response)

@@ -36,7 +36,6 @@ from sidecar.records import (
     Record,
     SpanRecord,
     TraceRecord,
-    utc_iso,
 )
 
 Payload = dict[str, Any]
@@ -49,11 +48,18 @@ ROUTES: dict[Endpoint, tuple[str, str, str]] = {
     "span_scores": ("PUT", "v1/private/spans/feedback-scores", "scores"),
 }
 OPIK_MAX_ITEMS = 1000
+_DUMPS = orjson.OPT_UTC_Z
+
+
+def _at(value: datetime) -> datetime:
+    """The instant in UTC; orjson writes it as RFC 3339 with a Z (``_DUMPS``),
+    the form Opik needs (it refuses timestamps without an offset)."""
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 def ts(value: datetime) -> str:
-    """RFC 3339 in UTC with a Z: Opik refuses timestamps without an offset."""
-    return utc_iso(value.astimezone(UTC))
+    """The text a timestamp has in a payload."""
+    return orjson.dumps(_at(value), option=_DUMPS)[1:-1].decode()
 
 
 def _uuid(value: UUID) -> str:
@@ -98,7 +104,7 @@ def _merged(value: Raw | None, extra: Payload) -> orjson.Fragment | None:
     """
     if not extra:
         return _raw(value)
-    tail = orjson.dumps(extra)
+    tail = orjson.dumps(extra, option=_DUMPS)
     body = b"" if value is None else bytes(value)[:-1].rstrip()
     if len(body) <= 1:  # absent, or an empty object
         return orjson.Fragment(tail)
@@ -112,7 +118,7 @@ def _tags(tags: list[str] | None) -> list[str] | None:
 def _agent_fields(span: SpanRecord) -> Payload:
     """Our agent fields, which Opik would drop: they travel in metadata."""
     events = None if span.events is None else [
-        _put({"name": e.name, "attributes": _raw(e.attributes)}, time=e.time and ts(e.time))
+        _put({"name": e.name, "attributes": _raw(e.attributes)}, time=e.time and _at(e.time))
         for e in span.events
     ]
     return _put({}, agent_name=span.agent_name, agent_tier=span.agent_tier, events=events)
@@ -128,9 +134,9 @@ def span_write(span: SpanRecord, default_project: str) -> Payload:
     return _put(
         {"id": _uuid(span.id), "trace_id": _uuid(span.trace_id),
          "project_name": span.project_name or default_project, "name": span.name,
-         "type": span.type, "start_time": ts(span.start_time), "last_updated_at": ts(version)},
+         "type": span.type, "start_time": _at(span.start_time), "last_updated_at": _at(version)},
         parent_span_id=span.parent_span_id and _uuid(span.parent_span_id),
-        end_time=span.end_time and ts(span.end_time), input=_raw(span.input),
+        end_time=span.end_time and _at(span.end_time), input=_raw(span.input),
         output=_raw(span.output), metadata=meta, model=span.model, provider=span.provider,
         tags=_tags(span.tags),
         usage=span.usage, total_estimated_cost=span.total_estimated_cost,
@@ -144,8 +150,8 @@ def trace_write(trace: TraceRecord, default_project: str) -> Payload:
     version = trace.last_updated_at or trace.end_time or trace.start_time
     return _put(
         {"id": _uuid(trace.id), "project_name": trace.project_name or default_project,
-         "name": trace.name, "start_time": ts(trace.start_time), "last_updated_at": ts(version)},
-        end_time=trace.end_time and ts(trace.end_time), input=_raw(trace.input),
+         "name": trace.name, "start_time": _at(trace.start_time), "last_updated_at": _at(version)},
+        end_time=trace.end_time and _at(trace.end_time), input=_raw(trace.input),
         output=_raw(trace.output), metadata=meta, tags=_tags(trace.tags),
         error_info=_error_info(trace.error_info),
         thread_id=trace.thread_id,
@@ -159,9 +165,9 @@ def derived_trace_write(root: SpanRecord, default_project: str) -> Payload:
     meta = _merged(root.metadata, extra)
     return _put(
         {"id": _uuid(root.trace_id), "project_name": root.project_name or default_project,
-         "name": root.name, "start_time": ts(root.start_time),
-         "last_updated_at": ts(root.start_time)},
-        end_time=root.end_time and ts(root.end_time), input=_raw(root.input),
+         "name": root.name, "start_time": _at(root.start_time),
+         "last_updated_at": _at(root.start_time)},
+        end_time=root.end_time and _at(root.end_time), input=_raw(root.input),
         output=_raw(root.output), metadata=meta, tags=_tags(root.tags),
         error_info=_error_info(root.error_info),
     )
@@ -232,7 +238,9 @@ def plan(batch: Sequence[Record], project: str, max_items: int, max_bytes: int) 
     rejects: dict[int, str] = {}
     for endpoint, index, payload in _payloads(batch, project):
         try:
-            body = orjson.dumps(payload)
+            # A copy at the exact size: orjson's output holds a buffer of at
+            # least 4 KiB, ~4x an item's size, for as long as the batch lives.
+            body = bytes(memoryview(orjson.dumps(payload, option=_DUMPS)))
         except orjson.JSONEncodeError as exc:
             rejects[index] = f"cannot encode for Opik: {exc}"
             continue
