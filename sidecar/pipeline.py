@@ -11,8 +11,10 @@ wait goes through the injected clock.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -58,6 +60,10 @@ class SinkSpool:
     quarantine: Quarantine
     changed: asyncio.Event
     state: StateDir
+
+
+# A batch at the sink: when it left, and the task that answers its rejects.
+InFlight = tuple[Batch, float, "asyncio.Task[dict[int, str] | None]"]
 
 
 def _no_observe(op: str, seconds: float, sink: str) -> None:
@@ -191,12 +197,50 @@ class SinkPipeline:
 
     # -- consumer ------------------------------------------------------------
     async def _consume(self, queue: asyncio.Queue[Batch | None]) -> None:
-        while (batch := await queue.get()) is not None:
-            started = self.clock.monotonic()
-            if not await self._stream(batch):
-                rejects = await self._deliver(batch)
-                self._commit(batch, rejects)
-            self.observe("batch_flush", self.clock.monotonic() - started, self.sink.name)
+        """Deliver batches, up to ``sink.batches_in_flight`` at once (a sink
+        whose round trips are long keeps the backend busy while the next one
+        is encoded and sent), and commit them strictly in order: the
+        checkpoint never passes a batch that is not acknowledged."""
+        limit = 1 if self.streaming is not None else max(1, self.sink.batches_in_flight)
+        in_flight: deque[InFlight] = deque()
+        getter: asyncio.Future[Batch | None] | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while True:
+                    if len(in_flight) >= limit:
+                        await self._settle(in_flight.popleft())
+                        continue
+                    getter = getter or asyncio.ensure_future(queue.get())
+                    waits: set[asyncio.Future[Any]] = {getter}
+                    if in_flight:
+                        waits.add(in_flight[0][2])
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    if in_flight and in_flight[0][2].done():
+                        await self._settle(in_flight.popleft())  # in order, first
+                    elif getter.done():
+                        batch, getter = getter.result(), None
+                        if batch is None:
+                            break
+                        in_flight.append((batch, self.clock.monotonic(),
+                                          tg.create_task(self._ship(batch))))
+                while in_flight:
+                    await self._settle(in_flight.popleft())
+        finally:
+            if getter is not None:
+                getter.cancel()
+
+    async def _ship(self, batch: Batch) -> dict[int, str] | None:
+        """The sink's rejects once it has the batch; None when streamed (committed)."""
+        if await self._stream(batch):
+            return None
+        return await self._deliver(batch)
+
+    async def _settle(self, entry: InFlight) -> None:
+        batch, started, task = entry
+        rejects = await task
+        if rejects is not None:
+            self._commit(batch, rejects)
+        self.observe("batch_flush", self.clock.monotonic() - started, self.sink.name)
 
     async def _stream(self, batch: Batch) -> bool:
         """Send a batch while it fills (one transaction); True when delivered.

@@ -113,6 +113,9 @@ class OpikSettings(SinkSection):
     max_request_bytes: int = Field(default=8 << 20, ge=64 << 10)
     timeout_s: float = Field(default=10.0, gt=0)
     max_in_flight: int = Field(default=2, ge=1, le=16)
+    # Batches sent at once, acknowledged in order: the next batch is encoded
+    # and sent while Opik works on the previous one.
+    max_batches_in_flight: int = Field(default=2, ge=1, le=8)
     max_events_per_minute: int | None = Field(default=None, ge=1)
     # gzip request bodies: "auto" when the body is large enough and Opik is
     # not on this machine (see sidecar/sinks/opik_http.py for the figures).

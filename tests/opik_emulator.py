@@ -302,6 +302,11 @@ class OpikEmulator:
         """Stored feedback scores of ``target`` ("trace" | "span") by (id, name)."""
         return self._rows_of(f"{target}_scores")
 
+    def stored(self, kind: str = "spans") -> int:
+        """How many distinct items of ``kind`` are stored (cheap: no copy)."""
+        with self._lock:
+            return len(self._rows[kind])
+
     def accepted(self, kind: str | None = None) -> int:
         """Items accepted (of one kind, or all), every resend counted again."""
         with self._lock:

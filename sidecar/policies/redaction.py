@@ -52,6 +52,20 @@ def _dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False).encode()
 
 
+def _finder(pattern: Any) -> Callable[[bytes], bool]:
+    """Whether a compiled RE2 pattern occurs in bytes, as one call into RE2.
+
+    The package's ``search`` builds a generator and a match object per call
+    (a third of the cost on a ~1 KB line); the gate only needs yes or no.
+    Falls back to ``search`` where the package's internals differ.
+    """
+    compiled, anchor = getattr(pattern, "_regexp", None), getattr(re2, "_Anchor", None)
+    if compiled is None or anchor is None or not hasattr(compiled, "Match"):
+        return lambda text: pattern.search(text) is not None
+    unanchored, miss = anchor.UNANCHORED, (-1, -1)
+    return lambda text: bool(compiled.Match(unanchored, text, 0, len(text))[0] != miss)
+
+
 def luhn(number: str) -> bool:
     """The Luhn check of a card number; spaces and dashes are ignored."""
     digits = [int(c) for c in number if c.isdigit()]
@@ -134,7 +148,11 @@ class Redactor:
         if self.keys:
             names = "|".join(re.escape(k) for k in self.keys)
             cores.append(f'"(?i:{names})"\\s*:')
-        self._pre = re2.compile("|".join(f"(?:{c})" for c in cores).encode()) if cores else None
+        # An escape (\u, \/) may hide a secret's text: such a line takes the
+        # slow path. Part of the one regex pass, not a search of its own.
+        self._pre = (re2.compile("|".join(f"(?:{c})" for c in (*cores, r"\\[u/]")).encode())
+                     if cores else None)
+        self._pre_found = None if self._pre is None else _finder(self._pre)
         self._user = [(p.name, re2.compile(p.regex)) for p in settings.patterns]
         self._user_pre = (re2.compile("|".join(f"(?:{p.regex})" for p in settings.patterns)
                                       .encode()) if self._user else None)
@@ -142,11 +160,7 @@ class Redactor:
     # -- raw JSON ------------------------------------------------------------
     def may_match(self, raw: bytes) -> bool:
         """False only when nothing in ``raw`` can be masked (the fast path)."""
-        if self._pre is None and self._user_pre is None:
-            return False
-        if b"\\u" in raw or b"\\/" in raw:
-            return True
-        if self._pre is not None and self._pre.search(raw):
+        if self._pre_found is not None and self._pre_found(raw):
             return True
         return self._user_pre is not None and (b"\\" in raw or bool(self._user_pre.search(raw)))
 

@@ -107,6 +107,7 @@ class PostgresSink:
         self.settings = settings
         self.on_stored = on_stored
         self.max_batch_records = settings.max_batch_records
+        self.batches_in_flight = 1  # streamed, one COPY at a time
         self.default_project = default_project
         self.schema = settings.db_schema
         self._pool: asyncpg.Pool | None = None

@@ -31,7 +31,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.bench_pipeline import count, drop_schema, make_schema, proc_sample
+from tests.bench.bench_pipeline import count, daemon_cmd, drop_schema, make_schema, proc_sample
 from tests.opik_emulator import OpikEmulator
 from tests.support import PG_DSN, line, span
 
@@ -78,8 +78,7 @@ class Run:
         path.write_bytes(b"".join(line(span(i)) for i in range(start, start + n)))
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run", "--config",
-                                      str(self.cfg)], stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(daemon_cmd(self.cfg), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
 
     def rows(self) -> int:
@@ -110,7 +109,7 @@ def throughput(root: Path, emu: OpikEmulator, n: int) -> dict[str, float]:
 
     def both() -> bool:
         now = time.perf_counter()
-        if "opik" not in done and len(emu.spans()) >= n:
+        if "opik" not in done and emu.stored() >= n:
             done["opik"] = now
         if "pg" not in done and run.rows() >= n:
             done["pg"] = now
@@ -129,15 +128,15 @@ def catch_up(root: Path, emu: OpikEmulator, n: int) -> dict[str, float]:
     run.write(0, n)
     run.start()
     wait(lambda: run.rows() >= n)
-    assert len(emu.spans()) == 0
+    assert emu.stored() == 0
     emu.healthy()
     t0 = time.perf_counter()
     # A fresh span while Opik catches up: how long until Postgres has it?
-    wait(lambda: len(emu.spans()) >= n // 10)
+    wait(lambda: emu.stored() >= n // 10)
     probe_t = time.perf_counter()
     run.write(n, 100, name="live")
     pg_latency = wait(lambda: run.rows() >= n + 100, step=0.02) - probe_t
-    t_done = wait(lambda: len(emu.spans()) >= n + 100)
+    t_done = wait(lambda: emu.stored() >= n + 100)
     assert run.proc is not None
     hwm = proc_sample(run.proc.pid)[2]
     run.stop()
@@ -151,7 +150,7 @@ def idle_rss(root: Path, emu: OpikEmulator) -> float:
     run.start()
     assert run.proc is not None
     run.write(0, 10)
-    wait(lambda: run.rows() >= 10 and len(emu.spans()) >= 10)
+    wait(lambda: run.rows() >= 10 and emu.stored() >= 10)
     time.sleep(2)  # settle: the figure is RSS at rest
     rss = proc_sample(run.proc.pid)[1]
     run.stop()

@@ -38,6 +38,18 @@ from tests.bench import rsyslog_peer
 from tests.support import PG_DSN, line, span
 
 JSONB = {"error_info", "input", "output", "metadata", "events"}
+# The interpreter that runs the daemon. For memory figures, point it at a venv
+# holding only the runtime dependencies (``pip install .``, as the image does):
+# the test extras bring packages (rich, via opik) that structlog imports when
+# they are present, ~10 MB the image never has.
+DAEMON_PYTHON = os.environ.get("BENCH_DAEMON_PYTHON", sys.executable)
+
+
+def daemon_cmd(config: Path) -> list[str]:
+    """``span-sidecar run`` of this checkout, under ``DAEMON_PYTHON``."""
+    return [DAEMON_PYTHON, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "from sidecar.cli import main; sys.exit(main())",
+            str(Path(__file__).resolve().parents[2]), "run", "--config", str(config)]
 
 
 def write_spool(spool: Path, n: int, writers: int) -> list[bytes]:
@@ -132,8 +144,8 @@ def run_daemon(spool: Path, state: Path, schema: str, n: int,
     cfg_path = state.parent / f"{schema}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run", "--config", str(cfg_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(daemon_cmd(cfg_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     rss_samples: list[int] = []
     t10 = None
     stored = 0

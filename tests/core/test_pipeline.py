@@ -38,6 +38,7 @@ class FakeSink:
 
     name = "fake"
     max_batch_records = 0  # the pipeline's default batch size
+    batches_in_flight = 1
 
     def __init__(self, *answers: Answer) -> None:
         self.answers = list(answers)
@@ -336,3 +337,50 @@ async def test_checkpoint_survives_a_restart_without_reshipping(tmp_path: Path,
     reader.scan()
     assert await reader.read(100) == []  # nothing left to ship
     reader.close()
+
+
+class GatedSink(FakeSink):
+    """Two batches at once; the first waits for its gate, later ones answer at once."""
+
+    batches_in_flight = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_gate = asyncio.Event()
+        self.sizes: list[int] = []
+
+    async def send(self, batch: Sequence[Record]) -> Outcome:
+        self.sizes.append(len(batch))
+        if len(self.sizes) == 1:
+            await self.first_gate.wait()
+        self.stored.extend(batch)
+        return Delivered()
+
+
+async def test_batches_in_flight_are_committed_in_order(tmp_path: Path) -> None:
+    """The second batch is acknowledged first; the checkpoint waits for the first."""
+    sink = GatedSink()
+    h = Harness(tmp_path, sink, max_records=5)
+    h.write([span(i) for i in range(10)])
+    h.start()
+    await h.until(lambda: len(sink.sizes) == 2 and len(sink.stored) == 5)
+    assert h.checkpoint() == 0  # batch 2 is stored, batch 1 is not: nothing moves
+    assert h.pipeline.stats().records_shipped == 0
+    sink.first_gate.set()
+    await h.until(lambda: h.checkpoint() == h.file.stat().st_size)
+    await h.finish()
+    assert sink.sizes == [5, 5] and h.pipeline.stats().records_shipped == 10
+
+
+async def test_a_finished_batch_is_committed_without_waiting_for_more_input(
+        tmp_path: Path) -> None:
+    """With room for two batches, the one answered is settled as soon as it is
+    answered, not when a next batch arrives (none will)."""
+    sink = FakeSink(PartlyRejected({0: "refused"}))
+    sink.batches_in_flight = 2
+    h = Harness(tmp_path, sink)
+    h.write([span(0), span(1)])
+    h.start()
+    await h.until(lambda: h.checkpoint() == h.file.stat().st_size)
+    assert len(h.quarantined()) == 1 and len(sink.stored) == 1
+    await h.finish()

@@ -250,3 +250,22 @@ def _span(**fields: Any) -> SpanRecord:
 def js(raw: Any) -> Any:
     """A raw JSON field, decoded to compare."""
     return json.loads(bytes(raw))
+
+
+def test_the_raw_gate_answers_as_the_package_search_does() -> None:
+    """The gate calls RE2 directly; its answer must be the package's own search."""
+    import re2
+
+    from sidecar.policies.redaction import _finder
+
+    pattern = re2.compile(rb"sk-[A-Za-z0-9]{20,}|(?i:bearer) +\w{8,}")
+    texts = [b"", b"nothing here", b'{"k": "sk-abcdefghijklmnopqrstuvwx"}', b"BEARER abcdefgh1",
+             b"sk-short", "caf\u00e9 Bearer 12345678".encode()]
+    for text in texts:
+        assert _finder(pattern)(text) == (pattern.search(text) is not None), text
+
+    class Plain:  # a pattern without the package's internals: the fallback
+        def search(self, text: bytes) -> object:
+            return pattern.search(text)
+
+    assert [_finder(Plain())(t) for t in texts] == [_finder(pattern)(t) for t in texts]

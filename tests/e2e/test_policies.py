@@ -229,7 +229,8 @@ def test_sighup_reports_keys_that_need_a_restart(sidecar_env: SidecarEnv) -> Non
     assert d.events("config.reload.needs_restart")[0]["keys"] == ["spool.state_dir"]
     write_spans(sidecar_env.spool / "a-h-1-0.jsonl", [span(0)])
     wait_until(lambda: sidecar_env.rows() == 1, 20, "shipping goes on")
-    assert (sidecar_env.state / "checkpoints" / "postgres.json").exists()
+    # the checkpoint is saved just after the commit: wait for it, in the old place
+    wait_until((sidecar_env.state / "checkpoints" / "postgres.json").exists, 10, "checkpoint")
     assert not (sidecar_env.tmp / "elsewhere").exists()
     d.signal(signal.SIGTERM)
     assert d.wait(15) == 0
