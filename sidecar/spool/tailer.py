@@ -92,7 +92,8 @@ class FilePosition:
     skipping: bool  # inside an over-long line: not acknowledged to its end
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs ~0.5 us more, once a line.
+@dataclass(slots=True)
 class Line:
     file: TrackedFile
     gen: int
