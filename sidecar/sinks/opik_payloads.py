@@ -1,9 +1,9 @@
 """Spool records as Opik write payloads, and batches as Opik requests.
 
-Pure functions, no I/O. The payloads are plain dicts holding only the fields
-of Opik's ``SpanWrite``, ``TraceWrite`` and ``FeedbackScoreBatchItem`` that we
-send (the tests check each shape against the ``opik`` package's own models),
-encoded with orjson. Every value is a function of the record alone, so a
+Pure functions, no I/O. The payloads are msgspec structs holding only the
+fields of Opik's ``SpanWrite``, ``TraceWrite`` and ``FeedbackScoreBatchItem``
+that we send (the tests check each shape against the ``opik`` package's own
+models), encoded by msgspec in C. Every value is a function of the record alone, so a
 resend is byte-for-byte the same request: idempotent in Opik, which keeps the
 row with the newest ``last_updated_at`` per id.
 
@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 from uuid import UUID
 
-import orjson
-from msgspec import Raw
+import msgspec
+from msgspec import Raw, Struct
 
 from sidecar.ids import to_v7
 from sidecar.records import (
@@ -38,7 +38,6 @@ from sidecar.records import (
     TraceRecord,
 )
 
-Payload = dict[str, Any]
 Endpoint = Literal["spans", "traces", "trace_scores", "span_scores"]
 # endpoint -> (HTTP method, path under the base URL, key of the item list)
 ROUTES: dict[Endpoint, tuple[str, str, str]] = {
@@ -48,138 +47,194 @@ ROUTES: dict[Endpoint, tuple[str, str, str]] = {
     "span_scores": ("PUT", "v1/private/spans/feedback-scores", "scores"),
 }
 OPIK_MAX_ITEMS = 1000
-_DUMPS = orjson.OPT_UTC_Z
+
+
+# The write models, as msgspec structs: encoded in C, None fields left out
+# (Opik treats absent and null alike), ids and UTC times written by msgspec
+# (a canonical UUID; RFC 3339 with a Z), raw JSON embedded as it came.
+class _Write(Struct, omit_defaults=True, kw_only=True):
+    pass
+
+
+class ErrorInfoWrite(_Write):
+    exception_type: str
+    traceback: str
+    message: str | None = None
+
+
+class EventWrite(_Write):
+    name: str
+    attributes: Raw
+    time: datetime | None = None
+
+
+class MetadataExtra(_Write):
+    """Our fields, which Opik would drop: appended to the record's metadata."""
+
+    agent_name: str | None = None
+    agent_tier: int | None = None
+    events: list[EventWrite] | None = None
+    original_id: str | None = None
+    original_trace_id: str | None = None
+    original_parent_span_id: str | None = None
+
+
+class SpanWrite(_Write):
+    id: UUID
+    trace_id: UUID
+    project_name: str
+    name: str
+    type: str
+    start_time: datetime
+    last_updated_at: datetime
+    parent_span_id: UUID | None = None
+    end_time: datetime | None = None
+    input: Raw | None = None
+    output: Raw | None = None
+    metadata: Raw | None = None
+    model: str | None = None
+    provider: str | None = None
+    tags: list[str] | None = None
+    usage: dict[str, int] | None = None
+    total_estimated_cost: float | None = None
+    error_info: ErrorInfoWrite | None = None
+
+
+class TraceWrite(_Write):
+    id: UUID
+    project_name: str
+    name: str
+    start_time: datetime
+    last_updated_at: datetime
+    end_time: datetime | None = None
+    input: Raw | None = None
+    output: Raw | None = None
+    metadata: Raw | None = None
+    tags: list[str] | None = None
+    error_info: ErrorInfoWrite | None = None
+    thread_id: str | None = None
+
+
+class ScoreWrite(_Write):
+    id: UUID
+    name: str
+    value: float
+    project_name: str
+    source: str  # "sdk"; no default, or omit_defaults would leave it out
+    reason: str | None = None
+
+
+Payload = SpanWrite | TraceWrite | ScoreWrite
+_ENCODER = msgspec.json.Encoder()
 
 
 def _at(value: datetime) -> datetime:
-    """The instant in UTC; orjson writes it as RFC 3339 with a Z (``_DUMPS``),
-    the form Opik needs (it refuses timestamps without an offset)."""
+    """The instant in UTC: Opik refuses timestamps without an offset, and the
+    encoder writes a UTC time with a Z."""
     return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+def _opt_at(value: datetime | None) -> datetime | None:
+    return None if value is None else _at(value)
 
 
 def ts(value: datetime) -> str:
     """The text a timestamp has in a payload."""
-    return orjson.dumps(_at(value), option=_DUMPS)[1:-1].decode()
+    return _ENCODER.encode(_at(value))[1:-1].decode()
 
 
-def _uuid(value: UUID) -> str:
-    return str(to_v7(value))
+def _original(value: UUID | None) -> str | None:
+    """The id as written, when ``to_v7`` changed it (kept in metadata)."""
+    return None if value is None or to_v7(value) == value else str(value)
 
 
-def _put(out: Payload, **fields: Any) -> Payload:
-    """Set the fields that are not None (Opik treats absent and null alike)."""
-    out.update({key: value for key, value in fields.items() if value is not None})
-    return out
-
-
-def _originals(**ids: UUID | None) -> Payload:
-    """The original of each id that ``to_v7`` changed, for metadata."""
-    return {
-        f"original_{key}": str(value)
-        for key, value in ids.items()
-        if value is not None and to_v7(value) != value
-    }
-
-
-def _error_info(info: ErrorInfo | None) -> Payload | None:
+def _error_info(info: ErrorInfo | None) -> ErrorInfoWrite | None:
     """Opik needs a non-blank traceback; ours is optional, so fall back."""
     if info is None:
         return None
     fallbacks = (info.traceback, info.message, info.exception_type)
     traceback = next((text for text in fallbacks if text and text.strip()), info.exception_type)
-    return _put({"exception_type": info.exception_type, "traceback": traceback},
-                message=info.message)
+    return ErrorInfoWrite(exception_type=info.exception_type, traceback=traceback,
+                          message=info.message)
 
 
-def _raw(value: Raw | None) -> orjson.Fragment | None:
-    """A raw JSON value of the spool line, embedded in the payload as it came."""
-    return None if value is None else orjson.Fragment(bytes(value))
-
-
-def _merged(value: Raw | None, extra: Payload) -> orjson.Fragment | None:
+def _merged(value: Raw | None, extra: MetadataExtra) -> Raw | None:
     """A raw JSON object with ``extra``'s keys added, without decoding it.
 
     The keys are appended, so where the object has one of them too, ours
     comes last, which is the one a JSON reader keeps.
     """
-    if not extra:
-        return _raw(value)
-    tail = orjson.dumps(extra, option=_DUMPS)
+    tail = _ENCODER.encode(extra)
+    if tail == b"{}":
+        return value
     body = b"" if value is None else bytes(value)[:-1].rstrip()
     if len(body) <= 1:  # absent, or an empty object
-        return orjson.Fragment(tail)
-    return orjson.Fragment(body + b"," + tail[1:])
+        return Raw(tail)
+    return Raw(body + b"," + tail[1:])
 
 
 def _tags(tags: list[str] | None) -> list[str] | None:
     return None if tags is None else list(dict.fromkeys(tags))  # Opik: unique items
 
 
-def _agent_fields(span: SpanRecord) -> Payload:
-    """Our agent fields, which Opik would drop: they travel in metadata."""
+def _agent_fields(span: SpanRecord, **originals: str | None) -> MetadataExtra:
     events = None if span.events is None else [
-        _put({"name": e.name, "attributes": _raw(e.attributes)}, time=e.time and _at(e.time))
+        EventWrite(name=e.name, attributes=e.attributes, time=_opt_at(e.time))
         for e in span.events
     ]
-    return _put({}, agent_name=span.agent_name, agent_tier=span.agent_tier, events=events)
+    return MetadataExtra(agent_name=span.agent_name, agent_tier=span.agent_tier, events=events,
+                         **originals)
 
 
-def span_write(span: SpanRecord, default_project: str) -> Payload:
+def span_write(span: SpanRecord, default_project: str) -> SpanWrite:
     """A ``SpanWrite``: agent fields and original ids go into metadata."""
-    extra = _agent_fields(span)
-    extra.update(_originals(id=span.id, trace_id=span.trace_id,
-                            parent_span_id=span.parent_span_id))
-    meta = _merged(span.metadata, extra)
+    extra = _agent_fields(span, original_id=_original(span.id),
+                          original_trace_id=_original(span.trace_id),
+                          original_parent_span_id=_original(span.parent_span_id))
     version = span.last_updated_at or span.end_time or span.start_time
-    return _put(
-        {"id": _uuid(span.id), "trace_id": _uuid(span.trace_id),
-         "project_name": span.project_name or default_project, "name": span.name,
-         "type": span.type, "start_time": _at(span.start_time), "last_updated_at": _at(version)},
-        parent_span_id=span.parent_span_id and _uuid(span.parent_span_id),
-        end_time=span.end_time and _at(span.end_time), input=_raw(span.input),
-        output=_raw(span.output), metadata=meta, model=span.model, provider=span.provider,
-        tags=_tags(span.tags),
-        usage=span.usage, total_estimated_cost=span.total_estimated_cost,
+    parent = span.parent_span_id
+    return SpanWrite(
+        id=to_v7(span.id), trace_id=to_v7(span.trace_id),
+        project_name=span.project_name or default_project, name=span.name, type=span.type,
+        start_time=_at(span.start_time), last_updated_at=_at(version),
+        parent_span_id=None if parent is None else to_v7(parent),
+        end_time=_opt_at(span.end_time), input=span.input, output=span.output,
+        metadata=_merged(span.metadata, extra), model=span.model, provider=span.provider,
+        tags=_tags(span.tags), usage=span.usage, total_estimated_cost=span.total_estimated_cost,
         error_info=_error_info(span.error_info),
     )
 
 
-def trace_write(trace: TraceRecord, default_project: str) -> Payload:
+def trace_write(trace: TraceRecord, default_project: str) -> TraceWrite:
     """A ``TraceWrite`` from an explicit trace record."""
-    meta = _merged(trace.metadata, _originals(id=trace.id))
     version = trace.last_updated_at or trace.end_time or trace.start_time
-    return _put(
-        {"id": _uuid(trace.id), "project_name": trace.project_name or default_project,
-         "name": trace.name, "start_time": _at(trace.start_time), "last_updated_at": _at(version)},
-        end_time=trace.end_time and _at(trace.end_time), input=_raw(trace.input),
-        output=_raw(trace.output), metadata=meta, tags=_tags(trace.tags),
-        error_info=_error_info(trace.error_info),
+    return TraceWrite(
+        id=to_v7(trace.id), project_name=trace.project_name or default_project,
+        name=trace.name, start_time=_at(trace.start_time), last_updated_at=_at(version),
+        end_time=_opt_at(trace.end_time), input=trace.input, output=trace.output,
+        metadata=_merged(trace.metadata, MetadataExtra(original_id=_original(trace.id))),
+        tags=_tags(trace.tags), error_info=_error_info(trace.error_info),
         thread_id=trace.thread_id,
     )
 
 
-def derived_trace_write(root: SpanRecord, default_project: str) -> Payload:
+def derived_trace_write(root: SpanRecord, default_project: str) -> TraceWrite:
     """A ``TraceWrite`` derived from a root span (see the module docstring)."""
-    extra = _agent_fields(root)
-    extra.update(_originals(id=root.trace_id))
-    meta = _merged(root.metadata, extra)
-    return _put(
-        {"id": _uuid(root.trace_id), "project_name": root.project_name or default_project,
-         "name": root.name, "start_time": _at(root.start_time),
-         "last_updated_at": _at(root.start_time)},
-        end_time=root.end_time and _at(root.end_time), input=_raw(root.input),
-        output=_raw(root.output), metadata=meta, tags=_tags(root.tags),
+    extra = _agent_fields(root, original_id=_original(root.trace_id))
+    return TraceWrite(
+        id=to_v7(root.trace_id), project_name=root.project_name or default_project,
+        name=root.name, start_time=_at(root.start_time), last_updated_at=_at(root.start_time),
+        end_time=_opt_at(root.end_time), input=root.input, output=root.output,
+        metadata=_merged(root.metadata, extra), tags=_tags(root.tags),
         error_info=_error_info(root.error_info),
     )
 
 
-def score_write(feedback: FeedbackRecord, default_project: str) -> Payload:
+def score_write(feedback: FeedbackRecord, default_project: str) -> ScoreWrite:
     """A ``FeedbackScoreBatchItem``; the target id maps like the span's or trace's."""
-    return _put(
-        {"id": _uuid(feedback.id), "name": feedback.name, "value": feedback.value,
-         "source": "sdk", "project_name": feedback.project_name or default_project},
-        reason=feedback.reason,
-    )
+    return ScoreWrite(id=to_v7(feedback.id), name=feedback.name, value=feedback.value,
+                      project_name=feedback.project_name or default_project, source="sdk",
+                      reason=feedback.reason)
 
 
 @dataclass(slots=True)
@@ -238,10 +293,8 @@ def plan(batch: Sequence[Record], project: str, max_items: int, max_bytes: int) 
     rejects: dict[int, str] = {}
     for endpoint, index, payload in _payloads(batch, project):
         try:
-            # A copy at the exact size: orjson's output holds a buffer of at
-            # least 4 KiB, ~4x an item's size, for as long as the batch lives.
-            body = bytes(memoryview(orjson.dumps(payload, option=_DUMPS)))
-        except orjson.JSONEncodeError as exc:
+            body = _ENCODER.encode(payload)
+        except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
             rejects[index] = f"cannot encode for Opik: {exc}"
             continue
         group = open_groups.get(endpoint)
