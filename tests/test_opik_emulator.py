@@ -1,7 +1,7 @@
 """The Opik emulator refuses what the real server refuses, and each fault mode works.
 
 If the emulator let through what Opik rejects, the sink's tests would prove
-nothing: these tests pin the server rules of ``shared/opik/README.md``.
+nothing: these tests pin the real server's rules (README, "Opik").
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def reason_of(line: bytes) -> str:
     return result.reason
 
 
-# -- bad input: each kind of problem in CONTRACT.md gives a reason naming it ----------
+# -- bad input: each kind of bad input (docs/spool.md) gives a reason naming it ----------
 
 @pytest.mark.parametrize("line", [
     b"\xff\xfe{}",

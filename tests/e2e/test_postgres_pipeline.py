@@ -200,7 +200,7 @@ def test_corrupt_checkpoint_resumes_safely(sidecar_env: SidecarEnv) -> None:
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(sidecar_env: SidecarEnv) -> None:
     """SIGKILL five times while four writers append 20k spans (with rotation):
-    afterwards every span is in Postgres exactly once (RELIABILITY.md group 1)."""
+    afterwards every span is in Postgres exactly once (no position saved before delivery)."""
     sidecar_env.configure(batch={"max_wait_ms": 50})
     total, writers = 20_000, 4
     rng = random.Random(os.getpid())

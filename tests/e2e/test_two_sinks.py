@@ -1,7 +1,8 @@
 """Two sinks, each with its own progress: one down never holds the other back.
 
 The daemon runs as a real subprocess against the real Postgres and the
-project's Opik emulator (RELIABILITY.md groups 1, 5 and 6 with two sinks).
+project's Opik emulator: positions saved before delivery, one sink holding
+the other hostage, and shutdown, each with two sinks.
 """
 
 from __future__ import annotations
