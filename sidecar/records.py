@@ -70,6 +70,17 @@ def _object(value: Raw | None, field: str) -> Raw | None:
     raise _Invalid(f"{field}: must be a JSON object")
 
 
+def _check(record: SpanRecord | TraceRecord) -> None:
+    """What a span's and a trace's types cannot say: aware, storable times;
+    objects (or nothing) where objects are required."""
+    _time(record.start_time, "start_time")
+    _time(record.end_time, "end_time")
+    _time(record.last_updated_at, "last_updated_at")
+    record.input = _object(record.input, "input")
+    record.output = _object(record.output, "output")
+    record.metadata = _object(record.metadata, "metadata")
+
+
 class ErrorInfo(Struct, kw_only=True, gc=False):
     exception_type: NonEmpty
     message: str | None = None
@@ -112,12 +123,7 @@ class SpanRecord(Struct, kw_only=True, gc=False):
     last_updated_at: datetime | None = None
 
     def __post_init__(self) -> None:
-        _time(self.start_time, "start_time")
-        _time(self.end_time, "end_time")
-        _time(self.last_updated_at, "last_updated_at")
-        self.input = _object(self.input, "input")
-        self.output = _object(self.output, "output")
-        self.metadata = _object(self.metadata, "metadata")
+        _check(self)
 
     @property
     def status(self) -> Literal["ok", "error"]:
@@ -147,12 +153,7 @@ class TraceRecord(Struct, kw_only=True, gc=False):
     last_updated_at: datetime | None = None
 
     def __post_init__(self) -> None:
-        _time(self.start_time, "start_time")
-        _time(self.end_time, "end_time")
-        _time(self.last_updated_at, "last_updated_at")
-        self.input = _object(self.input, "input")
-        self.output = _object(self.output, "output")
-        self.metadata = _object(self.metadata, "metadata")
+        _check(self)
 
 
 class FeedbackRecord(Struct, kw_only=True, gc=False):

@@ -23,7 +23,6 @@ import time
 import uuid
 from pathlib import Path
 
-import asyncpg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from sidecar.policies import PolicyStage
 from sidecar.records import Rejected, parse_line
 from sidecar.settings import Settings
+from tests.bench.bench_pipeline import drop_schema
 from tests.support import PG_DSN, Daemon, line, row_count, span, wait_until
 
 
@@ -70,16 +70,8 @@ def daemon_run(lines: list[bytes], redaction: bool) -> float:
         wait_until(lambda: row_count(schema) == len(lines), 600, "every row")
         elapsed = time.perf_counter() - t0
         d.kill()
-    asyncio.run(_drop(schema))
+    asyncio.run(drop_schema(schema))
     return len(lines) / elapsed
-
-
-async def _drop(schema: str) -> None:
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 def main() -> None:
