@@ -13,20 +13,13 @@ from __future__ import annotations
 import asyncio
 import os
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from sidecar import __version__
 from sidecar.clock import Clock, SystemClock, every
-from sidecar.health import (
-    HealthReporter,
-    HttpServer,
-    Metrics,
-    Notifier,
-    SelfMonitor,
-    readiness_check,
-)
+from sidecar.health import HealthReporter, Metrics, Notifier, SelfMonitor
 from sidecar.janitor import Janitor
 from sidecar.lifecycle import drain
 from sidecar.pipeline import PipelineSettings, SinkPipeline, SinkSpool
@@ -44,6 +37,9 @@ from sidecar.spool.state import StateDir
 from sidecar.spool.tailer import SpoolReader
 from sidecar.spool.watcher import SpoolWatcher
 from sidecar.stats import SinkStats, SpoolStats
+
+if TYPE_CHECKING:
+    from sidecar.health.http import HttpServer
 
 log = structlog.get_logger("sidecar.app")
 CANCEL_GRACE_S = 2.0
@@ -150,6 +146,8 @@ class App:
                 stack.callback(p.reader.close)
                 stack.callback(p.quarantine.close)
             if s.http.enabled:
+                from sidecar.health.http import HttpServer, readiness_check
+
                 self.http = await stack.enter_async_context(HttpServer(
                     s.http, self.metrics.render, readiness_check(s.spool, self.sink_stats),
                     status=self.status_report))

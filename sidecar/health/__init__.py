@@ -2,9 +2,10 @@
 
 The app builds each piece once and passes it where it is needed (no
 singletons); see each module's docstring for why it is shaped as it is.
+The probe server (``sidecar.health.http``, aiohttp) is imported only where it
+runs: commands and a daemon without HTTP do not load aiohttp (~120 ms).
 """
 
-from sidecar.health.http import HttpServer, readiness_check
 from sidecar.health.latency import LatencySnapshot, LatencyWindow
 from sidecar.health.metrics import CONTENT_TYPE, Metrics
 from sidecar.health.monitor import HealthStatus, SelfMonitor, Status, rss_bytes
@@ -15,13 +16,11 @@ __all__ = [
     "CONTENT_TYPE",
     "HealthReporter",
     "HealthStatus",
-    "HttpServer",
     "LatencySnapshot",
     "LatencyWindow",
     "Metrics",
     "Notifier",
     "SelfMonitor",
     "Status",
-    "readiness_check",
     "rss_bytes",
 ]
