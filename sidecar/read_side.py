@@ -14,7 +14,7 @@ from typing import Any
 
 from sidecar.cache import MetricsCache, Observe
 from sidecar.clock import Clock
-from sidecar.repository import LazyPool
+from sidecar.pg import LazyPool
 from sidecar.retention import Retention
 from sidecar.settings import Settings
 from sidecar.stats import CacheStats

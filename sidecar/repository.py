@@ -8,7 +8,6 @@ equal a direct ``percentile_cont`` over the same rows.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -18,10 +17,9 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, ConfigDict
 
-from sidecar.migrate import is_current, migrate, quote_ident
+from sidecar.migrate import quote_ident
 from sidecar.records import SpanRecord
-from sidecar.settings import PostgresSettings
-from sidecar.sinks.postgres import COLUMNS, TABLE, init_connection, span_row
+from sidecar.sinks.postgres import COLUMNS, TABLE, span_row
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,5})([mhd])$")
 _UNIT_S = {"m": 60, "h": 3600, "d": 86400}
@@ -133,49 +131,6 @@ _SPAN_COLUMNS = (
 _INSERT = ("INSERT INTO {table} (" + ", ".join(COLUMNS) + ") VALUES ("
            + ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
            + ") ON CONFLICT (span_id, start_time) DO NOTHING")
-
-
-async def ensure_schema(conn: asyncpg.Connection, settings: PostgresSettings) -> None:
-    """Migrate when the schema is missing or old and ``auto_migrate`` allows, else raise."""
-    if await is_current(conn, settings.db_schema):
-        return
-    if not settings.auto_migrate:
-        raise RuntimeError("schema missing or old: run `span-sidecar migrate`")
-    await migrate(conn, settings.db_schema)
-
-
-class LazyPool:
-    """A small asyncpg pool opened on first use (so a caller starts while Postgres is
-    down), on a schema migrated as the sink would."""
-
-    def __init__(self, settings: PostgresSettings, max_size: int = 2) -> None:
-        self.settings = settings
-        self._max_size = max_size
-        self._pool: asyncpg.Pool | None = None
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> asyncpg.Pool:
-        async with self._lock:
-            if self._pool is None:
-                s = self.settings
-                password = s.password.get_secret_value() if s.password else ""
-                pool = await asyncpg.create_pool(
-                    s.dsn, password=password or None, min_size=1, max_size=self._max_size,
-                    timeout=s.connect_timeout_s, command_timeout=s.command_timeout_s,
-                    init=init_connection)
-                try:
-                    async with pool.acquire() as conn:
-                        await ensure_schema(conn, s)
-                except BaseException:
-                    await pool.close()
-                    raise
-                self._pool = pool
-            return self._pool
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
 
 
 class SpanRepository:

@@ -17,7 +17,7 @@ import structlog
 
 from sidecar.clock import Clock
 from sidecar.partitions import Expiry, ensure_partitions, expire, is_partitioned, lock_key
-from sidecar.repository import LazyPool
+from sidecar.pg import LazyPool
 from sidecar.settings import PostgresSettings, RetentionSettings
 
 log = structlog.get_logger("sidecar.retention")

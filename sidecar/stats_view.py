@@ -12,8 +12,8 @@ from typing import Any
 
 from sidecar.cache import MetricsCache
 from sidecar.clock import Clock
+from sidecar.pg import LazyPool
 from sidecar.repository import (
-    LazyPool,
     SpanRepository,
     StatsReport,
     TraceSpan,

@@ -9,17 +9,15 @@ crash leaves it all or nothing, and the span id keeps it once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
 import asyncpg
-import orjson
 import structlog
-from msgspec import Raw
 
-from sidecar.migrate import is_current, migrate, quote_ident
+from sidecar.migrate import quote_ident
+from sidecar.pg import LazyPool
 from sidecar.records import Record, SpanRecord, encode_json
 from sidecar.settings import PostgresSettings, Settings, scrub
 from sidecar.sinks.base import (
@@ -39,7 +37,6 @@ TABLE = "ml_observability_spans"
 # Called after a commit with the agent names of the batch's spans (spans
 # without one add nothing; the hook is called even when the set is empty).
 Row = tuple[Any, ...]
-CLOSE_TIMEOUT_S = 2.0
 COLUMNS = (
     "span_id", "trace_id", "parent_span_id", "name", "type", "agent_name", "agent_tier",
     "project_name", "start_time", "end_time", "duration_ms", "status", "model", "provider",
@@ -72,23 +69,6 @@ def span_row(span: SpanRecord, default_project: str) -> tuple[Any, ...]:
     )
 
 
-def _jsonb_encode(value: Any) -> bytes:
-    """jsonb's binary format: version 1, then the JSON text (raw text as it is)."""
-    if isinstance(value, bytes | Raw):
-        return b"\x01" + value
-    return b"\x01" + orjson.dumps(value)
-
-
-def _jsonb_decode(value: bytes) -> Any:
-    return orjson.loads(value[1:])
-
-
-async def init_connection(conn: asyncpg.Connection) -> None:
-    """jsonb in binary: raw JSON text passes through, Python values are encoded."""
-    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode,
-                              schema="pg_catalog", format="binary")
-
-
 def build(settings: Settings, context: SinkContext) -> PostgresSink:
     """The sink registry's entry point."""
     return PostgresSink(settings.postgres, settings.opik.project_name,
@@ -110,8 +90,7 @@ class PostgresSink:
         self.batches_in_flight = 1  # streamed, one COPY at a time
         self.default_project = default_project
         self.schema = settings.db_schema
-        self._pool: asyncpg.Pool | None = None
-        self._pool_lock = asyncio.Lock()
+        self._pool = LazyPool(settings, max_size=settings.pool_size)
         self._table = f"{quote_ident(self.schema)}.{TABLE}"
 
     async def __aenter__(self) -> PostgresSink:
@@ -119,39 +98,11 @@ class PostgresSink:
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            try:  # a COPY stuck on a dead network must not hold the exit
-                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
-            except TimeoutError:
-                pool.terminate()
+        await self._pool.close()
 
     async def pool(self) -> asyncpg.Pool:
         """The pool, connecting (and migrating when allowed) on first use."""
-        async with self._pool_lock:
-            if self._pool is None:
-                s = self.settings
-                password = s.password.get_secret_value() if s.password else ""
-                pool = await asyncpg.create_pool(
-                    s.dsn, password=password or None,
-                    min_size=1, max_size=s.pool_size, timeout=s.connect_timeout_s,
-                    command_timeout=s.command_timeout_s, init=init_connection)
-                try:
-                    await self._ensure_schema(pool)
-                except BaseException:
-                    await pool.close()
-                    raise
-                self._pool = pool
-                log.info("sink.postgres.connected", schema=self.schema)
-            return self._pool
-
-    async def _ensure_schema(self, pool: asyncpg.Pool) -> None:
-        async with pool.acquire() as conn:
-            if await is_current(conn, self.schema):
-                return
-            if not self.settings.auto_migrate:
-                raise RuntimeError("schema missing or old: run `span-sidecar migrate`")
-            await migrate(conn, self.schema)
+        return await self._pool.get()
 
     async def send(self, batch: Sequence[Record]) -> Outcome:
         rows = [(i, span_row(r, self.default_project)) for i, r in enumerate(batch)
@@ -241,9 +192,7 @@ class PostgresSink:
         if isinstance(exc, asyncpg.PostgresError) and not isinstance(
                 exc, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError):
             return
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            pool.terminate()
+        self._pool.reset()
 
     async def check(self) -> bool:
         try:

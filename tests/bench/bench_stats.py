@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from sidecar.clock import SystemClock
 from sidecar.migrate import migrate
 from sidecar.partitions import ensure_partitions
+from sidecar.pg import LazyPool
 from sidecar.read_side import ReadSide
 from sidecar.records import SpanRecord, parse_line
-from sidecar.repository import LazyPool
 from sidecar.retention import Retention
 from sidecar.sinks.postgres import PostgresSink
 from tests.read.conftest import REDIS_URL, make_settings

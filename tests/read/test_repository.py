@@ -9,8 +9,9 @@ import asyncpg
 import pytest
 from msgspec.structs import replace
 
+from sidecar.pg import init_connection
 from sidecar.records import SpanRecord, parse_line
-from sidecar.repository import SpanRepository, init_connection, parse_window, tree_order
+from sidecar.repository import SpanRepository, parse_window, tree_order
 from tests.read.conftest import connect, seed
 from tests.support import PG_DSN, line, span
 

@@ -11,7 +11,7 @@ from sidecar.clock import FakeClock
 from sidecar.migrate import TABLE as MIGRATIONS
 from sidecar.migrate import migrate, migrations, quote_ident
 from sidecar.partitions import day_partitions, lock_key, partition_name
-from sidecar.repository import LazyPool
+from sidecar.pg import LazyPool
 from sidecar.retention import Retention
 from tests.read.conftest import connect, make_settings, seed
 from tests.support import PG_DSN
