@@ -21,7 +21,7 @@ import structlog
 
 from sidecar.clock import Clock, every
 from sidecar.settings import SpoolSettings
-from sidecar.spool.tailer import SpoolReader, spool_files
+from sidecar.spool.tailer import SpoolReader, is_finished, spool_files
 from sidecar.stats import QuotaStats
 
 log = structlog.get_logger("sidecar.quota")
@@ -51,7 +51,9 @@ class SpoolQuota:
             for path, st in sorted(files, key=lambda f: f[1].st_mtime):
                 if self.bytes <= limit:
                     break
-                if self._complete(path, st.st_mtime) and self._drop(path, (st.st_dev, st.st_ino)):
+                now = self.clock.wall()
+                if is_finished(path, st.st_mtime, now, self.settings.idle_done_after_s) \
+                        and self._drop(path, (st.st_dev, st.st_ino)):
                     self.bytes -= st.st_size
         over = self.bytes > limit
         if over != self._over:
@@ -61,10 +63,6 @@ class SpoolQuota:
                             on_full=self.settings.on_full)
             else:
                 log.info("spool.quota.recovered", bytes=self.bytes, max_bytes=limit)
-
-    def _complete(self, path: str, mtime: float) -> bool:
-        return path.endswith(".done") or (
-            self.clock.wall() - mtime > self.settings.idle_done_after_s)
 
     def _drop(self, path: str, key: tuple[int, int]) -> bool:
         """Delete one file; count the records that some sink had not read yet."""

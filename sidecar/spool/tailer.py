@@ -124,6 +124,14 @@ def spool_files(spool_dir: Path, patterns: tuple[str, ...]) -> list[tuple[str, o
     return out
 
 
+def is_finished(path: str, mtime: float, now: float, idle_done_after_s: float | None) -> bool:
+    """Will a spool file's writer never append again? Renamed to ``.done``, or
+    idle longer than ``idle_done_after_s`` (its writer died)."""
+    if path.endswith(".done"):
+        return True
+    return idle_done_after_s is not None and now - mtime > idle_done_after_s
+
+
 def fingerprint(fd: int, length: int) -> str:
     return hashlib.blake2b(os.pread(fd, length, 0), digest_size=16).hexdigest()
 
@@ -301,10 +309,7 @@ class SpoolReader:
 
     def finished(self, f: TrackedFile) -> bool:
         """Will its writer never append again? (``.done``, or idle too long.)"""
-        if f.path.endswith(".done"):
-            return True
-        idle = self.idle_done_after_s
-        return idle is not None and self.clock.wall() - f.mtime > idle
+        return is_finished(f.path, f.mtime, self.clock.wall(), self.idle_done_after_s)
 
     # -- progress ------------------------------------------------------------
     def ack(self, f: TrackedFile, gen: int, end: int) -> None:
