@@ -19,9 +19,8 @@ want to be safe write version 7 ids, which pass through unchanged.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-from uuid import UUID
+from hashlib import blake2b as _blake2b
+from uuid import UUID, SafeUUID
 
 _EPOCH_2020_MS = 1_577_836_800_000
 _HASH_SPAN_MS = 1 << 40  # about 34.8 years from 2020
@@ -43,35 +42,43 @@ def is_v7(value: UUID) -> bool:
 
 def to_v7(value: UUID) -> UUID:
     """``value`` itself when it is a v7, else its deterministic v7 image."""
-    if is_v7(value):
+    if value.int & (_VERSION_MASK | _VARIANT_MASK) == _V7_BITS:
         return value
-    return _mapped(value)
+    return _mapped(value.int)
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _mapped(value: UUID) -> UUID:
-    # Cached: a trace id is mapped once per span of the trace and again for
-    # its derived trace; hashing costs several microseconds.
-    digest = hashlib.blake2b(value.bytes, digest_size=16, person=b"span-sidecar-v7").digest()
-    ms = _embedded_ms(value)
+def _mapped(i: int) -> UUID:
+    # Not cached: span ids are unique, so a cache only held memory (64k
+    # entries, ~20 MB); callers that map one id often keep their own memo.
+    digest = _blake2b(i.to_bytes(16, "big"), digest_size=16, person=b"span-sidecar-v7").digest()
+    ms = _embedded_ms(i)
     if ms is None:
         ms = _EPOCH_2020_MS + int.from_bytes(digest[:6], "big") % _HASH_SPAN_MS
     bits = (ms << 80) | (int.from_bytes(digest[6:], "big") & _RANDOM_80)
-    bits = (bits & ~_VERSION_MASK) | (7 << 76)
-    bits = (bits & ~_VARIANT_MASK) | (0b10 << 62)
-    return UUID(int=bits)
+    return _uuid(bits & ~(_VERSION_MASK | _VARIANT_MASK) | _V7_BITS)
 
 
-def _embedded_ms(value: UUID) -> int | None:
+_UNKNOWN = SafeUUID.unknown  # an enum member lookup costs as much as the rest
+
+
+def _uuid(bits: int) -> UUID:
+    """``UUID(int=bits)`` for bits known to be in range, without the checks
+    of ``UUID.__init__`` (a third of the mapping's cost)."""
+    value = object.__new__(UUID)
+    object.__setattr__(value, "int", bits)
+    object.__setattr__(value, "is_safe", _UNKNOWN)
+    return value
+
+
+def _embedded_ms(i: int) -> int | None:
     """Unix milliseconds of a time-based (v1 or v6) UUID, if plausible."""
-    i = value.int
-    if value.version == 1:
+    # UUID.version: the nibble counts only in the RFC variant (bits 10).
+    version = (i >> 76) & 0xF if (i >> 62) & 0b11 == 0b10 else None
+    if version == 1:
         ticks = (((i >> 64) & 0xFFF) << 48) | (((i >> 80) & 0xFFFF) << 32) | (i >> 96)
-    elif value.version == 6:
+    elif version == 6:
         ticks = ((i >> 96) << 28) | (((i >> 80) & 0xFFFF) << 12) | ((i >> 64) & 0xFFF)
     else:
         return None
     ms = (ticks - _GREGORIAN_OFFSET) // 10_000
     return ms if 0 <= ms <= _MAX_MS else None
-
-

@@ -74,9 +74,10 @@ class MetadataExtra(_Write):
     agent_name: str | None = None
     agent_tier: int | None = None
     events: list[EventWrite] | None = None
-    original_id: str | None = None
-    original_trace_id: str | None = None
-    original_parent_span_id: str | None = None
+    # The ids as written, when mapping to v7 changed them (encoded canonical).
+    original_id: UUID | None = None
+    original_trace_id: UUID | None = None
+    original_parent_span_id: UUID | None = None
 
 
 class SpanWrite(_Write):
@@ -143,9 +144,15 @@ def ts(value: datetime) -> str:
     return _ENCODER.encode(_at(value))[1:-1].decode()
 
 
-def _original(value: UUID | None) -> str | None:
-    """The id as written, when ``to_v7`` changed it (kept in metadata)."""
-    return None if value is None or to_v7(value) == value else str(value)
+class IdMap(dict[UUID, tuple[UUID, UUID | None]]):
+    """Each id's v7 image and, when mapping changed it, the id as written (kept
+    in metadata). One per plan: a trace id is looked up for every span of its
+    trace and for the derived trace, but mapped once."""
+
+    def __missing__(self, key: UUID) -> tuple[UUID, UUID | None]:
+        v7 = to_v7(key)
+        value = self[key] = (v7, None if v7 is key else key)
+        return value
 
 
 def _error_info(info: ErrorInfo | None) -> ErrorInfoWrite | None:
@@ -177,7 +184,7 @@ def _tags(tags: list[str] | None) -> list[str] | None:
     return None if tags is None else list(dict.fromkeys(tags))  # Opik: unique items
 
 
-def _agent_fields(span: SpanRecord, **originals: str | None) -> MetadataExtra:
+def _agent_fields(span: SpanRecord, **originals: UUID | None) -> MetadataExtra:
     events = None if span.events is None else [
         EventWrite(name=e.name, attributes=e.attributes, time=_opt_at(e.time))
         for e in span.events
@@ -186,18 +193,21 @@ def _agent_fields(span: SpanRecord, **originals: str | None) -> MetadataExtra:
                          **originals)
 
 
-def span_write(span: SpanRecord, default_project: str) -> SpanWrite:
+def span_write(span: SpanRecord, default_project: str, ids: IdMap | None = None) -> SpanWrite:
     """A ``SpanWrite``: agent fields and original ids go into metadata."""
-    extra = _agent_fields(span, original_id=_original(span.id),
-                          original_trace_id=_original(span.trace_id),
-                          original_parent_span_id=_original(span.parent_span_id))
+    ids = IdMap() if ids is None else ids
+    span_id, original_id = ids[span.id]
+    trace_id, original_trace_id = ids[span.trace_id]
+    parent, original_parent = (None, None) if span.parent_span_id is None else ids[
+        span.parent_span_id]
+    extra = _agent_fields(span, original_id=original_id, original_trace_id=original_trace_id,
+                          original_parent_span_id=original_parent)
     version = span.last_updated_at or span.end_time or span.start_time
-    parent = span.parent_span_id
     return SpanWrite(
-        id=to_v7(span.id), trace_id=to_v7(span.trace_id),
+        id=span_id, trace_id=trace_id,
         project_name=span.project_name or default_project, name=span.name, type=span.type,
         start_time=_at(span.start_time), last_updated_at=_at(version),
-        parent_span_id=None if parent is None else to_v7(parent),
+        parent_span_id=parent,
         end_time=_opt_at(span.end_time), input=span.input, output=span.output,
         metadata=_merged(span.metadata, extra), model=span.model, provider=span.provider,
         tags=_tags(span.tags), usage=span.usage, total_estimated_cost=span.total_estimated_cost,
@@ -205,24 +215,27 @@ def span_write(span: SpanRecord, default_project: str) -> SpanWrite:
     )
 
 
-def trace_write(trace: TraceRecord, default_project: str) -> TraceWrite:
+def trace_write(trace: TraceRecord, default_project: str, ids: IdMap | None = None) -> TraceWrite:
     """A ``TraceWrite`` from an explicit trace record."""
+    trace_id, original_id = (IdMap() if ids is None else ids)[trace.id]
     version = trace.last_updated_at or trace.end_time or trace.start_time
     return TraceWrite(
-        id=to_v7(trace.id), project_name=trace.project_name or default_project,
+        id=trace_id, project_name=trace.project_name or default_project,
         name=trace.name, start_time=_at(trace.start_time), last_updated_at=_at(version),
         end_time=_opt_at(trace.end_time), input=trace.input, output=trace.output,
-        metadata=_merged(trace.metadata, MetadataExtra(original_id=_original(trace.id))),
+        metadata=_merged(trace.metadata, MetadataExtra(original_id=original_id)),
         tags=_tags(trace.tags), error_info=_error_info(trace.error_info),
         thread_id=trace.thread_id,
     )
 
 
-def derived_trace_write(root: SpanRecord, default_project: str) -> TraceWrite:
+def derived_trace_write(root: SpanRecord, default_project: str,
+                        ids: IdMap | None = None) -> TraceWrite:
     """A ``TraceWrite`` derived from a root span (see the module docstring)."""
-    extra = _agent_fields(root, original_id=_original(root.trace_id))
+    trace_id, original_id = (IdMap() if ids is None else ids)[root.trace_id]
+    extra = _agent_fields(root, original_id=original_id)
     return TraceWrite(
-        id=to_v7(root.trace_id), project_name=root.project_name or default_project,
+        id=trace_id, project_name=root.project_name or default_project,
         name=root.name, start_time=_at(root.start_time), last_updated_at=_at(root.start_time),
         end_time=_opt_at(root.end_time), input=root.input, output=root.output,
         metadata=_merged(root.metadata, extra), tags=_tags(root.tags),
@@ -230,9 +243,10 @@ def derived_trace_write(root: SpanRecord, default_project: str) -> TraceWrite:
     )
 
 
-def score_write(feedback: FeedbackRecord, default_project: str) -> ScoreWrite:
+def score_write(feedback: FeedbackRecord, default_project: str,
+                ids: IdMap | None = None) -> ScoreWrite:
     """A ``FeedbackScoreBatchItem``; the target id maps like the span's or trace's."""
-    return ScoreWrite(id=to_v7(feedback.id), name=feedback.name, value=feedback.value,
+    return ScoreWrite(id=(IdMap() if ids is None else ids)[feedback.id][0], name=feedback.name, value=feedback.value,
                       project_name=feedback.project_name or default_project, source="sdk",
                       reason=feedback.reason)
 
@@ -269,16 +283,17 @@ class Plan:
 
 def _payloads(batch: Sequence[Record], project: str) -> Iterator[tuple[Endpoint, int, Payload]]:
     explicit = {r.id for r in batch if isinstance(r, TraceRecord)}
+    ids = IdMap()
     for index, record in enumerate(batch):
         if isinstance(record, SpanRecord):
-            yield "spans", index, span_write(record, project)
+            yield "spans", index, span_write(record, project, ids)
             if record.parent_span_id is None and record.trace_id not in explicit:
-                yield "traces", index, derived_trace_write(record, project)
+                yield "traces", index, derived_trace_write(record, project, ids)
         elif isinstance(record, TraceRecord):
-            yield "traces", index, trace_write(record, project)
+            yield "traces", index, trace_write(record, project, ids)
         else:
             endpoint: Endpoint = "trace_scores" if record.target == "trace" else "span_scores"
-            yield endpoint, index, score_write(record, project)
+            yield endpoint, index, score_write(record, project, ids)
 
 
 def plan(batch: Sequence[Record], project: str, max_items: int, max_bytes: int) -> Plan:
@@ -298,7 +313,7 @@ def plan(batch: Sequence[Record], project: str, max_items: int, max_bytes: int) 
             rejects[index] = f"cannot encode for Opik: {exc}"
             continue
         group = open_groups.get(endpoint)
-        overhead = len(envelope(endpoint, ()))
+        overhead = _OVERHEAD[endpoint]
         if group is not None and (len(group.records) >= max_items
                                   or group.size + len(body) + overhead > max_bytes):
             done.append(group)
@@ -323,6 +338,9 @@ def envelope(endpoint: Endpoint, bodies: Sequence[bytes]) -> bytes:
     """The request body: ``{"spans": [...]}`` from already encoded items."""
     key = ROUTES[endpoint][2]
     return b'{"' + key.encode() + b'":[' + b",".join(bodies) + b"]}"
+
+
+_OVERHEAD = {endpoint: len(envelope(endpoint, ())) for endpoint in ROUTES}
 
 
 def bodies_of(group: Group, records: Sequence[Record]) -> list[bytes]:
