@@ -246,7 +246,8 @@ def derived_trace_write(root: SpanRecord, default_project: str,
 def score_write(feedback: FeedbackRecord, default_project: str,
                 ids: IdMap | None = None) -> ScoreWrite:
     """A ``FeedbackScoreBatchItem``; the target id maps like the span's or trace's."""
-    return ScoreWrite(id=(IdMap() if ids is None else ids)[feedback.id][0], name=feedback.name, value=feedback.value,
+    score_id = (IdMap() if ids is None else ids)[feedback.id][0]
+    return ScoreWrite(id=score_id, name=feedback.name, value=feedback.value,
                       project_name=feedback.project_name or default_project, source="sdk",
                       reason=feedback.reason)
 

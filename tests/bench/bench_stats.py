@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import msgspec
 from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -157,7 +158,7 @@ async def ingest(schema: str, seconds: float, with_retention: bool) -> tuple[flo
         t0 = time.perf_counter()
         i = 0
         while time.perf_counter() - t0 < seconds or (task is not None and not task.done()):
-            fresh = [r.model_copy(update={"id": uuid.uuid4()}) for r in work[i % len(work)]]
+            fresh = [msgspec.structs.replace(r, id=uuid.uuid4()) for r in work[i % len(work)]]
             await sink.send(fresh)
             stored += len(fresh)
             i += 1
