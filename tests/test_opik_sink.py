@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
@@ -21,8 +22,8 @@ from sidecar.clock import FakeClock
 from sidecar.ids import to_v7
 from sidecar.records import Record
 from sidecar.sinks.base import Delivered, PartlyRejected, Retry
-from sidecar.sinks.opik import OpikSink, _seconds
-from sidecar.sinks.opik_payloads import envelope, plan, ts
+from sidecar.sinks.opik import PLAN_SLICE_RECORDS, OpikSink, _seconds
+from sidecar.sinks.opik_payloads import Group, Plan, envelope, plan, plan_in_slices, ts
 from tests.opik_emulator import OpikEmulator, validate
 from tests.opik_fixtures import (
     T0,
@@ -312,6 +313,64 @@ def test_an_item_alone_over_max_request_bytes_goes_alone() -> None:
     big, small = span(input={"t": "x" * 5000}), span()
     work = plan([small, big, small], "p", 1000, 4000)
     assert [len(g.records) for g in work.groups] == [1, 1, 1]
+
+
+def test_a_plan_in_slices_is_the_same_plan() -> None:
+    batch = all_shapes() * 3
+    whole = plan(batch, "p", 5, 8 << 20)
+    steps, pauses = plan_in_slices(batch, "p", 5, 8 << 20, slice_records=4), 0
+    while True:
+        try:
+            next(steps)
+            pauses += 1
+        except StopIteration as done:
+            sliced = done.value
+            break
+    assert pauses == (len(batch) - 1) // 4
+    assert [(g.endpoint, g.indices, list(g.bodies.values())) for g in sliced.groups] == [
+        (g.endpoint, g.indices, list(g.bodies.values())) for g in whole.groups]
+
+
+async def test_encoding_a_batch_lets_the_event_loop_run(sink: OpikSink) -> None:
+    """A 1000-span batch is ~15 ms of encoding: the Postgres stream and the
+    HTTP probes must get turns in between, not wait behind it."""
+    turns: list[int] = []
+    done = asyncio.Event()
+
+    async def other_work() -> None:
+        while not done.is_set():
+            turns.append(len(turns))
+            await asyncio.sleep(0)
+
+    batch = [span(parent_span_id=None) for _ in range(10 * PLAN_SLICE_RECORDS)]
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(other_work())
+        await sink._plan(batch)
+        done.set()
+    assert len(turns) >= 9
+
+
+async def test_a_failed_attempt_leaves_nothing_for_the_garbage_collector(
+        sink: OpikSink, emu: OpikEmulator) -> None:
+    """While Opik is down, each attempt's plan and request bodies must be freed
+    when the attempt ends: a reference cycle would keep them until a full
+    collection, which the daemon's tuned collector runs rarely."""
+    emu.fail(503)
+    batch = [span(parent_span_id=None) for _ in range(50)]
+    assert isinstance(await sink.send(batch), Retry)  # connections and imports warmed up
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        assert isinstance(await sink.send(batch), Retry)
+        gc.collect()
+        cyclic = [type(o).__name__ for o in gc.garbage
+                  if isinstance(o, Group | Plan | BaseException)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert cyclic == []
 
 
 async def test_requests_run_concurrently_up_to_max_in_flight(emu: OpikEmulator) -> None:

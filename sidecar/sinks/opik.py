@@ -29,7 +29,7 @@ import httpx
 import orjson
 import structlog
 
-from sidecar.clock import Clock, SystemClock
+from sidecar.clock import Clock, SystemClock, yield_to_loop
 from sidecar.records import Record, SpanRecord
 from sidecar.settings import OpikSettings, Settings
 from sidecar.sinks.base import (
@@ -42,13 +42,24 @@ from sidecar.sinks.base import (
     isolate_rejects,
 )
 from sidecar.sinks.opik_http import Compressor, client_for
-from sidecar.sinks.opik_payloads import ROUTES, Group, bodies_of, envelope, plan
+from sidecar.sinks.opik_payloads import (
+    ROUTES,
+    Group,
+    Plan,
+    bodies_of,
+    envelope,
+    plan_in_slices,
+)
 
 log = structlog.get_logger("sidecar.sinks.opik")
 
 # Not the record's fault: retrying (and the breaker) is the right answer.
 _RETRY_STATUSES = frozenset({401, 402, 403, 404, 408, 409})
 _MAX_ERROR_TEXT = 500
+# Records encoded between two turns of the event loop (~0.25 ms of CPU): short
+# slices leave a concurrent Postgres stream most of the CPU (measured with both
+# sinks on: 16 records, ~0.8 of its rate alone; 64, 0.63; 256, 0.60).
+PLAN_SLICE_RECORDS = 16
 
 
 class _RetryNow(Exception):
@@ -127,8 +138,7 @@ class OpikSink:
 
     async def send(self, batch: Sequence[Record]) -> Outcome:
         """Deliver a batch (see the module docstring); raises only on cancellation."""
-        s = self.settings
-        work = plan(batch, s.project_name, s.max_batch_records, s.max_request_bytes)
+        work = await self._plan(batch)
         # Every item is an event to Opik's quota; tokens stay spent if the send
         # then fails, as the server may have counted the events anyway.
         wait = self._bucket.take(work.items) if self._bucket and work.items else 0.0
@@ -143,6 +153,21 @@ class OpikSink:
             return Retry(f"opik: unexpected {type(exc).__name__}: {exc}")
         rejects.update(work.rejects)
         return PartlyRejected(dict(sorted(rejects.items()))) if rejects else Delivered()
+
+    async def _plan(self, batch: Sequence[Record]) -> Plan:
+        """Encode in slices with the loop let go in between: a
+        1000-span batch is ~15 ms of CPU, which would otherwise hold up the
+        Postgres stream, the HTTP probes and the other batch in flight."""
+        s = self.settings
+        steps = plan_in_slices(batch, s.project_name, s.max_batch_records, s.max_request_bytes,
+                               PLAN_SLICE_RECORDS)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                result: Plan = done.value
+                return result
+            await yield_to_loop()
 
     async def _deliver(self, groups: list[Group], batch: Sequence[Record]) -> dict[int, str]:
         """Spans and traces first, then scores (they refer to them)."""

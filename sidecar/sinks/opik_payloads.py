@@ -20,7 +20,7 @@ version is older than the root span's start (a trace record with only a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -303,11 +303,28 @@ def plan(batch: Sequence[Record], project: str, max_items: int, max_bytes: int) 
     An item larger than ``max_bytes`` on its own still goes, alone: the
     server's limit is what decides whether it is too large.
     """
+    steps = plan_in_slices(batch, project, max_items, max_bytes, len(batch) + 1)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: Plan = done.value
+            return result
+
+
+def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_bytes: int,
+                   slice_records: int) -> Generator[None, None, Plan]:
+    """``plan``, pausing (a bare ``yield``) after every ``slice_records``
+    records, so that an event loop can run other work in between."""
     max_items = min(max_items, OPIK_MAX_ITEMS)
     open_groups: dict[Endpoint, Group] = {}
     done: list[Group] = []
     rejects: dict[int, str] = {}
+    last = -1
     for endpoint, index, payload in _payloads(batch, project):
+        if index != last and index % slice_records == 0 and index:
+            yield
+        last = index
         try:
             body = _ENCODER.encode(payload)
         except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:

@@ -18,7 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.clock import FakeClock
-from sidecar.pipeline import PipelineSettings, SinkPipeline, SinkSpool
+from sidecar.pipeline import YIELD_EVERY_BATCHED, PipelineSettings, SinkPipeline, SinkSpool
 from sidecar.records import Record, SpanRecord
 from sidecar.settings import BatchSettings, BreakerSettings, RetrySettings
 from sidecar.sinks.base import Delivered, Outcome, PartlyRejected, Retry
@@ -384,3 +384,25 @@ async def test_a_finished_batch_is_committed_without_waiting_for_more_input(
     await h.until(lambda: h.checkpoint() == h.file.stat().st_size)
     assert len(h.quarantined()) == 1 and len(sink.stored) == 1
     await h.finish()
+
+
+async def test_parsing_a_large_read_lets_other_tasks_run(tmp_path: Path) -> None:
+    """A batched (non-streaming) sink's producer gives the loop back every few
+    lines: the other sink's stream and the probes do not wait behind a 1000-line
+    read (~6 ms of parsing)."""
+    h = Harness(tmp_path, FakeSink(), max_records=1000)
+    h.write([span(i) for i in range(10 * YIELD_EVERY_BATCHED)])
+    turns: list[int] = []
+
+    async def other_work() -> None:
+        while h.pipeline.read_total < 10 * YIELD_EVERY_BATCHED:
+            turns.append(h.pipeline.read_total)
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_work())
+    h.start()
+    await h.until(lambda: len(h.sink.stored) == 10 * YIELD_EVERY_BATCHED)
+    await other
+    await h.finish()
+    # Turns taken while the producer was part-way through the read.
+    assert len({n for n in turns if 0 < n < 10 * YIELD_EVERY_BATCHED}) >= 9
