@@ -129,9 +129,12 @@ def throughput(root: Path, emu: OpikEmulator, n: int,
         return len(done) == len(sinks)
 
     wait(finished)
+    assert run.proc is not None
+    hwm = proc_sample(run.proc.pid)[2]
     run.stop()
     names = {"opik": "opik_spans_per_s", "postgres": "postgres_rows_per_s"}
-    return {names[sink]: n / (t - t0) for sink, t in done.items()}
+    return {**{names[sink]: n / (t - t0) for sink, t in done.items()},
+            "peak_rss_mb": hwm / 2**20}
 
 
 def catch_up(root: Path, emu: OpikEmulator, n: int) -> dict[str, float]:
