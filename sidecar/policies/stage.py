@@ -89,7 +89,7 @@ class PolicyStage:
             record = _redact(record, p.redactor, redactions)
         if raw is None or len(raw) > p.max_field_bytes:
             record = _truncate(record, p.max_field_bytes, truncated)
-        if count:
+        if count and (redactions or truncated):
             _add(self._redactions, redactions)
             _add(self._truncated, truncated)
         return record
