@@ -69,7 +69,7 @@ def _csv_value(column: str, v: object) -> str:
     if isinstance(v, list):
         return "{" + ",".join('"' + s.replace('"', '\\"') + '"' for s in v) + "}"
     if hasattr(v, "isoformat"):
-        return v.isoformat()
+        return str(v.isoformat())
     return str(v)
 
 
@@ -174,7 +174,7 @@ def health_overhead(args: argparse.Namespace) -> None:
     """Throughput with the self-monitor off vs on (health span every second,
     HTTP server up): medians of alternating runs on the same spool."""
     rates: dict[str, list[float]] = {"off": [], "on": []}
-    variants = {
+    variants: dict[str, dict[str, object]] = {
         "off": {"health": {"enabled": False}, "http": {"enabled": False}},
         "on": {"health": {"enabled": True, "interval_s": 1.0},
                "http": {"enabled": True, "listen": "127.0.0.1:0"}},
@@ -247,9 +247,9 @@ def main() -> None:
         ceiling = float(results["psql_copy_rows_per_s"])  # type: ignore[arg-type]
         results["ratio_to_psql_copy"] = large["rows_per_s"] / ceiling
         results["steady_ratio_to_psql_copy"] = large["steady_rows_per_s"] / ceiling
-        peer = results.get("rsyslog")
-        if isinstance(peer, dict):
-            results["ratio_to_rsyslog"] = large["rows_per_s"] / peer["rows_per_s"]
+        rsyslog = results.get("rsyslog")
+        if isinstance(rsyslog, dict):
+            results["ratio_to_rsyslog"] = large["rows_per_s"] / rsyslog["rows_per_s"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
