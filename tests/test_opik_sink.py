@@ -8,9 +8,10 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from types import TracebackType
 
 import orjson
 import pytest
@@ -21,9 +22,17 @@ from uuid6 import uuid7
 from sidecar.clock import FakeClock
 from sidecar.ids import to_v7
 from sidecar.records import Record
-from sidecar.sinks.base import Delivered, PartlyRejected, Retry
-from sidecar.sinks.opik import PLAN_SLICE_RECORDS, OpikSink, _seconds
-from sidecar.sinks.opik_payloads import Group, Plan, envelope, plan, plan_in_slices, ts
+from sidecar.sinks.base import Delivered, PartlyRejected, RejectError, Retry
+from sidecar.sinks.opik import PLAN_SLICE_RECORDS, OpikSink, _RetryNow, _seconds
+from sidecar.sinks.opik_payloads import (
+    Group,
+    Plan,
+    bodies_of,
+    envelope,
+    plan,
+    plan_in_slices,
+    ts,
+)
 from tests.opik_emulator import OpikEmulator, validate
 from tests.opik_fixtures import (
     T0,
@@ -136,6 +145,22 @@ async def test_non_v7_ids_map_to_v7_consistently_and_keep_the_originals(
     derived = emu.traces()[str(to_v7(root.trace_id))]
     assert derived["metadata"]["original_id"] == str(root.trace_id)
     assert (str(to_v7(child.id)), "helpfulness") in emu.scores("span")
+
+
+@pytest.mark.parametrize(("written", "mapped"), [
+    ("3f2c0b1e-7a4d-4c8e-9b2a-5d6e7f8091a2", "022797ab-99c2-7325-bf73-906c937e73e9"),  # v4
+    ("c232ab00-9414-11ec-b3c8-9f6bdeced846", "017f22e2-79b0-713c-8d0b-aab0c2160609"),  # v1 time
+    ("1ec9414c-232a-6b00-b3c8-9f6bdeced846", "017f22e2-79b0-7671-9edf-a44712196660"),  # v6 time
+    # Version nibble 1 outside the RFC variant: not a v1, so a hashed time.
+    ("c232ab00-9414-11ec-73c8-9f6bdeced846", "024d11a5-b30f-76fa-b43f-c3830ee8f0b1"),
+    ("017f22e2-79b0-7cc3-98c4-dc0c0c07398f", "017f22e2-79b0-7cc3-98c4-dc0c0c07398f"),  # v7 as is
+    ("00000000-0000-0000-0000-000000000000", "025f1bca-511a-7854-a345-c108e4877bc0"),  # nil
+])
+def test_the_id_mapping_is_pinned_for_every_kind_of_id(written: str, mapped: str) -> None:
+    """Values from 0.1's mapping: a resend after an upgrade must hit the same rows."""
+    result = to_v7(uuid.UUID(written))
+    assert str(result) == mapped and result == uuid.UUID(mapped)
+    assert hash(result) == hash(uuid.UUID(mapped))
 
 
 def test_the_id_mapping_is_deterministic_and_gives_v7() -> None:
@@ -316,7 +341,7 @@ def test_an_item_alone_over_max_request_bytes_goes_alone() -> None:
 
 
 def test_a_plan_in_slices_is_the_same_plan() -> None:
-    batch = all_shapes() * 3
+    batch = all_shapes() + all_shapes() + all_shapes()  # distinct records
     whole = plan(batch, "p", 5, 8 << 20)
     steps, pauses = plan_in_slices(batch, "p", 5, 8 << 20, slice_records=4), 0
     while True:
@@ -327,8 +352,8 @@ def test_a_plan_in_slices_is_the_same_plan() -> None:
             sliced = done.value
             break
     assert pauses == (len(batch) - 1) // 4
-    assert [(g.endpoint, g.indices, list(g.bodies.values())) for g in sliced.groups] == [
-        (g.endpoint, g.indices, list(g.bodies.values())) for g in whole.groups]
+    assert [(g.endpoint, g.indices, bodies_of(g, g.records)) for g in sliced.groups] == [
+        (g.endpoint, g.indices, bodies_of(g, g.records)) for g in whole.groups]
 
 
 async def test_encoding_a_batch_lets_the_event_loop_run(sink: OpikSink) -> None:
@@ -354,7 +379,8 @@ async def test_a_failed_attempt_leaves_nothing_for_the_garbage_collector(
         sink: OpikSink, emu: OpikEmulator) -> None:
     """While Opik is down, each attempt's plan and request bodies must be freed
     when the attempt ends: a reference cycle would keep them until a full
-    collection, which the daemon's tuned collector runs rarely."""
+    collection, which the daemon's tuned collector runs rarely. Two requests
+    a batch (spans, derived traces) fail together, 20 times over."""
     emu.fail(503)
     batch = [span(parent_span_id=None) for _ in range(50)]
     assert isinstance(await sink.send(batch), Retry)  # connections and imports warmed up
@@ -362,15 +388,47 @@ async def test_a_failed_attempt_leaves_nothing_for_the_garbage_collector(
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
-        assert isinstance(await sink.send(batch), Retry)
+        for _ in range(20):
+            assert isinstance(await sink.send(batch), Retry)
         gc.collect()
+        # The sink's own garbage only (the emulator shares this process).
         cyclic = [type(o).__name__ for o in gc.garbage
-                  if isinstance(o, Group | Plan | BaseException)]
+                  if isinstance(o, Group | Plan) or (
+                      isinstance(o, BaseException) and _through_sidecar(o.__traceback__))]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
     assert cyclic == []
+
+
+def _through_sidecar(tb: TracebackType | None) -> bool:
+    while tb is not None:
+        if "/sidecar/" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+async def test_after_a_retry_no_further_request_of_the_batch_starts(emu: OpikEmulator) -> None:
+    """One request asks for a retry while the other group is being split to
+    find a rejected record: the split stops (the batch goes again whole), and
+    nothing is cancelled mid-request."""
+    sent: list[tuple[str, int]] = []
+
+    class Scripted(OpikSink):
+        async def _request(self, group: Group, records: Sequence[Record]) -> None:
+            sent.append((group.endpoint, len(records)))
+            await asyncio.sleep(0)
+            if group.endpoint == "traces":
+                raise _RetryNow(Retry("opik 503: down", failure=True))
+            await asyncio.sleep(0)
+            raise RejectError("opik 400: a bad record")
+
+    async with Scripted(settings_for(emu)) as opik:
+        outcome = await opik.send([span(parent_span_id=None) for _ in range(8)])
+    assert outcome == Retry("opik 503: down", failure=True)
+    assert sent == [("spans", 8), ("traces", 8)]
 
 
 async def test_requests_run_concurrently_up_to_max_in_flight(emu: OpikEmulator) -> None:

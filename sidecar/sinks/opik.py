@@ -58,8 +58,8 @@ _RETRY_STATUSES = frozenset({401, 402, 403, 404, 408, 409})
 _MAX_ERROR_TEXT = 500
 # Records encoded between two turns of the event loop (~0.1 ms of CPU): short
 # slices leave a concurrent Postgres stream most of the CPU. Measured with both
-# sinks on 200k spans, Postgres against its rate alone: 8 records, 0.85-0.87;
-# 16, 0.77-0.83; 64, 0.63; 256, 0.60. Opik alone pays ~4 % for 8 against 16.
+# sinks on 200k spans, Postgres against its rate alone (single runs): 8 records,
+# 0.85-0.87; 16, 0.77-0.83; 64, 0.63; 256, 0.60. Opik alone pays ~4 % for 8.
 PLAN_SLICE_RECORDS = 8
 
 
@@ -69,6 +69,10 @@ class _RetryNow(Exception):
     def __init__(self, outcome: Retry) -> None:
         super().__init__(outcome.reason)
         self.outcome = outcome
+
+
+class _Abandoned(Exception):
+    """A request not sent because another one already asked for a retry."""
 
 
 class TokenBucket:
@@ -187,39 +191,38 @@ class OpikSink:
     async def _gather(self, groups: list[Group]) -> list[dict[int, str]]:
         """Run the groups' requests, at most ``max_in_flight`` at a time.
 
-        The first request that says "retry the batch" cancels the others. No
-        exception leaves a task: an exception group holding the failed
-        requests' frames (and their ~1 MB bodies) formed a reference cycle
-        with this frame, which kept every failed attempt's batch in memory
-        until a full collection (+20 MB while Opik was down).
+        Once a request says "retry the batch", no further request of the
+        batch starts; those under way finish (each within ``timeout_s``).
+        Nothing is cancelled and no exception leaves a task: an exception
+        group, or a cancelled request's ``CancelledError`` (its traceback
+        runs through httpx's frames, one of which holds the task), forms a
+        reference cycle that keeps the failed attempt's plan and request
+        bodies (~1 MB each) until a full collection (+20 MB while Opik was
+        down).
         """
         gate = asyncio.Semaphore(self.settings.max_in_flight)
         retries: list[Retry] = []
-        running: list[asyncio.Task[dict[int, str]]] = []
 
         async def one(group: Group) -> dict[int, str]:
             async def attempt(records: Sequence[Record]) -> None:
                 async with gate:
+                    if retries:  # the batch goes again whole: send no more of it
+                        raise _Abandoned
                     await self._request(group, records)
 
             try:
                 return await isolate_rejects(group.records, attempt)
             except _RetryNow as exc:
                 retries.append(exc.outcome)
-            for task in running:
-                if task is not asyncio.current_task():
-                    task.cancel()
+            except _Abandoned:
+                pass
             return {}
 
         async with asyncio.TaskGroup() as tasks:
-            running += [tasks.create_task(one(g)) for g in groups]
-        # A cancelled task keeps its CancelledError, whose frames refer to
-        # ``running`` through ``one``: a cycle again, unless the list lets go.
-        results = [] if retries else [task.result() for task in running]
-        running.clear()
+            running = [tasks.create_task(one(g)) for g in groups]
         if retries:
             raise _RetryNow(_merged(retries))
-        return results
+        return [task.result() for task in running]
 
     async def _request(self, group: Group, records: Sequence[Record]) -> None:
         """One request; raises RejectError (invalid data) or _RetryNow."""
