@@ -124,6 +124,19 @@ def test_values_the_server_validates_are_a_422(http: httpx.Client, fields: dict[
     assert any(words in e and "spans[1]" in e for e in response.json()["errors"])
 
 
+@pytest.mark.parametrize("fields,words", [
+    ({"type": "chain"}, "type"),
+    ({"usage": {"total_tokens": 1.5}}, "usage"),
+])
+def test_fields_a_trace_model_does_not_declare_are_validated_too(
+        http: httpx.Client, fields: dict[str, Any], words: str) -> None:
+    """The SDK models allow extra fields; the server's checks still see them."""
+    trace = {"id": str(uuid7()), "name": "t", "start_time": "2025-03-01T12:00:00Z", **fields}
+    response = post(http, "traces", [trace])
+    assert response.status_code == 422
+    assert any(words in e and "traces[0]" in e for e in response.json()["errors"])
+
+
 def test_a_span_without_trace_id_is_a_500(http: httpx.Client) -> None:
     item = span_item()
     del item["trace_id"]
