@@ -42,9 +42,7 @@ def is_v7(value: UUID) -> bool:
 
 def to_v7(value: UUID) -> UUID:
     """``value`` itself when it is a v7, else its deterministic v7 image."""
-    if value.int & (_VERSION_MASK | _VARIANT_MASK) == _V7_BITS:
-        return value
-    return _mapped(value.int)
+    return value if is_v7(value) else _mapped(value.int)
 
 
 def _mapped(i: int) -> UUID:

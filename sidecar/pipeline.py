@@ -142,8 +142,6 @@ class SinkPipeline:
                 elif self.streaming and n % YIELD_EVERY == 0:
                     # Let the consumer stream what is parsed and handle the
                     # backend's answers: that keeps Postgres busy while we parse.
-                    # (Not for other sinks: interleaving their request buffers
-                    # with the next batch's records fragmented the heap, +70 MB.)
                     self.batcher.current.grown.set()
                     await yield_to_loop()
                 elif not self.streaming and n % YIELD_EVERY_BATCHED == 0:

@@ -160,9 +160,9 @@ class OpikSink:
         return PartlyRejected(dict(sorted(rejects.items()))) if rejects else Delivered()
 
     async def _plan(self, batch: Sequence[Record]) -> Plan:
-        """Encode in slices with the loop let go in between: a
-        1000-span batch is ~15 ms of CPU, which would otherwise hold up the
-        Postgres stream, the HTTP probes and the other batch in flight."""
+        """Encode in slices, letting the loop run in between: a 1000-span
+        batch is ~15 ms of CPU, which would otherwise hold up the Postgres
+        stream, the HTTP probes and the other batch in flight."""
         s = self.settings
         steps = plan_in_slices(batch, s.project_name, s.max_batch_records, s.max_request_bytes,
                                PLAN_SLICE_RECORDS)

@@ -198,8 +198,10 @@ def span_write(span: SpanRecord, default_project: str, ids: IdMap | None = None)
     ids = IdMap() if ids is None else ids
     span_id, original_id = ids[span.id]
     trace_id, original_trace_id = ids[span.trace_id]
-    parent, original_parent = (None, None) if span.parent_span_id is None else ids[
-        span.parent_span_id]
+    parent: UUID | None = None
+    original_parent: UUID | None = None
+    if span.parent_span_id is not None:
+        parent, original_parent = ids[span.parent_span_id]
     extra = _agent_fields(span, original_id=original_id, original_trace_id=original_trace_id,
                           original_parent_span_id=original_parent)
     version = span.last_updated_at or span.end_time or span.start_time
