@@ -343,15 +343,9 @@ def test_an_item_alone_over_max_request_bytes_goes_alone() -> None:
 def test_a_plan_in_slices_is_the_same_plan() -> None:
     batch = all_shapes() + all_shapes() + all_shapes()  # distinct records
     whole = plan(batch, "p", 5, 8 << 20)
-    steps, pauses = plan_in_slices(batch, "p", 5, 8 << 20, slice_records=4), 0
-    while True:
-        try:
-            next(steps)
-            pauses += 1
-        except StopIteration as done:
-            sliced = done.value
-            break
-    assert pauses == (len(batch) - 1) // 4
+    steps = list(plan_in_slices(batch, "p", 5, 8 << 20, slice_records=4))
+    pauses, sliced = steps[:-1], steps[-1]
+    assert pauses == [None] * ((len(batch) - 1) // 4) and isinstance(sliced, Plan)
     assert [(g.endpoint, g.indices, bodies_of(g, g.records)) for g in sliced.groups] == [
         (g.endpoint, g.indices, bodies_of(g, g.records)) for g in whole.groups]
 

@@ -164,15 +164,12 @@ class OpikSink:
         batch is ~15 ms of CPU, which would otherwise hold up the Postgres
         stream, the HTTP probes and the other batch in flight."""
         s = self.settings
-        steps = plan_in_slices(batch, s.project_name, s.max_batch_records, s.max_request_bytes,
-                               PLAN_SLICE_RECORDS)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                result: Plan = done.value
-                return result
+        for step in plan_in_slices(batch, s.project_name, s.max_batch_records,
+                                   s.max_request_bytes, PLAN_SLICE_RECORDS):
+            if step is not None:
+                return step
             await yield_to_loop()
+        raise AssertionError("plan_in_slices ends with the plan")
 
     async def _deliver(self, groups: list[Group], batch: Sequence[Record]) -> dict[int, str]:
         """Spans and traces first, then scores (they refer to them)."""

@@ -20,7 +20,7 @@ version is older than the root span's start (a trace record with only a
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -306,18 +306,13 @@ def plan(batch: Sequence[Record], project: str, max_items: int, max_bytes: int) 
     server's limit is what decides whether it is too large.
     """
     steps = plan_in_slices(batch, project, max_items, max_bytes, len(batch) + 1)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: Plan = done.value
-            return result
+    return next(step for step in steps if step is not None)
 
 
 def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_bytes: int,
-                   slice_records: int) -> Generator[None, None, Plan]:
-    """``plan``, pausing (a bare ``yield``) after every ``slice_records``
-    records, so that an event loop can run other work in between."""
+                   slice_records: int) -> Iterator[Plan | None]:
+    """``plan`` in steps: None after every ``slice_records`` records (a pause,
+    so that an event loop can run other work in between), then the plan."""
     max_items = min(max_items, OPIK_MAX_ITEMS)
     open_groups: dict[Endpoint, Group] = {}
     done: list[Group] = []
@@ -325,7 +320,7 @@ def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_by
     last = -1
     for endpoint, index, payload in _payloads(batch, project):
         if index != last and index % slice_records == 0 and index:
-            yield
+            yield None
         last = index
         try:
             body = _ENCODER.encode(payload)
@@ -345,7 +340,7 @@ def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_by
     for index in rejects:  # a record is all or nothing: drop its other items
         for group in done:
             _drop(group, batch[index])
-    return Plan([g for g in done if g.records], rejects)
+    yield Plan([g for g in done if g.records], rejects)
 
 
 def _drop(group: Group, record: Record) -> None:
