@@ -19,7 +19,7 @@ from opik.rest_api.types import FeedbackScoreBatchItem, SpanWrite, TraceWrite
 from pydantic import BaseModel
 from uuid6 import uuid7
 
-from sidecar.clock import FakeClock
+from sidecar.clock import FakeClock, yield_to_loop
 from sidecar.ids import to_v7
 from sidecar.records import Record
 from sidecar.sinks.base import Delivered, PartlyRejected, RejectError, Retry
@@ -359,7 +359,7 @@ async def test_encoding_a_batch_lets_the_event_loop_run(sink: OpikSink) -> None:
     async def other_work() -> None:
         while not done.is_set():
             turns.append(len(turns))
-            await asyncio.sleep(0)
+            await yield_to_loop()
 
     batch = [span(parent_span_id=None) for _ in range(10 * PLAN_SLICE_RECORDS)]
     async with asyncio.TaskGroup() as tasks:
@@ -413,10 +413,10 @@ async def test_after_a_retry_no_further_request_of_the_batch_starts(emu: OpikEmu
     class Scripted(OpikSink):
         async def _request(self, group: Group, records: Sequence[Record]) -> None:
             sent.append((group.endpoint, len(records)))
-            await asyncio.sleep(0)
+            await yield_to_loop()
             if group.endpoint == "traces":
                 raise _RetryNow(Retry("opik 503: down", failure=True))
-            await asyncio.sleep(0)
+            await yield_to_loop()
             raise RejectError("opik 400: a bad record")
 
     async with Scripted(settings_for(emu)) as opik:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from sidecar.clock import FakeClock
+from sidecar.clock import FakeClock, yield_to_loop
 from sidecar.pipeline import YIELD_EVERY_BATCHED, PipelineSettings, SinkPipeline, SinkSpool
 from sidecar.records import Record, SpanRecord
 from sidecar.settings import BatchSettings, BreakerSettings, RetrySettings
@@ -397,7 +397,7 @@ async def test_parsing_a_large_read_lets_other_tasks_run(tmp_path: Path) -> None
     async def other_work() -> None:
         while h.pipeline.read_total < 10 * YIELD_EVERY_BATCHED:
             turns.append(h.pipeline.read_total)
-            await asyncio.sleep(0)
+            await yield_to_loop()
 
     other = asyncio.create_task(other_work())
     h.start()
