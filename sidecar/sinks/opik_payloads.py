@@ -193,9 +193,8 @@ def _agent_fields(span: SpanRecord, **originals: UUID | None) -> MetadataExtra:
                          **originals)
 
 
-def span_write(span: SpanRecord, default_project: str, ids: IdMap | None = None) -> SpanWrite:
+def span_write(span: SpanRecord, default_project: str, ids: IdMap) -> SpanWrite:
     """A ``SpanWrite``: agent fields and original ids go into metadata."""
-    ids = IdMap() if ids is None else ids
     span_id, original_id = ids[span.id]
     trace_id, original_trace_id = ids[span.trace_id]
     parent: UUID | None = None
@@ -217,9 +216,9 @@ def span_write(span: SpanRecord, default_project: str, ids: IdMap | None = None)
     )
 
 
-def trace_write(trace: TraceRecord, default_project: str, ids: IdMap | None = None) -> TraceWrite:
+def trace_write(trace: TraceRecord, default_project: str, ids: IdMap) -> TraceWrite:
     """A ``TraceWrite`` from an explicit trace record."""
-    trace_id, original_id = (IdMap() if ids is None else ids)[trace.id]
+    trace_id, original_id = ids[trace.id]
     version = trace.last_updated_at or trace.end_time or trace.start_time
     return TraceWrite(
         id=trace_id, project_name=trace.project_name or default_project,
@@ -231,10 +230,9 @@ def trace_write(trace: TraceRecord, default_project: str, ids: IdMap | None = No
     )
 
 
-def derived_trace_write(root: SpanRecord, default_project: str,
-                        ids: IdMap | None = None) -> TraceWrite:
+def derived_trace_write(root: SpanRecord, default_project: str, ids: IdMap) -> TraceWrite:
     """A ``TraceWrite`` derived from a root span (see the module docstring)."""
-    trace_id, original_id = (IdMap() if ids is None else ids)[root.trace_id]
+    trace_id, original_id = ids[root.trace_id]
     extra = _agent_fields(root, original_id=original_id)
     return TraceWrite(
         id=trace_id, project_name=root.project_name or default_project,
@@ -245,11 +243,9 @@ def derived_trace_write(root: SpanRecord, default_project: str,
     )
 
 
-def score_write(feedback: FeedbackRecord, default_project: str,
-                ids: IdMap | None = None) -> ScoreWrite:
+def score_write(feedback: FeedbackRecord, default_project: str, ids: IdMap) -> ScoreWrite:
     """A ``FeedbackScoreBatchItem``; the target id maps like the span's or trace's."""
-    score_id = (IdMap() if ids is None else ids)[feedback.id][0]
-    return ScoreWrite(id=score_id, name=feedback.name, value=feedback.value,
+    return ScoreWrite(id=ids[feedback.id][0], name=feedback.name, value=feedback.value,
                       project_name=feedback.project_name or default_project, source="sdk",
                       reason=feedback.reason)
 
