@@ -191,7 +191,6 @@ def main() -> None:
         emu.reset()
         print(json.dumps(results), flush=True)
         results["idle_rss_mb_both_sinks"] = idle_rss(root, emu)
-        emu.reset()
         # Each sink alone, then both, on the same spool size: the ratio of
         # Postgres with Opik on to Postgres alone comes from one run.
         alone = throughput(root, emu, args.spans, ("postgres",))
