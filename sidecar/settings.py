@@ -62,6 +62,9 @@ class SpoolSettings(Section):
     # then unhealthy); "drop_oldest" deletes the oldest complete files.
     max_bytes: int | None = Field(default=None, ge=1 << 20)
     on_full: Literal["keep", "drop_oldest"] = "keep"
+    # Spool files a sink that is now disabled never acknowledged are kept this
+    # long (its backlog is never deleted silently); `forget-sink` drops them sooner.
+    disabled_sink_keep_s: float = Field(default=86400.0, ge=0)
 
 
 class BatchSettings(Section):
@@ -242,6 +245,17 @@ class CacheSettings(Section):
     memory_max_entries: int = Field(default=1024, ge=1)
 
 
+class QuarantineSettings(Section):
+    # The quarantine's size cap per sink: past it the oldest entries are dropped
+    # (and counted), so bad input cannot fill the state directory.
+    max_bytes: int = Field(default=32 << 20, ge=1 << 16)
+
+
+class StatsSettings(Section):
+    # The longest window `stats` and GET /stats answer; longer ones get a 400.
+    max_window: Annotated[str, StringConstraints(pattern=_WINDOW)] = "31d"
+
+
 class HealthThresholds(Section):
     error_rate_warning: float = Field(default=0.10, ge=0, le=1)
     error_rate_critical: float = Field(default=0.50, ge=0, le=1)
@@ -286,6 +300,8 @@ class Settings(Section):
     spans: SpansSettings = SpansSettings()
     retention: RetentionSettings = RetentionSettings()
     cache: CacheSettings = CacheSettings()
+    stats: StatsSettings = StatsSettings()
+    quarantine: QuarantineSettings = QuarantineSettings()
     health: HealthSettings = HealthSettings()
     http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -305,6 +321,7 @@ class Settings(Section):
 # is an error, never a silent no-op (an operator who sets a redaction key must
 # not believe that secrets are masked).
 NOT_IMPLEMENTED: dict[tuple[str, ...], str] = {
+    ("receivers",): "the Opik and OTLP HTTP receivers",
 }
 
 
