@@ -2,8 +2,12 @@
 
 Keys are ``{prefix}obs_metrics:{window}:{agent}`` (``*`` for all agents),
 kept ``cache.ttl_s[window]`` seconds; windows without a TTL are not cached.
-When the Postgres sink stores spans, ``invalidate`` deletes the entries of
-their agents and of ``*``, for every window, in one round trip per batch.
+The agent part is the name percent-encoded (``%``, ``*``, controls, spaces
+and non-ASCII become ``%XX``; ``alpha`` stays ``alpha``), so no agent name,
+``*`` included, can write or read the all-agents entry. When the Postgres
+sink stores spans, ``invalidate`` deletes the entries of their agents and of
+``*``, for every window, in one round trip per batch; a batch of the
+daemon's own health spans alone leaves ``*`` alone (they are not in it).
 
 A Redis failure (refused, timed out, any error) opens a breaker: for
 ``cache.retry_after_s`` requests go straight to the memory cache without
@@ -18,6 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
+from urllib.parse import quote
 
 import structlog
 from redis.asyncio import Redis
@@ -26,12 +31,15 @@ from redis.backoff import NoBackoff
 
 from sidecar.breaker import CircuitBreaker
 from sidecar.clock import Clock
+from sidecar.repository import HEALTH_AGENT, parse_window
 from sidecar.settings import BreakerSettings, CacheSettings, RedisSettings, mask_url
 from sidecar.stats import CacheStats
 
 log = structlog.get_logger("sidecar.cache")
 
 ALL_AGENTS = "*"
+# Printable ASCII stays as is in keys, but for the escape itself and the all-agents marker.
+_KEY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%*")
 # Agents whose invalidations a Redis outage remembers; past this, the rest
 # expire by their TTL (and the drop is logged).
 MAX_MISSED = 10_000
@@ -40,6 +48,14 @@ Observe = Callable[[str, float], None]
 
 def _no_observe(op: str, seconds: float) -> None:
     pass
+
+
+def agent_key(agent: str | None) -> str:
+    """The agent part of a key: ``*`` for all agents, else the name percent-encoded,
+    which never is ``*`` (an agent named ``*`` is ``%2A``)."""
+    if agent is None:
+        return ALL_AGENTS
+    return quote(agent, safe=_KEY_SAFE, errors="surrogatepass")
 
 
 class MemoryTtlCache:
@@ -87,8 +103,8 @@ class MetricsCache:
         self.breaker = CircuitBreaker(
             BreakerSettings(failure_threshold=1, reset_timeout_s=settings.retry_after_s), "redis")
         self._missed: set[str] = set()  # agents whose Redis invalidation failed
-        # Bumped per agent (and "*") by invalidate: a value computed while its
-        # agent was invalidated may predate the new spans and is not cached.
+        # Bumped per agent key (and "*") by invalidate: a value computed while
+        # its agent was invalidated may predate the new spans and is not cached.
         self._epochs: dict[str, int] = {}
         self._counts = dict.fromkeys(("hits", "misses", "fallbacks", "errors", "invalidations"), 0)
 
@@ -101,10 +117,20 @@ class MetricsCache:
             await self._redis.aclose()
 
     def key(self, window: str, agent: str | None) -> str:
-        return f"{self.settings.key_prefix}obs_metrics:{window}:{agent or ALL_AGENTS}"
+        """``{prefix}obs_metrics:{window}:{agent}``; None is all agents (``*``)."""
+        return self._key(window, agent_key(agent))
+
+    def _key(self, window: str, name: str) -> str:
+        return f"{self.settings.key_prefix}obs_metrics:{window}:{name}"
 
     def ttl(self, window: str) -> float | None:
         return self.settings.ttl_s.get(window)
+
+    def spelling(self, window: str) -> str:
+        """The configured window of the same length (``60m`` is ``1h``, so both
+        share its entry and TTL), else ``window`` as it is."""
+        length = parse_window(window)
+        return next((w for w in self.settings.ttl_s if parse_window(w) == length), window)
 
     async def get_or_compute(self, window: str, agent: str | None,
                              compute: Callable[[], Awaitable[bytes]]) -> bytes:
@@ -112,7 +138,8 @@ class MetricsCache:
         ttl = self.ttl(window)
         if ttl is None:
             return await compute()
-        key, name = self.key(window, agent), agent or ALL_AGENTS
+        name = agent_key(agent)
+        key = self._key(window, name)
         epoch = self._epochs.get(name, 0)
         if self._redis is not None and self.breaker.allow(self.clock.monotonic()):
             found, value = await self._redis_get(key)
@@ -171,9 +198,12 @@ class MetricsCache:
             self._recovered()
 
     async def invalidate(self, agents: frozenset[str]) -> None:
-        """Forget the entries of ``agents`` and of all agents, for every window."""
+        """Forget the entries of ``agents`` and of all agents, for every window
+        (all agents' stay when only the daemon's health spans were stored)."""
         self._counts["invalidations"] += 1
-        names = {*agents, ALL_AGENTS}
+        names = {agent_key(a) for a in agents}
+        if agents != {HEALTH_AGENT}:
+            names.add(ALL_AGENTS)
         for name in names:
             self._epochs[name] = self._epochs.get(name, 0) + 1
         self._memory.delete(self._stale_keys(names))
@@ -192,8 +222,9 @@ class MetricsCache:
             self._missed -= missed
             self._recovered()
 
-    def _stale_keys(self, agents: Iterable[str]) -> list[str]:
-        return [self.key(w, a) for a in agents for w in self.settings.ttl_s]
+    def _stale_keys(self, names: Iterable[str]) -> list[str]:
+        """Every window's key of each agent key in ``names``."""
+        return [self._key(w, n) for n in names for w in self.settings.ttl_s]
 
     def _remember(self, agents: set[str]) -> None:
         room = MAX_MISSED - len(self._missed)

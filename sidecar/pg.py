@@ -9,6 +9,7 @@ binary format: raw JSON text of a spool line passes through as it came.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import asyncpg
@@ -51,11 +52,19 @@ async def ensure_schema(conn: asyncpg.Connection, settings: PostgresSettings) ->
 
 
 class LazyPool:
-    """An asyncpg pool opened (and the schema checked) on first use."""
+    """An asyncpg pool opened (and the schema checked) on first use.
 
-    def __init__(self, settings: PostgresSettings, max_size: int = 2) -> None:
+    ``purpose`` names it in ``pg.pool.opened``, logged at ``opened_level``: the
+    daemon holds two pools (the sink's and the read side's) and says once,
+    at info, that Postgres is reachable; the other is a debug line.
+    """
+
+    def __init__(self, settings: PostgresSettings, max_size: int = 2, *,
+                 purpose: str = "sink", opened_level: int = logging.INFO) -> None:
         self.settings = settings
         self._max_size = max_size
+        self._purpose = purpose
+        self._opened_level = opened_level
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
 
@@ -75,7 +84,8 @@ class LazyPool:
                     await pool.close()
                     raise
                 self._pool = pool
-                log.info("pg.pool.opened", schema=s.db_schema)
+                log.log(self._opened_level, "pg.pool.opened", schema=s.db_schema,
+                        pool=self._purpose)
             return self._pool
 
     def reset(self) -> None:

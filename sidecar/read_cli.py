@@ -13,10 +13,10 @@ from uuid import UUID
 
 from sidecar.clock import SystemClock
 from sidecar.read_side import ReadSide
-from sidecar.repository import SpanRepository, parse_window
+from sidecar.repository import SpanRepository, check_window
 from sidecar.retention import RetentionResult
 from sidecar.settings import Settings
-from sidecar.stats_view import render_stats, render_trace
+from sidecar.stats_view import check_agent, render_stats, render_trace
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -27,8 +27,11 @@ def _usage(command: str, message: str) -> int:
 
 
 def stats(settings: Settings, args: argparse.Namespace) -> int:
+    """Without ``--agent``, every agent but the daemon's own health spans;
+    ``--agent span-sidecar`` shows those."""
     try:
-        parse_window(args.window)
+        check_window(args.window, settings.stats.max_window)
+        check_agent(args.agent)
     except ValueError as exc:
         return _usage("stats", str(exc))
 

@@ -9,6 +9,7 @@ CLI's ``stats``, ``trace`` and ``retention`` build the same pieces.
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import TracebackType
 from typing import Any
 
@@ -23,9 +24,12 @@ from sidecar.stats_view import StatsService
 
 class ReadSide:
     def __init__(self, settings: Settings, clock: Clock, observe: Observe | None = None) -> None:
-        self.pool = LazyPool(settings.postgres)
+        # Its opening is logged at debug: the sink's pool says so in the daemon,
+        # and a command prints its answer, not how it got it.
+        self.pool = LazyPool(settings.postgres, purpose="read", opened_level=logging.DEBUG)
         self.cache = MetricsCache(settings.cache, settings.redis, clock, observe)
-        self.stats = StatsService(self.pool, settings.postgres.db_schema, self.cache, clock)
+        self.stats = StatsService(self.pool, settings.postgres.db_schema, self.cache, clock,
+                                  settings.stats.max_window)
         self.retention = Retention(settings.retention, settings.postgres, clock, self.pool)
 
     async def __aenter__(self) -> ReadSide:

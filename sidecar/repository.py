@@ -3,7 +3,11 @@
 Every query is parameterised; only identifiers of our own (the schema, the
 table) are formatted into the SQL, quoted. Statistics are computed in one
 pass per window: ``percentile_cont`` over ``duration_ms`` per agent, so they
-equal a direct ``percentile_cont`` over the same rows.
+equal a direct ``percentile_cont`` over the same rows. The daemon's own
+health spans (agent ``span-sidecar``, name ``span-sidecar.health``, ~60 s
+each) are left out of the all-agents statistics, as they are of
+``v_agent_latency_summary`` (migration 0004): they would skew every figure.
+Asking for agent ``span-sidecar`` shows them.
 """
 
 from __future__ import annotations
@@ -21,16 +25,29 @@ from sidecar.migrate import quote_ident
 from sidecar.records import SpanRecord
 from sidecar.sinks.postgres import COLUMNS, TABLE, span_row
 
-_WINDOW = re.compile(r"^([1-9][0-9]{0,5})([mhd])$")
+_WINDOW = re.compile(r"([1-9][0-9]{0,5})([mhd])")
 _UNIT_S = {"m": 60, "h": 3600, "d": 86400}
+HEALTH_AGENT, HEALTH_SPAN = "span-sidecar", "span-sidecar.health"
+# The oldest start a window may reach back to (a huge window must not overflow).
+_EPOCH_MIN = datetime(1, 1, 2, tzinfo=UTC)
 
 
 def parse_window(window: str) -> timedelta:
     """``"1h"``, ``"24h"``, ``"7d"`` or any ``<n>m|h|d``; ValueError otherwise."""
-    m = _WINDOW.match(window)
+    m = _WINDOW.fullmatch(window)
     if m is None:
-        raise ValueError(f"invalid window {window!r}: use <n>m, <n>h or <n>d (e.g. 1h, 24h, 7d)")
+        raise ValueError(f"invalid window {window[:40]!r}: use <n>m, <n>h or <n>d "
+                         "(e.g. 1h, 24h, 7d)")
     return timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
+
+
+def check_window(window: str, max_window: str) -> timedelta:
+    """The length of ``window``; ValueError when it is invalid or longer than
+    ``max_window``."""
+    length = parse_window(window)
+    if length > parse_window(max_window):
+        raise ValueError(f"window {window} is longer than stats.max_window ({max_window})")
+    return length
 
 
 class _Model(BaseModel):
@@ -120,7 +137,7 @@ SELECT agent_name,
        coalesce(sum(total_tokens), 0) AS total_tokens,
        coalesce(sum(total_estimated_cost), 0) AS total_cost
   FROM {table}
- WHERE start_time >= $1{agent_filter}
+ WHERE start_time >= $1 AND {agent_filter}
  GROUP BY agent_name
  ORDER BY agent_name NULLS LAST
 """
@@ -182,12 +199,15 @@ class SpanRepository:
         return tree_order([_span(r) for r in rows])
 
     async def agent_stats(self, since: datetime, agent: str | None = None) -> list[AgentStats]:
-        """Latency and quality per agent over spans started at or after ``since``."""
+        """Latency and quality per agent over spans started at or after ``since``;
+        for all agents (None), without the daemon's health spans."""
         if agent is None:
-            sql = _STATS_SELECT.format(table=self.table, agent_filter="")
-            rows = await self._pool.fetch(sql, since)
+            sql = _STATS_SELECT.format(
+                table=self.table,
+                agent_filter="(agent_name IS DISTINCT FROM $2 OR name <> $3)")
+            rows = await self._pool.fetch(sql, since, HEALTH_AGENT, HEALTH_SPAN)
         else:
-            sql = _STATS_SELECT.format(table=self.table, agent_filter=" AND agent_name = $2")
+            sql = _STATS_SELECT.format(table=self.table, agent_filter="agent_name = $2")
             rows = await self._pool.fetch(sql, since, agent)
         return [_agent_stats(r) for r in rows]
 
@@ -213,8 +233,11 @@ class SpanRepository:
 
 
 def since_for(window: str, now: float) -> datetime:
-    """The start of ``window`` ending at the wall-clock time ``now``."""
-    return datetime.fromtimestamp(now, UTC) - parse_window(window)
+    """The start of ``window`` ending at the wall-clock time ``now`` (at the
+    earliest, the year 1: a window reaching further means "every span")."""
+    end = datetime.fromtimestamp(now, UTC)
+    length = parse_window(window)
+    return end - length if length < end - _EPOCH_MIN else _EPOCH_MIN
 
 
 def tree_order(spans: Sequence[StoredSpan]) -> list[TraceSpan]:

@@ -17,25 +17,42 @@ from sidecar.repository import (
     SpanRepository,
     StatsReport,
     TraceSpan,
-    parse_window,
+    check_window,
     since_for,
 )
 
 MAX_AGENT_CHARS = 512
 
 
+def check_agent(agent: str | None) -> None:
+    """ValueError for a name no span can have: empty, too long, NUL, lone surrogates."""
+    if agent is None:
+        return
+    if not 0 < len(agent) <= MAX_AGENT_CHARS:
+        raise ValueError(f"invalid agent: 1 to {MAX_AGENT_CHARS} characters")
+    if "\x00" in agent:
+        raise ValueError("invalid agent: contains NUL")
+    try:
+        agent.encode()
+    except UnicodeEncodeError:
+        raise ValueError("invalid agent: not valid Unicode text") from None
+
+
 class StatsService:
-    def __init__(self, pool: LazyPool, schema: str, cache: MetricsCache, clock: Clock) -> None:
+    def __init__(self, pool: LazyPool, schema: str, cache: MetricsCache, clock: Clock,
+                 max_window: str = "31d") -> None:
         self._pool = pool
         self._schema = schema
         self.cache = cache
         self.clock = clock
+        self.max_window = max_window
 
     async def report(self, window: str, agent: str | None = None) -> StatsReport:
-        """Per-agent statistics of spans started within ``window`` (ValueError: bad window)."""
-        parse_window(window)
-        if agent is not None and not 0 < len(agent) <= MAX_AGENT_CHARS:
-            raise ValueError(f"invalid agent: 1 to {MAX_AGENT_CHARS} characters")
+        """Per-agent statistics of spans started within ``window`` (ValueError: bad
+        or too long a window, bad agent). All agents leave out the health spans."""
+        check_window(window, self.max_window)
+        check_agent(agent)
+        window = self.cache.spelling(window)
 
         async def compute() -> bytes:
             since = since_for(window, self.clock.wall())
