@@ -15,6 +15,17 @@ answers 503 when either
 Either order of "handler" and "heartbeat" after the loop unblocks therefore
 yields 503 for the first probe after a stall, and 200 again once the loop has
 been responsive for ``stale_after_s``.
+
+Idle and slow clients cost a descriptor each, so none is kept long: a
+connection has ``idle_timeout_s`` (default 5 s) to send a complete request head
+after it opens, and as long again after each response before it is closed.
+Both are aiohttp's ``keepalive_timeout``: recent aiohttp (3.14, what the tests
+run) starts that timer at ``connection_made`` and closes the connection when it
+fires with no complete request (aio-libs/aiohttp#13681); older releases start
+it only after a first response. An accept that fails for lack of descriptors
+(EMFILE, ENFILE, ENOBUFS, ENOMEM) is reported by asyncio to the loop's
+exception handler and retried a second later; it never reaches this code and
+cannot stop the daemon.
 """
 
 from __future__ import annotations
@@ -44,6 +55,9 @@ Readiness = Callable[[], ReadyResult | Awaitable[ReadyResult]]
 StatsHandler = Callable[[Mapping[str, str]], Awaitable[Any]]
 # Probes and scrapes are GETs; nobody needs to send us a body.
 MAX_REQUEST_BYTES = 4096
+# How long a connection may stay open without a complete request head: after
+# it opens, and after each response (keep-alive).
+IDLE_TIMEOUT_S = 5.0
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -105,8 +119,10 @@ class HttpServer:
         heartbeat_s: float = 0.5,
         stale_after_s: float = 5.0,
         status: Callable[[], Any] | None = None,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         self._host, self._wanted_port = parse_listen(settings.listen)
+        self._idle_timeout_s = idle_timeout_s
         self._metrics = metrics
         self._readiness = readiness
         self._status = status
@@ -132,7 +148,8 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/stats", self._stats_page)
         app.router.add_get("/status", self._status_page)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                               keepalive_timeout=self._idle_timeout_s)
         await runner.setup()
         try:
             await web.TCPSite(runner, self._host, self._wanted_port).start()
