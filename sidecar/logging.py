@@ -7,18 +7,32 @@ format (one JSON object a line when not on a terminal), each with its logger
 name. structlog's configuration (and the root handler it installs) is the
 one global the process has; everything else is built once by the app and
 passed to constructors.
-Event names are ``component.noun.past_verb``; secrets are never logged.
+Event names are ``component.noun.past_verb``.
+
+Secrets are never logged: tracebacks are rendered without local variables
+(JSON and console alike), and every record, structlog's and the stdlib's,
+passes last before rendering through ``sidecar.secrets.scrub_event``, which
+masks the secrets ``register_secrets`` was given and anything shaped like a
+credential, in every field, the exception's text and traceback included.
+Warnings and uncaught exceptions are routed through the same handler.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+import threading
+from types import TracebackType
+from typing import TYPE_CHECKING, TextIO
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
+from sidecar import secrets
 from sidecar.settings import LoggingSettings
+
+if TYPE_CHECKING:
+    from sidecar.settings import Settings
 
 # The handler this module installed, so that configuring again replaces it.
 _HANDLER_FLAG = "_span_sidecar_handler"
@@ -51,14 +65,37 @@ def _shared(fmt: str) -> list[structlog.typing.Processor]:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.dict_tracebacks if fmt == "json" else structlog.dev.set_exc_info,
+        structlog.dev.set_exc_info,  # log.exception(): the exception being handled
     ]
 
 
-def _renderer(fmt: str, stream: TextIO) -> structlog.typing.Processor:
+def _final(fmt: str, stream: TextIO) -> list[structlog.typing.Processor]:
+    """What every record gets last: its exception formatted (frames without
+    their local variables), every field scrubbed, then rendered."""
     if fmt == "console":
-        return structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    return structlog.processors.JSONRenderer()
+        # A plain traceback string (never Rich's, which shows locals), which
+        # the console renderer prints as it is.
+        return [structlog.processors.format_exc_info, secrets.scrub_event,
+                structlog.dev.ConsoleRenderer(colors=stream.isatty(),
+                                              exception_formatter=structlog.dev.plain_traceback)]
+    tracebacks = ExceptionDictTransformer(show_locals=False)
+    return [structlog.processors.ExceptionRenderer(tracebacks), secrets.scrub_event,
+            structlog.processors.JSONRenderer()]
+
+
+def register_secrets(settings: Settings) -> None:
+    """Mask the secrets these settings hold in every log line from now on."""
+    secrets.register_settings(settings)
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException,
+                  tb: TracebackType | None) -> None:
+    logging.getLogger("sidecar").critical("uncaught exception", exc_info=(kind, value, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
 
 
 def configure(settings: LoggingSettings, stream: TextIO | None = None) -> None:
@@ -72,7 +109,7 @@ def configure(settings: LoggingSettings, stream: TextIO | None = None) -> None:
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    _renderer(fmt, stream)],
+                    *_final(fmt, stream)],
     ))
     setattr(handler, _HANDLER_FLAG, True)
     root = logging.getLogger()
@@ -80,6 +117,12 @@ def configure(settings: LoggingSettings, stream: TextIO | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     set_level(settings.level)
+    # "N changes detected" on every spool write is noise at info.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    # Warnings and uncaught exceptions go through the scrubbing handler too,
+    # not straight to stderr.
+    logging.captureWarnings(True)
+    sys.excepthook, threading.excepthook = _log_uncaught, _log_uncaught_in_thread
     structlog.configure(
         processors=[_below_level, *shared,
                     structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -28,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from sidecar import secrets
 from sidecar.config_sources import (
     LOCAL_CONFIG,
     ConfigFile,
@@ -36,6 +36,7 @@ from sidecar.config_sources import (
     describe,
     locate,
 )
+from sidecar.secrets import is_secret_name
 
 DEFAULT_CONFIG = LOCAL_CONFIG  # the first fallback; see sidecar/config_sources.py
 ENVIRONMENTS = ("development", "staging", "production")
@@ -467,7 +468,7 @@ def _read_yaml(found: ConfigFile, source: str) -> tuple[dict[str, Any], KeyLines
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", exc)
+        problem = scrub(str(getattr(exc, "problem", exc)))  # a scanner may quote the text
         raise ConfigError(source, [f"{where}invalid YAML ({problem})"]) from None
     if data is None:
         return {}, {}
@@ -521,51 +522,57 @@ def _problems(exc: ValidationError, lines: KeyLines, chosen: str,
         path = tuple(str(p) for p in err["loc"])
         loc = ".".join(path)
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        if err["type"] != "extra_forbidden" and "input" in err and not _secret_loc(loc):
-            msg += f" (got {err['input']!r})"
+        if err["type"] != "extra_forbidden" and _echoable(path, err.get("input")):
+            msg += f" (got {scrub(repr(err['input']))})"
         where = origins.get(path)
         where = f"{where}: " if where else _line_of(lines, path, chosen)
-        out.append(f"{where}{loc}: {msg}")
+        out.append(f"{where}{loc}: {scrub(msg)}")
     return out
 
 
+# Sections that hold a secret (or a pattern that may spell one out): nothing
+# under them is echoed, whatever its type (a DSN written where the section's
+# mapping belongs is still the DSN).
+_SECRET_SECTIONS = ("postgres", "opik", "redis", "receivers", "redaction")
+
+
+def _echoable(path: tuple[str, ...], value: Any) -> bool:
+    """Whether a bad value may be shown: a scalar, under no secret section or key."""
+    if not path or isinstance(value, dict | list | tuple):
+        return False
+    return not any(_secret_loc(part) for part in path)
+
+
 def _secret_loc(loc: str) -> bool:
-    return any(word in loc for word in ("password", "api_key", "dsn", "url", "redaction"))
-
-
-# libpq key/value DSNs and URL query strings may carry the password too.
-_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
-
-
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]*@", re.IGNORECASE)
+    return loc in _SECRET_SECTIONS or is_secret_name(loc) or any(
+        word in loc for word in ("password", "api_key", "dsn", "url", "redaction", "token"))
 
 
 def scrub(text: str) -> str:
-    """Free text (an error message) with any password in a URL or DSN masked."""
-    return _URL_PASSWORD.sub(r"\1***@", _PASSWORD_PARAM.sub(r"\1***", text))
+    """Free text (an error message) with every secret masked (``sidecar.secrets``)."""
+    return secrets.scrub(text)
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of a URL/DSN (``postgresql://u:***@h/db``, ``password=***``)."""
-    url = _PASSWORD_PARAM.sub(r"\1***", url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+    """A URL/DSN with the password of its userinfo and its secret-named query
+    parameters masked (``postgresql://u:***@h/db?api_key=***``, ``password=***``)."""
+    return secrets.scrub(url)
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective config as plain data with every secret masked."""
-    data = settings.model_dump(mode="json", by_alias=True)
-    data["postgres"]["dsn"] = mask_url(settings.postgres.dsn)
-    data["opik"]["url"] = mask_url(settings.opik.url)
-    data["redis"]["url"] = mask_url(settings.redis.url)
-    for section, key in (("postgres", "password"), ("opik", "api_key")):
-        if data[section][key] is not None:
-            data[section][key] = "***"
-    return data
+    """The effective config as plain data with every secret masked: each value
+    of a key named like a secret, and the credentials in every URL and DSN."""
+    masked: dict[str, Any] = _redact(settings.model_dump(mode="json", by_alias=True))
+    return masked
+
+
+def _redact(node: Any, key: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: _redact(v, str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact(v, key) for v in node]
+    if isinstance(node, str) and is_secret_name(key):
+        return "***"
+    if isinstance(node, str) and (key in ("url", "dsn") or "://" in node):
+        return mask_url(node)
+    return node
