@@ -22,18 +22,27 @@ from sidecar.client.scope import UNSET, Span, SpanScope
 from sidecar.client.writer import SpoolWriter
 
 DEFAULT_SPOOL_DIR = "/var/spool/span-sidecar"
-SPOOL_DIR_ENV = "SPAN_SIDECAR_SPOOL_DIR"
+# The daemon's own variable first, so that one export moves both sides; the
+# client's older name is still honoured. An empty variable counts as unset.
+SPOOL_DIR_ENVS = ("SIDECAR_SPOOL_DIR", "SPAN_SIDECAR_SPOOL_DIR")
+SPOOL_DIR_ENV = SPOOL_DIR_ENVS[1]  # the client's own name (before 0.2.0 the only one)
 
-def default_spool_dir() -> str:
-    """``$SPAN_SIDECAR_SPOOL_DIR``, else the sidecar's default spool directory."""
-    return os.environ.get(SPOOL_DIR_ENV) or DEFAULT_SPOOL_DIR
+
+def default_spool_dir(env: Mapping[str, str] | None = None) -> str:
+    """``$SIDECAR_SPOOL_DIR``, else ``$SPAN_SIDECAR_SPOOL_DIR``, else the default."""
+    env = os.environ if env is None else env
+    for name in SPOOL_DIR_ENVS:
+        if env.get(name):
+            return env[name]
+    return DEFAULT_SPOOL_DIR
 
 
 class Tracer:
     """Writes one agent's spans, metrics and feedback to the local spool.
 
-    ``Tracer("planner")`` appends to ``$SPAN_SIDECAR_SPOOL_DIR`` (default
-    ``/var/spool/span-sidecar``); pass ``writer=`` to share or tune a writer.
+    ``Tracer("planner")`` appends to ``spool_dir``, else ``$SIDECAR_SPOOL_DIR``,
+    else ``$SPAN_SIDECAR_SPOOL_DIR``, else ``/var/spool/span-sidecar``
+    (``default_spool_dir``); pass ``writer=`` to share or tune a writer.
     """
 
     def __init__(

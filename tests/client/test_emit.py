@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.client import emit_test_span
+from sidecar.client import emit_test_span, emit_test_spans
 from sidecar.schema import SpanRecord
 
 from .helpers import spool_files, spool_records
@@ -34,3 +34,13 @@ def test_emit_reports_an_unwritable_spool(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError, match="could not write"):
         emit_test_span(tmp_path / "file", "x", "cli")
+
+
+def test_emit_count_writes_every_span_into_one_file(spool: Path) -> None:
+    """`emit --count K`: one finished file of K lines (it was K files of one)."""
+    emitted = emit_test_spans(spool, "many", "cli-agent", 25)
+    [path] = spool_files(spool)
+    assert str(path) == emitted.path and path.name.endswith(".jsonl.done")
+    records = spool_records(spool)
+    assert [str(r.id) for r in records] == list(emitted.ids) and len(set(emitted.ids)) == 25
+    assert all(isinstance(r, SpanRecord) and r.name == "many" for r in records)
