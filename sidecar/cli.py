@@ -1,13 +1,17 @@
 """The ``span-sidecar`` command: the only place that turns errors into exit codes.
 
 Exit codes: 0 success, 2 bad usage or invalid config, 1 anything else.
+Commands other than ``run`` log at warning and above unless ``-v`` (their
+output is what they print); the daemon logs at ``logging.level``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
+import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
@@ -35,6 +39,10 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 CONFIG_HELP = ("YAML config file (default: $SIDECAR_CONFIG, else ./config/sidecar.yaml, "
                "else /etc/span-sidecar/sidecar.yaml, else none)")
+VERBOSE_HELP = "log at logging.level (info by default), not only warnings and errors"
+# Where a client writes when nothing names a directory: the daemon's variable,
+# then the client's older one (sidecar.client.tracer.default_spool_dir).
+SPOOL_DIR_ENVS = ("SIDECAR_SPOOL_DIR", "SPAN_SIDECAR_SPOOL_DIR")
 
 
 def _version() -> str:
@@ -45,12 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="span-sidecar", description=__doc__)
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=help_)
         # SUPPRESS: given after the command it wins, else the one before it stays.
         c.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
+        c.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help=VERBOSE_HELP)
         return c
 
     cmd("run", "run the daemon")
@@ -75,9 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     emit.add_argument("--name", default="span-sidecar.test")
     emit.add_argument("--agent", default="span-sidecar-cli")
     emit.add_argument("--type", default="general", choices=("general", "llm", "tool", "guardrail"))
-    emit.add_argument("--count", type=int, default=1)
+    emit.add_argument("--count", type=int, default=1, help="spans to write, all in one file")
+    emit.add_argument("--spool-dir", type=Path, default=None,
+                      help="default: $SIDECAR_SPOOL_DIR, else $SPAN_SIDECAR_SPOOL_DIR, "
+                           "else spool.dir of the config")
     rq = cmd("replay-quarantine", "re-read quarantined records and ship those now valid")
     rq.add_argument("--sink", default=None)
+    rq.add_argument("--json", action="store_true")
     return p
 
 
@@ -93,9 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_USAGE
-    from sidecar.logging import configure
+    from sidecar.logging import configure, register_secrets
 
     configure(loaded.settings.logging)
+    register_secrets(loaded.settings)  # masked in every log line and error text from now on
+    if args.command != "run" and not args.verbose:
+        _quiet(loaded.settings.logging.level)
     args.loaded = loaded
     handler: Callable[[Settings, argparse.Namespace], int] = COMMANDS[args.command]
     try:
@@ -106,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"span-sidecar {args.command}: {type(exc).__name__}: {scrub(str(exc))}",
               file=sys.stderr)
         return EXIT_ERROR
+
+
+def _quiet(configured: str) -> None:
+    """A command's output is what it prints: its logs only at warning and up."""
+    from sidecar.logging import set_level
+
+    order = ["debug", "info", "warning", "error"]
+    set_level(max(configured, "warning", key=order.index))
 
 
 def _check_config(settings: Settings, args: argparse.Namespace) -> int:
@@ -133,7 +159,29 @@ def _check_config(settings: Settings, args: argparse.Namespace) -> int:
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.daemon import run_daemon
 
-    return asyncio.run(run_daemon(settings, args.config))
+    try:
+        return asyncio.run(run_daemon(settings, args.config))
+    except (OSError, ExceptionGroup) as exc:
+        bind = _bind_error(exc)
+        if bind is None:
+            raise
+        print(f"span-sidecar run: cannot listen on {settings.http.listen} "
+              f"(http.listen, or SIDECAR_HTTP_LISTEN): {os.strerror(bind.errno or 0).lower()}; "
+              "choose another address with either, or set http.enabled: false",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _bind_error(exc: BaseException) -> OSError | None:
+    """The HTTP server's failed bind (aiohttp's "error while attempting to
+    bind"), alone or inside an exception group; None for any other error."""
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_bind_error(e) for e in exc.exceptions]
+        return next((e for e in found if e is not None), None)
+    if isinstance(exc, OSError) and (exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+                                     or "bind" in str(exc)):
+        return exc
+    return None
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -165,12 +213,27 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _emit(settings: Settings, args: argparse.Namespace) -> int:
-    from sidecar.client import emit_test_span
+    from sidecar.client import emit_test_spans
 
-    for _ in range(max(1, args.count)):
-        span_id = emit_test_span(settings.spool.dir, args.name, args.agent, type=args.type)
+    emitted = emit_test_spans(_emit_dir(settings, args.spool_dir), args.name, args.agent,
+                              args.count, type=args.type)
+    for span_id in emitted.ids:
         print(span_id)
+    print(f"wrote {len(emitted.ids)} span{'s' if len(emitted.ids) != 1 else ''} "
+          f"to {emitted.path}", file=sys.stderr)
     return EXIT_OK
+
+
+def _emit_dir(settings: Settings, given: Path | None, env: dict[str, str] | None = None) -> Path:
+    """Where ``emit`` writes, in the client's order: ``--spool-dir``, the two
+    variables, then the config's ``spool.dir`` (a file's, else the default)."""
+    env = dict(os.environ) if env is None else env
+    if given is not None:
+        return given
+    for name in SPOOL_DIR_ENVS:
+        if env.get(name):
+            return Path(env[name])
+    return settings.spool.dir
 
 
 def _stats(settings: Settings, args: argparse.Namespace) -> int:
@@ -195,8 +258,20 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.replay import replay
 
     result: dict[str, Any] = replay(settings, args.sink)
-    print(json.dumps(result))
+    print(json.dumps(result) if args.json else _render_replay(result))
     return EXIT_OK
+
+
+def _render_replay(result: dict[str, Any]) -> str:
+    rows = result["results"]
+    if not rows:
+        return "nothing quarantined"
+    lines = []
+    for r in rows:
+        line = f"{r['sink']}: replayed {r['replayed']}, still quarantined {r['still_invalid']}"
+        files = r["spool_files"]
+        lines.append(line + (f" (written to {', '.join(files)})" if files else ""))
+    return "\n".join(lines)
 
 
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {

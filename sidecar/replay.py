@@ -4,8 +4,9 @@ The quarantine file is taken atomically (renamed); every entry that now
 parses is written back into the spool as one ``replay-*.jsonl.done`` file,
 which the running daemon ships like any other (to every enabled sink: the
 writes are idempotent). Entries that still fail, or were kept only by their
-head, go back to the quarantine; so does, byte for byte, an entry that cannot
-be decoded at all. Nothing is dropped.
+head, go back to the quarantine as they were (with the current reason, and
+without logging them again: each was logged when first quarantined); so does,
+byte for byte, an entry that cannot be decoded at all. Nothing is dropped.
 """
 
 from __future__ import annotations
@@ -91,9 +92,11 @@ def _replay_file(settings: Settings, sink: str, taken: Path) -> dict[str, Any]:
             raw = raw_of(entry)
             result = parse_line(raw)
             if entry.get("truncated") or isinstance(result, Rejected):
-                reason = result.reason if isinstance(result, Rejected) else str(entry["reason"])
-                back.put(raw, str(entry.get("source")), int(entry.get("offset", 0)), reason,
-                         size=entry.get("size"))
+                # Put back as it was (its source, offset, time), with today's
+                # reason; silently: it was logged when it was first quarantined.
+                if isinstance(result, Rejected):
+                    entry["reason"] = result.reason
+                back.restore(orjson.dumps(entry))
                 still += 1
             else:
                 good.append(raw)

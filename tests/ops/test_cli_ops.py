@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import platform
+import socket
 from pathlib import Path
 
+import orjson
 import pytest
 
 from sidecar import __version__
 from sidecar.config_sources import example_config
 from tests.opik_emulator import OpikEmulator
 from tests.ops.helpers import cli, free_port
-from tests.support import PG_DSN
+from tests.support import PG_DSN, SidecarEnv
 
 
 def test_version_is_printed() -> None:
@@ -96,3 +99,102 @@ def test_check_config_connect_names_postgres_when_it_is_down(tmp_path: Path) -> 
     assert "cannot reach postgres" in result.stderr
     assert "opik      skipped" in result.stdout
     assert ":pw@" not in result.stdout + result.stderr
+
+
+# -- emit: where it writes, one file, and saying which (issue 21) -------------
+
+EMIT_DIR_CASES = {
+    "the --spool-dir option first": (True, {"SIDECAR_SPOOL_DIR": "daemon",
+                                            "SPAN_SIDECAR_SPOOL_DIR": "client"}, "given"),
+    "then SIDECAR_SPOOL_DIR": (False, {"SIDECAR_SPOOL_DIR": "daemon",
+                                       "SPAN_SIDECAR_SPOOL_DIR": "client"}, "daemon"),
+    "then SPAN_SIDECAR_SPOOL_DIR": (False, {"SPAN_SIDECAR_SPOOL_DIR": "client"}, "client"),
+    "then the config's spool.dir": (False, {}, "configured"),
+}
+
+
+@pytest.mark.parametrize("case", list(EMIT_DIR_CASES))
+def test_emit_writes_where_the_client_would_and_says_which_file(tmp_path: Path,
+                                                                case: str) -> None:
+    given, env, expected = EMIT_DIR_CASES[case]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"spool: {{dir: {tmp_path / 'configured'}}}\n")
+    args = ["emit", "--count", "3", "--config", str(cfg)]
+    if given:
+        args += ["--spool-dir", str(tmp_path / "given")]
+    result = cli(*args, cwd=tmp_path, env={k: str(tmp_path / v) for k, v in env.items()})
+    assert result.returncode == 0, result.stderr
+    ids = result.stdout.split()
+    [written] = [p for p in tmp_path.rglob("*.jsonl.done")]
+    assert written.parent == tmp_path / expected
+    assert result.stderr.strip() == f"wrote 3 spans to {written}"
+    assert [orjson.loads(x)["id"] for x in written.read_bytes().splitlines()] == ids
+
+
+# -- commands are quiet unless -v (issue 21) ----------------------------------
+
+@pytest.mark.parametrize("verbose", [[], ["-v"], ["--verbose"]])
+def test_commands_log_only_warnings_unless_verbose(sidecar_env: SidecarEnv,
+                                                   verbose: list[str]) -> None:
+    """`retention` logs retention.run.completed at info: shown only with -v."""
+    config = str(sidecar_env.configure(retention={"ttl_days": 3}))
+    assert cli("migrate", "--config", config, cwd=sidecar_env.tmp).returncode == 0
+    result = cli("retention", *verbose, "--config", config, cwd=sidecar_env.tmp)
+    assert result.returncode == 0, result.stderr
+    assert "removed 0 spans" in result.stdout
+    assert ("retention.run.completed" in result.stderr) == bool(verbose), result.stderr
+
+
+def test_verbose_may_stand_before_the_command(sidecar_env: SidecarEnv) -> None:
+    config = str(sidecar_env.configure(retention={"ttl_days": 3}))
+    result = cli("-v", "retention", "--config", config, cwd=sidecar_env.tmp)
+    assert result.returncode == 0 and "retention.run.completed" in result.stderr
+
+
+# -- replay-quarantine prints text; --json the document (issue 21) ------------
+
+def _quarantine_one_bad_line(env: SidecarEnv) -> None:
+    q = env.state / "quarantine"
+    q.mkdir(parents=True)
+    entry = {"sink": "postgres", "source": "a.jsonl", "offset": 7, "reason": "invalid JSON",
+             "size": 7, "time": 1.0, "raw": "{broken"}
+    (q / "postgres.jsonl").write_bytes(orjson.dumps(entry) + b"\n")
+
+
+def test_replay_quarantine_prints_text_and_does_not_log_what_it_put_back(
+        sidecar_env: SidecarEnv) -> None:
+    _quarantine_one_bad_line(sidecar_env)
+    result = cli("replay-quarantine", "-v", "--config", str(sidecar_env.config),
+                 cwd=sidecar_env.tmp)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "postgres: replayed 0, still quarantined 1"
+    assert "quarantine.record.stored" not in result.stderr  # logged once, when it happened
+    [kept] = sidecar_env.quarantine()
+    assert (kept["raw"], kept["source"], kept["offset"], kept["time"]) == \
+        ("{broken", "a.jsonl", 7, 1.0)
+
+
+def test_replay_quarantine_json_is_the_document(sidecar_env: SidecarEnv) -> None:
+    _quarantine_one_bad_line(sidecar_env)
+    result = cli("replay-quarantine", "--json", "--config", str(sidecar_env.config),
+                 cwd=sidecar_env.tmp)
+    assert json.loads(result.stdout) == {"results": [
+        {"sink": "postgres", "replayed": 0, "still_invalid": 1, "spool_files": []}]}
+
+
+# -- the HTTP port in use names the setting (issue 21) ------------------------
+
+def test_an_http_port_in_use_names_http_listen_and_its_variable(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = cli("run", cwd=tmp_path, timeout=60, env={
+            "SIDECAR_HTTP_LISTEN": listen, "SIDECAR_PG_DSN": PG_DSN,
+            "SIDECAR_SPOOL_DIR": str(tmp_path / "spool"),
+            "SIDECAR_STATE_DIR": str(tmp_path / "state")})
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"span-sidecar run: cannot listen on {listen}")
+    assert "http.listen" in message and "SIDECAR_HTTP_LISTEN" in message
+    assert "address already in use" in message
