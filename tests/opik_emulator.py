@@ -176,13 +176,16 @@ class SeenRequest:
     headers: dict[str, str]
     items: int
     size: int
+    arrived: float = 0.0  # the emulator's clock when the request arrived
+    seq: int = 0  # arrival order (``requests()`` is in order of answering)
 
 
 @dataclass(slots=True)
 class _Mode:
     kind: str = "ok"  # ok | fail | rate_limit | stall
     status: int = 503
-    reset_s: float = 1.0  # RateLimit-Reset of a 429
+    reset_s: float = 1.0  # the time a 429 names
+    header: str | None = "RateLimit-Reset"  # the header that names it (None: none)
     hold_s: float | None = None  # how long a stall holds (None: until released)
     retry_after: float | None = None  # Retry-After header of a failure
     times: int | None = None  # None: until the next mode change
@@ -193,7 +196,8 @@ class OpikEmulator:
     """The emulated server. Thread-safe: modes and accessors work from any thread.
 
     Modes (each applies to the next requests; ``times=N`` to only N of them):
-    ``fail(status)``, ``rate_limit(reset_s)`` (429 + ``RateLimit-Reset``),
+    ``fail(status)``, ``rate_limit(reset_s)`` (429 + ``RateLimit-Reset``, or
+    ``header="Retry-After"``, or ``header=None``: no time named),
     ``stall()`` (hold requests until ``healthy()``, ``hold_s`` or ``stop()``,
     then answer 503, or store them with ``then_store=True``: processed but
     never answered in time), ``refuse_connections()`` (listener closed, open
@@ -205,12 +209,17 @@ class OpikEmulator:
 
     def __init__(self, *, api_key: str | None = None, workspace: str | None = None,
                  max_body_bytes: int = 64 << 20, check_id_time: bool = False,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.api_key, self.workspace = api_key, workspace
         self.ssl_context = ssl_context  # serve HTTPS with this certificate
         self.max_body_bytes = max_body_bytes
         self.check_id_time = check_id_time  # Opik's optional "id time within 24 h"
         self.port = 0
+        # What ``SeenRequest.arrived`` reads: a test's FakeClock.monotonic
+        # compares arrivals with the times the sink under test waits on.
+        self.clock = clock
+        self._arrivals = 0
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._mode = _Mode()
@@ -271,8 +280,10 @@ class OpikEmulator:
              retry_after: float | None = None) -> None:
         self._set_mode(_Mode("fail", status=status, times=times, retry_after=retry_after))
 
-    def rate_limit(self, reset_s: float = 1.0, times: int | None = None) -> None:
-        self._set_mode(_Mode("rate_limit", status=429, reset_s=reset_s, times=times))
+    def rate_limit(self, reset_s: float = 1.0, times: int | None = None,
+                   header: str | None = "RateLimit-Reset") -> None:
+        self._set_mode(_Mode("rate_limit", status=429, reset_s=reset_s, times=times,
+                             header=header))
 
     def stall(self, hold_s: float | None = None, then_store: bool = False,
               times: int | None = None) -> None:
@@ -435,6 +446,8 @@ class OpikEmulator:
             with self._lock:
                 self._in_flight += 1
                 self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+                self._arrivals += 1
+                seq, arrived = self._arrivals, self.clock()
             response, size, stored = _error(HttpError(500, "emulator bug")), 0, 0
             try:
                 body = await request.read()
@@ -450,7 +463,7 @@ class OpikEmulator:
                 with self._changed:
                     self._in_flight -= 1
                     self._requests.append(SeenRequest(kind, request.method, response.status,
-                                                      headers, stored, size))
+                                                      headers, stored, size, arrived, seq))
                     self._changed.notify_all()
             return response
         return handle
@@ -466,7 +479,8 @@ class OpikEmulator:
             after = {} if mode.retry_after is None else {"Retry-After": f"{mode.retry_after:g}"}
             raise HttpError(mode.status, f"emulated {mode.status}", after)
         elif mode.kind == "rate_limit":
-            raise HttpError(429, "Too Many Requests", {"RateLimit-Reset": f"{mode.reset_s:g}"})
+            named = {} if mode.header is None else {mode.header: f"{mode.reset_s:g}"}
+            raise HttpError(429, "Too Many Requests", named)
         self._check_auth(request)
         items = validate(kind, body, self.check_id_time)
         with self._lock:

@@ -254,13 +254,15 @@ async def test_a_5xx_is_a_failure_retry_with_retry_after(sink: OpikSink, emu: Op
     assert (await sink.send([span()])) == Retry("opik 500: emulated 500", failure=True)
 
 
-async def test_a_429_is_back_pressure_until_ratelimit_reset(
-        sink: OpikSink, emu: OpikEmulator) -> None:
-    emu.rate_limit(reset_s=7)
-    outcome = await sink.send([span(), trace()])
-    assert isinstance(outcome, Retry) and not outcome.failure and outcome.after_s == 7.0
-    emu.healthy()
-    assert await sink.send([span(), trace()]) == Delivered()
+async def test_a_429_is_back_pressure_until_ratelimit_reset(emu: OpikEmulator) -> None:
+    clock = FakeClock()  # the sink holds its requests until then (tests/test_rate_limit.py)
+    async with OpikSink(settings_for(emu), clock=clock) as opik:
+        emu.rate_limit(reset_s=7)
+        outcome = await opik.send([span(), trace()])
+        assert isinstance(outcome, Retry) and not outcome.failure and outcome.after_s == 7.0
+        emu.healthy()
+        clock.advance(7.0)
+        assert await opik.send([span(), trace()]) == Delivered()
 
 
 async def test_a_stalled_server_is_a_timeout_retry(emu: OpikEmulator) -> None:

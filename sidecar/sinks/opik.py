@@ -9,9 +9,11 @@ for a few JSON requests). A batch becomes up to four kinds of requests
 concurrently (up to ``max_in_flight``), scores after them.
 
 Outcomes: every request 2xx -> Delivered. 429 -> Retry(failure=False) after
-``RateLimit-Reset``. 408, 409, 5xx, 401/402/403/404 (a configuration or
-account problem, not a record's: quarantining every record would be wrong),
-timeouts and connection errors -> Retry(failure=True). Any other 4xx means
+``RateLimit-Reset`` (else ``Retry-After``, else a backoff), and every request
+of the sink, of any batch, waits until then (``opik_limits.RateGate``).
+408, 409, 5xx, 401/402/403/404 (a configuration or account problem, not a
+record's: quarantining every record would be wrong), timeouts and connection
+errors -> Retry(failure=True). Any other 4xx means
 invalid data: the request is split in halves until the refused records are
 found, and those come back in PartlyRejected with the server's error text.
 A Retry after a partial success resends the requests that already
@@ -42,6 +44,7 @@ from sidecar.sinks.base import (
     isolate_rejects,
 )
 from sidecar.sinks.opik_http import Compressor, client_for
+from sidecar.sinks.opik_limits import RateGate, TokenBucket
 from sidecar.sinks.opik_payloads import (
     ROUTES,
     Group,
@@ -75,33 +78,6 @@ class _Abandoned(Exception):
     """A request not sent because another one already asked for a retry."""
 
 
-class TokenBucket:
-    """Client-side rate limit in events per minute, over an injected clock.
-
-    ``take`` never sleeps: it answers how long to wait, and the pipeline
-    waits (a Retry with ``failure=False``). A batch larger than the bucket
-    passes when the bucket is full, leaving a debt that later batches wait off.
-    """
-
-    def __init__(self, per_minute: int, clock: Clock) -> None:
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.tokens = self.capacity
-        self.clock = clock
-        self.last = clock.monotonic()
-
-    def take(self, n: int) -> float:
-        """Take ``n`` tokens and return 0, or take none and return the wait in seconds."""
-        now = self.clock.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        need = min(float(n), self.capacity)
-        if self.tokens >= need:
-            self.tokens -= n
-            return 0.0
-        return (need - self.tokens) / self.rate
-
-
 def build(settings: Settings, context: SinkContext) -> OpikSink:
     """The sink registry's entry point."""
     return OpikSink(settings.opik, context.clock)
@@ -119,6 +95,7 @@ class OpikSink:
         self.clock = clock or SystemClock()
         limit = settings.max_events_per_minute
         self._bucket = None if limit is None else TokenBucket(limit, self.clock)
+        self._gate = RateGate(self.clock)  # one per sink: a 429 holds every batch
         self._client: httpx.AsyncClient | None = None
         self._compressor = Compressor(settings)
 
@@ -134,7 +111,10 @@ class OpikSink:
             self._client = None
 
     async def check(self) -> bool:
-        """Any HTTP answer from the ping endpoint means Opik is reachable."""
+        """Any HTTP answer from the ping endpoint means Opik is reachable;
+        inside a 429's window it was (the 429 was an answer) and nothing is sent."""
+        if self._gate.remaining() > 0:
+            return True
         try:
             await self._http().get("is-alive/ping", timeout=min(self.settings.timeout_s, 5.0))
         except httpx.HTTPError:
@@ -203,6 +183,8 @@ class OpikSink:
         async def one(group: Group) -> dict[int, str]:
             async def attempt(records: Sequence[Record]) -> None:
                 async with gate:
+                    if not retries:  # a 429 of any batch holds this request too
+                        await self._gate.wait()
                     if retries:  # the batch goes again whole: send no more of it
                         raise _Abandoned
                     await self._request(group, records)
@@ -236,6 +218,7 @@ class OpikSink:
         # pass. Unlinked, the response and its request go when this returns.
         response.stream = httpx.ByteStream(b"")
         if response.is_success:
+            self._gate.passed()
             return
         self._fail(response)
 
@@ -244,9 +227,12 @@ class OpikSink:
         status = response.status_code
         text = f"opik {status}: {_error_text(response)}"
         if status == 429:
-            after = _seconds(response.headers.get("RateLimit-Reset"), self.clock.wall())
-            after = after if after is not None else self._retry_after(response)
-            raise _RetryNow(Retry(text, after_s=after, failure=False))
+            named = _seconds(response.headers.get("RateLimit-Reset"), self.clock.wall())
+            named = named if named is not None else self._retry_after(response)
+            held = self._gate.hold(named)  # None: the gate's own backoff
+            log.info("sink.rate_limit.held", sink=self.name, hold_s=round(held, 3),
+                     backoff=named is None)
+            raise _RetryNow(Retry(text, after_s=self._gate.remaining(), failure=False))
         if status >= 500 or status in _RETRY_STATUSES:
             raise _RetryNow(Retry(text, after_s=self._retry_after(response)))
         raise RejectError(text)
