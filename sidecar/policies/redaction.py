@@ -1,55 +1,57 @@
 """Secret redaction on raw JSON bytes, with a fast path for clean records.
 
 ``Redactor.redact_json(raw)`` is the primary API: one combined search over the
-raw JSON text answers "could anything match?" (a built-in pattern, a user
-pattern, a secret key name, the Opik key); only when it could is the value
-decoded with orjson, walked, masked and re-encoded. ``redact_value`` does the
-same on an already decoded value.
+raw JSON text answers "could anything match?" (a built-in pattern's core, a
+secret key name, a user pattern, the Opik key, an escape that may hide one);
+only when it could is the text walked (``jsonscan.rewrite``: token by token,
+no tree, nothing re-parsed) and each decoded string masked. ``redact_string``
+does the same for a string field (a tag, an error message, a reason).
 
-Why the raw search is a safe filter: every built-in pattern is searched in
-the raw text by its core, without a leading boundary, over characters that
-JSON never escapes (``\\`` and ``"`` are not in any token class), so a secret
-in a decoded string is also a match in the raw text. JSON that escapes
-plain characters (``\\u0041``, ``\\/``) is always walked; so is any escape at
-all when user patterns are set (their syntax is the user's).
+What is scanned: every string of the value after unescaping, keys included;
+every key is checked against ``redaction.keys`` (its value is masked whole,
+duplicates each on their own); integers that are card numbers; and a string
+that holds JSON text (it starts with ``{`` or ``[``) is scanned as JSON too,
+down to ``MAX_NESTING`` levels of JSON in a string in a string. A string
+deeper than that which still looks like JSON is masked whole (counted as
+``depth_cap``). Bracket nesting has no cap: the walk is flat.
 
-The gates run on RE2 (one pass over the text for every alternative), the
-built-in patterns' masking on Python's ``re`` (ours, with lookbehinds and
-no nested quantifiers), user patterns entirely on RE2, whose matching time is
-linear in the input, so no pattern can stall the daemon.
+Why the raw gate is sound (skipping a line never ships a match): each
+built-in core matches inside its mask's matches over characters JSON never
+escapes (``patterns.py``), at any level of JSON held in a string; a key
+check is the name between two quotes that may carry backslashes; ``\\u`` and
+``\\/`` (which can write any character) always walk. User patterns walk on
+any backslash, and on every record when they use ``^``/``$``/``\\A``/``\\z``
+(a decoded value's ends are not the raw text's). A configured key that is
+not plain ASCII walks on any non-ASCII byte.
+
+The gates run on RE2 (one pass for every alternative); the built-in masks on
+Python's ``re`` (ours, ASCII-only classes and case folding, no nested
+quantifiers); user patterns entirely on RE2, linear in the input.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import re2
 
+from sidecar.policies.jsonscan import encode_string, rewrite
+from sidecar.policies.patterns import BUILTIN_KEYS, BUILTINS, Builtin, luhn
 from sidecar.settings import RedactionSettings
 
 Counts = dict[str, int]
+Rule = tuple[str, re.Pattern[str], Callable[[str], bool] | None]
 
-_LEAD = r"(?<![A-Za-z0-9_-])"  # a token starts here (not inside a longer word)
+__all__ = ["BUILTINS", "MAX_NESTING", "Builtin", "Counts", "Redactor", "luhn"]
 
-
-def _loads(raw: bytes) -> Any:
-    """orjson, or the stdlib for integers past 64 bits (raw JSON may hold them)."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, ensure_ascii=False).encode()
+OPIK_KEY = "opik_api_key"
+DEPTH_CAP = "depth_cap"
+MAX_NESTING = 6  # levels of JSON text held in a string, scanned as JSON
+_MIN_LITERAL = 8  # a configured key shorter than this would mask ordinary words
+_CARD_WORD = re.compile(rb"-?([2-6][0-9]{12,18})")
+_ANCHORS = re.compile(r"[\^$]|\\[Az]")
 
 
 def _finder(pattern: Any) -> Callable[[bytes], bool]:
@@ -66,63 +68,18 @@ def _finder(pattern: Any) -> Callable[[bytes], bool]:
     return lambda text: bool(compiled.Match(unanchored, text, 0, len(text))[0] != miss)
 
 
-def luhn(number: str) -> bool:
-    """The Luhn check of a card number; spaces and dashes are ignored."""
-    digits = [int(c) for c in number if c.isdigit()]
-    if not 13 <= len(digits) <= 19:
-        return False
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+def _key_core(names: list[str]) -> str:
+    """A key name in raw text, at any level of JSON held in a string."""
+    return '"(?i:' + "|".join(re.escape(k) for k in names) + ')\\\\*"'
 
 
-@dataclass(frozen=True, slots=True)
-class Builtin:
-    name: str
-    mask: str  # searched in decoded strings
-    core: str  # searched in the raw JSON text: ``mask`` without a leading boundary
-    valid: Callable[[str], bool] | None = None
-
-
-BUILTINS: tuple[Builtin, ...] = (
-    Builtin("anthropic", _LEAD + r"sk-ant-[A-Za-z0-9_-]{20,}", r"sk-ant-[A-Za-z0-9_-]{20,}"),
-    Builtin("openai", _LEAD + r"sk-(?:proj-|svcacct-|admin-)?(?=[A-Za-z0-9_-]{0,300}\d)"
-            r"[A-Za-z0-9_-]{20,}", r"sk-[A-Za-z0-9_-]{20,}"),
-    Builtin("google_api_key", _LEAD + r"AIza[0-9A-Za-z_-]{35,}", r"AIza[0-9A-Za-z_-]{35,}"),
-    Builtin("aws_access_key_id", r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])",
-            r"(?:AKIA|ASIA)[A-Z0-9]{16}"),
-    Builtin("azure_storage_key", r"AccountKey=[A-Za-z0-9+/]{40,}={0,2}",
-            r"AccountKey=[A-Za-z0-9+/]{40,}"),
-    Builtin("azure_sas_signature", r"(?<=[?&])sig=[A-Za-z0-9%+/]{20,}={0,2}",
-            r"sig=[A-Za-z0-9%+/]{20,}"),
-    Builtin("huggingface", _LEAD + r"hf_[A-Za-z0-9]{30,}", r"hf_[A-Za-z0-9]{30,}"),
-    Builtin("github", _LEAD + r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,})",
-            r"gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,}"),
-    Builtin("slack", _LEAD + r"xox[abposr]-[A-Za-z0-9-]{10,}", r"xox[abposr]-[A-Za-z0-9-]{10,}"),
-    Builtin("jwt", _LEAD + r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
-            r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
-    # A token has a digit somewhere ("the bearer of bad news" is prose).
-    Builtin("bearer", r"(?i:bearer) +(?=[A-Za-z0-9._~+/-]{0,300}\d)[A-Za-z0-9._~+/-]{8,}=*",
-            r"(?i:bearer) +[A-Za-z0-9._~+/-]{8,}"),
-    # The local part is bounded (RFC 5321: 64), so a long word costs linear time.
-    Builtin("email", r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*"
-            r"\.[A-Za-z]{2,24}", r"@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}"),
-    # Card numbers by their issuers' first digits, 4-digit groups with one
-    # kind of separator (or 4-6-5 for Amex), and the Luhn check.
-    Builtin("card", r"(?<![\d-])(?:[2-6]\d{3}([ -]?)\d{4}\1\d{4}\1\d{1,7}"
-            r"|3[47]\d{2}([ -]?)\d{6}\2\d{5})(?!\d)",
-            r"[2-6]\d{3}[ -]?\d{4}[ -]?\d{4}|3[47]\d{2}[ -]?\d{6}[ -]?\d{5}", luhn),
-)
-
-OPIK_KEY = "opik_api_key"
-_MIN_LITERAL = 8  # a configured key shorter than this would mask ordinary words
+def _plain(key: str) -> bool:
+    """A key JSON writes as it is (so its raw text is its decoded text)."""
+    return key.isascii() and key.isprintable() and '"' not in key and "\\" not in key
 
 
 class Redactor:
-    """Masks secrets in JSON values; counts what it masked per pattern name.
+    """Masks secrets in JSON text and strings; counts what it masked per pattern name.
 
     Built once from ``spans.redaction`` (and the Opik API key) and never
     changed: a reload builds a new one.
@@ -130,101 +87,132 @@ class Redactor:
 
     def __init__(self, settings: RedactionSettings, opik_api_key: str | None = None) -> None:
         self.replacement = settings.replacement
-        self.keys = {k.lower(): f"key:{k.lower()}" for k in settings.keys}
-        rules: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None]] = []
+        self._masked_value = encode_string(settings.replacement)
+        names = [*settings.keys, *(BUILTIN_KEYS if settings.builtin else ())]
+        self.keys = {k.lower(): f"key:{k.lower()}" for k in names}
+        rules: list[Rule] = []
         cores: list[str] = []
         if opik_api_key and len(opik_api_key) >= _MIN_LITERAL:
             rules.append((OPIK_KEY, re.compile(re.escape(opik_api_key)), None))
             cores.append(re.escape(opik_api_key))
         if settings.builtin:
-            rules += [(b.name, re.compile(b.mask), b.valid) for b in BUILTINS]
+            rules += [(b.name, re.compile(b.mask, re.ASCII), b.valid) for b in BUILTINS]
             cores += [b.core for b in BUILTINS]
-        self._rules = rules
-        # The gate for decoded strings: the cores (looser, and free of groups,
-        # whose numbers a combined pattern would shift).
-        # Both gates run on RE2: one pass whatever the number of alternatives
-        # (Python's re tries each alternative at each position: 10x slower).
+        self._rules, self._cards = rules, settings.builtin
+        # The gate for decoded strings: the cores (looser than the masks).
         self._any = re2.compile("|".join(f"(?:{c})" for c in cores)) if cores else None
-        if self.keys:
-            names = "|".join(re.escape(k) for k in self.keys)
-            cores.append(f'"(?i:{names})"\\s*:')
-        # An escape (\u, \/) may hide a secret's text: such a line takes the
-        # slow path. Part of the one regex pass, not a search of its own.
-        self._pre = (re2.compile("|".join(f"(?:{c})" for c in (*cores, r"\\[u/]")).encode())
-                     if cores else None)
-        self._pre_found = None if self._pre is None else _finder(self._pre)
+        gate = [*cores, r"\\[u/]"]
+        plain = [k for k in self.keys if _plain(k)]
+        if plain:
+            gate.append(_key_core(plain))
+        if len(plain) < len(self.keys):
+            gate.append(r"\\|[^\x00-\x7f]")  # any escape or non-ASCII character
+        self._pre_found = _finder(re2.compile("|".join(f"(?:{c})" for c in gate).encode()))
         self._user = [(p.name, re2.compile(p.regex)) for p in settings.patterns]
         self._user_pre = (re2.compile("|".join(f"(?:{p.regex})" for p in settings.patterns)
                                       .encode()) if self._user else None)
+        self._walk_all = any(_ANCHORS.search(p.regex) for p in settings.patterns)
 
-    # -- raw JSON ------------------------------------------------------------
+    # -- the gate --------------------------------------------------------------
     def may_match(self, raw: bytes) -> bool:
         """False only when nothing in ``raw`` can be masked (the fast path)."""
-        if self._pre_found is not None and self._pre_found(raw):
+        if self._walk_all or self._pre_found(raw):
             return True
         return self._user_pre is not None and (b"\\" in raw or bool(self._user_pre.search(raw)))
 
+    # -- JSON text and strings ---------------------------------------------------
     def redact_json(self, raw: bytes) -> tuple[bytes, Counts]:
-        """``raw`` (one JSON value) with every secret masked, and the counts.
+        """``raw`` (JSON text) with every secret masked, and the counts.
 
-        Returns ``raw`` itself when nothing was masked.
+        Returns ``raw`` itself when nothing was masked. Never raises.
         """
         if not self.may_match(raw):
             return raw, {}
         counts: Counts = {}
-        value = self.redact_value(_loads(raw), counts)
-        return (_dumps(value), counts) if counts else (raw, counts)
+        new = self._rewrite(raw, counts, 0)
+        return (raw, counts) if new is None else (new, counts)
 
-    # -- decoded values --------------------------------------------------------
-    def redact_value(self, value: Any, counts: Counts) -> Any:
-        """A copy of a decoded JSON value with secrets masked (counted in ``counts``).
+    def redact_string(self, text: str, counts: Counts) -> str:
+        """A string field with every secret masked (JSON text in it included)."""
+        new = self._scan(text, counts, 0)
+        return text if new is None else new
 
-        Strings are searched; the value under a secret key name (any case,
-        any depth, whole names only) is replaced whatever it is. Unchanged
-        parts are returned as they are.
-        """
-        if isinstance(value, str):
-            return self.redact_text(value, counts)
-        if isinstance(value, dict):
-            out: dict[str, Any] = {}
-            for key, item in value.items():
-                label = self.keys.get(key.lower()) if isinstance(key, str) else None
-                if label is not None:
-                    counts[label] = counts.get(label, 0) + 1
-                    out[key] = self.replacement
-                else:
-                    out[key] = self.redact_value(item, counts)
-            return out
-        if isinstance(value, list):
-            return [self.redact_value(item, counts) for item in value]
-        return value
+    def _rewrite(self, raw: bytes, counts: Counts, level: int) -> bytes | None:
+        def key(name: str) -> str | None:
+            label = self.keys.get(name.lower())
+            if label is not None:
+                counts[label] = counts.get(label, 0) + 1
+            return label
+
+        return rewrite(raw, lambda text: self._scan(text, counts, level), key,
+                       lambda word: self._word(word, counts), self._masked_value)
+
+    def _scan(self, text: str, counts: Counts, level: int) -> str | None:
+        """One decoded string: as JSON when it holds JSON, then as text; None if unchanged."""
+        changed = None
+        head = text[:1] if text[:1] not in " \t\r\n" else text.lstrip()[:1]
+        if head in ("{", "["):
+            if level >= MAX_NESTING:
+                counts[DEPTH_CAP] = counts.get(DEPTH_CAP, 0) + 1
+                return self.replacement
+            inner = self._rewrite(text.encode("utf-8", "surrogatepass"), counts, level + 1)
+            if inner is not None:
+                changed = text = inner.decode("utf-8", "surrogatepass")
+        masked = self.redact_text(text, counts)
+        return masked if masked is not text else changed
+
+    def _word(self, word: bytes, counts: Counts) -> bytes | None:
+        """A bare JSON word: an integer that is a card number is masked."""
+        if not self._cards or len(word) < 13:
+            return None
+        m = _CARD_WORD.fullmatch(word)
+        if m is None or not luhn(m.group(1).decode()):
+            return None
+        counts["card"] = counts.get("card", 0) + 1
+        return self._masked_value
 
     def redact_text(self, text: str, counts: Counts) -> str:
-        """``text`` with every pattern's matches replaced."""
-        if self._any is not None and self._any.search(text):
+        """``text`` with every pattern's matches replaced (``text`` itself when none)."""
+        probe, hits = _utf8(text), 0
+        if self._any is not None and self._any.search(probe):
             for name, pattern, valid in self._rules:
-                text = self._sub(name, pattern, valid, text, counts)
+                probe, n = self._sub(pattern, valid, probe)
+                if n:
+                    counts[name] = counts.get(name, 0) + n
+                    hits += n
         for name, user in self._user:
-            text, n = user.subn(self._literal, text)
+            probe, n = user.subn(self._literal, probe)
             if n:
                 counts[name] = counts.get(name, 0) + n
-        return text
+                hits += n
+        return probe if hits else text
 
     def _literal(self, match: object) -> str:
         return self.replacement  # a function: backslashes in it stay literal
 
-    def _sub(self, name: str, pattern: re.Pattern[str], valid: Callable[[str], bool] | None,
-             text: str, counts: Counts) -> str:
+    def _sub(self, pattern: re.Pattern[str], valid: Callable[[str], bool] | None,
+             text: str) -> tuple[str, int]:
         masked = 0
+        grouped = "secret" in pattern.groupindex
 
         def repl(match: re.Match[str]) -> str:
             nonlocal masked
             if valid is not None and not valid(match.group()):
                 return match.group()
             masked += 1
+            if grouped:
+                return match.group()[:match.start("secret") - match.start()] + self.replacement
             return self.replacement
 
-        text = pattern.sub(repl, text)
-        if masked:
-            counts[name] = counts.get(name, 0) + masked
+        return pattern.sub(repl, text), masked
+
+
+def _utf8(text: str) -> str:
+    """``text``, lone surrogates replaced (RE2 takes UTF-8 only)."""
+    if text.isascii():
         return text
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()

@@ -24,7 +24,15 @@ from msgspec.structs import replace
 from sidecar.policies.limits import truncate_json
 from sidecar.policies.redaction import Counts, Redactor
 from sidecar.policies.sampling import Sampler
-from sidecar.records import ErrorInfo, Event, Record, SpanRecord, TraceRecord, encode_json
+from sidecar.records import (
+    ErrorInfo,
+    Event,
+    FeedbackRecord,
+    Record,
+    SpanRecord,
+    TraceRecord,
+    encode_json,
+)
 from sidecar.settings import Settings
 from sidecar.stats import PolicyStats
 
@@ -81,13 +89,12 @@ class PolicyStage:
         p = self.policies
         if not p.sampler.keep(record):
             return SAMPLED_OUT
-        if not isinstance(record, SpanRecord | TraceRecord):
-            return record
         redactions: Counts = {}
         truncated: Counts = {}
         if p.redactor is not None and (raw is None or p.redactor.may_match(raw)):
             record = _redact(record, p.redactor, redactions)
-        if raw is None or len(raw) > p.max_field_bytes:
+        if not isinstance(record, FeedbackRecord) and (raw is None
+                                                       or len(raw) > p.max_field_bytes):
             record = _truncate(record, p.max_field_bytes, truncated)
         if count and (redactions or truncated):
             _add(self._redactions, redactions)
@@ -111,7 +118,12 @@ def _add(total: Counts, more: Counts) -> None:
 Rec = SpanRecord | TraceRecord
 
 
-def _redact(record: Rec, redactor: Redactor, counts: Counts) -> Rec:
+def _redact(record: Record, redactor: Redactor, counts: Counts) -> Record:
+    if isinstance(record, FeedbackRecord):
+        if record.reason is None:
+            return record
+        reason = redactor.redact_string(record.reason, counts)
+        return record if reason is record.reason else replace(record, reason=reason)
     changes: dict[str, Any] = {}
     for name in JSON_FIELDS:
         value = getattr(record, name)
@@ -121,17 +133,17 @@ def _redact(record: Rec, redactor: Redactor, counts: Counts) -> Rec:
                 changes[name] = Raw(new)
                 _add(counts, found)
     if record.tags:
-        tags = redactor.redact_value(record.tags, counts)
-        if tags != record.tags:
+        tags = [redactor.redact_string(tag, counts) for tag in record.tags]
+        if any(new is not old for new, old in zip(tags, record.tags, strict=True)):
             changes["tags"] = tags
     if record.error_info is not None:
         info = record.error_info
-        masked = redactor.redact_value(
-            {"exception_type": info.exception_type, "message": info.message,
-             "traceback": info.traceback}, counts)
-        if masked["exception_type"] != info.exception_type or masked["message"] != info.message \
-                or masked["traceback"] != info.traceback:
-            changes["error_info"] = ErrorInfo(**masked)
+        kind, message, tb = (None if v is None else redactor.redact_string(v, counts)
+                             for v in (info.exception_type, info.message, info.traceback))
+        if kind is not info.exception_type or message is not info.message \
+                or tb is not info.traceback:
+            changes["error_info"] = ErrorInfo(exception_type=kind or info.exception_type,
+                                              message=message, traceback=tb)
     if isinstance(record, SpanRecord) and record.events:
         events = [_redact_event(e, redactor, counts) for e in record.events]
         if any(new is not old for new, old in zip(events, record.events, strict=True)):
@@ -140,7 +152,7 @@ def _redact(record: Rec, redactor: Redactor, counts: Counts) -> Rec:
 
 
 def _redact_event(event: Event, redactor: Redactor, counts: Counts) -> Event:
-    name = redactor.redact_text(event.name, counts)
+    name = redactor.redact_string(event.name, counts)
     attributes, found = redactor.redact_json(bytes(event.attributes))
     _add(counts, found)
     if name == event.name and not found:

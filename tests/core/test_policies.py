@@ -161,11 +161,11 @@ def test_the_raw_fast_path_never_hides_a_secret(prefix: str, suffix: str,
     value = {"v": prefix + pick[1] + suffix}
     raw = json.dumps(value, ensure_ascii=ascii_only).encode()
     counts: dict[str, int] = {}
-    r.redact_value(value, counts)
+    masked = r.redact_string(value["v"], counts)
     if counts:
         assert r.may_match(raw)
         out, _ = r.redact_json(raw)
-        assert orjson.loads(out) == r.redact_value(value, {})
+        assert orjson.loads(out) == {"v": masked}
 
 
 def test_stage_redacts_every_field_of_a_span_and_counts_once() -> None:
