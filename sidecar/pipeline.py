@@ -167,7 +167,18 @@ class SinkPipeline:
 
     def _ingest(self, line: Line) -> None:
         self.read_total += 1
-        result = self._parse(line)
+        result: Record | Rejected | SampledOut
+        stage = "parser"
+        try:
+            # A line must never stop the pipeline: whatever parsing or the
+            # policy stage raise for it quarantines that line, named by the
+            # exception's type (its text may quote the line, so it is left out).
+            result = parsed = self._parse(line)
+            if self.policies is not None and not isinstance(parsed, Rejected):
+                stage = "policy stage"
+                result = self.policies.apply(parsed, line.raw, self.counts_policies)
+        except Exception as exc:
+            result = Rejected(f"{stage} failed: {type(exc).__name__}")
         now = self.clock.monotonic()
         if isinstance(result, Rejected):
             self.quarantine.put(line.raw, line.file.path, line.offset, result.reason,
@@ -175,14 +186,12 @@ class SinkPipeline:
             self.quarantined_total += 1
             self.batcher.add(line, None, now)
             return
-        if self.policies is not None:
-            kept = self.policies.apply(result, line.raw, self.counts_policies)
-            if isinstance(kept, SampledOut):
-                # Acknowledged with the batch, like a quarantined line's position.
-                self._count_sampled_out(result)
-                self.batcher.add(line, None, now)
-                return
-            result = kept
+        if isinstance(result, SampledOut):
+            # Acknowledged with the batch, like a quarantined line's position.
+            if not isinstance(parsed, Rejected):
+                self._count_sampled_out(parsed)
+            self.batcher.add(line, None, now)
+            return
         self.batcher.add(line, result, now)
 
     def _count_sampled_out(self, record: Record) -> None:
