@@ -5,11 +5,17 @@ only after the sink acknowledged. A checkpoint that cannot be read (empty,
 truncated, garbled, NUL-filled, as power loss or an OOM kill leave them) is set aside and the
 sink starts again from the beginning of the spool: it may re-ship, and every
 write is idempotent, so nothing is lost and Postgres gets no duplicates.
+
+A save that fails for want of a resource (a full disk, the file limit) leaves
+the previous checkpoint intact; with the state directory's ``FaultTracker``
+it is a fault episode and the newest marks are saved again on the clock (a
+later save supersedes them), so an idle sink's checkpoint catches up too.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +23,7 @@ import orjson
 import structlog
 
 from sidecar.fsutil import fsync_dir
+from sidecar.spool.faults import is_resource_error
 from sidecar.spool.state import StateDir
 
 log = structlog.get_logger("sidecar.checkpoints")
@@ -47,6 +54,7 @@ class CheckpointStore:
         self.dir = state.checkpoints
         self.path = state.checkpoint_file(sink)
         self.sink = sink
+        self.faults = state.faults
 
     def load(self) -> dict[tuple[int, int], FileMark]:
         """The saved marks; an unreadable file is moved aside and means 'none'."""
@@ -64,8 +72,23 @@ class CheckpointStore:
                         moved_to=str(aside), error=str(exc)[:200], size=len(data))
             return {}
 
-    def save(self, marks: dict[tuple[int, int], FileMark]) -> None:
-        """Replace the checkpoint atomically and durably."""
+    def save(self, marks: dict[tuple[int, int], FileMark]) -> bool:
+        """Replace the checkpoint atomically and durably. With a fault tracker,
+        a resource fault returns False (saved again on the clock) instead of
+        raising; other errors are raised."""
+        try:
+            self._write(marks)
+        except OSError as exc:
+            if self.faults is None or not is_resource_error(exc):
+                raise
+            self.faults.failed("state", self.sink, exc, op="checkpoint",
+                               retry=lambda: self.save(marks))
+            return False
+        if self.faults is not None:
+            self.faults.cleared("state", self.sink)
+        return True
+
+    def _write(self, marks: dict[tuple[int, int], FileMark]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         body = orjson.dumps({
             "version": VERSION, "sink": self.sink,
@@ -84,7 +107,8 @@ class CheckpointStore:
         except OSError:
             # A full disk (ENOSPC, EFBIG): the previous checkpoint was never
             # touched; drop the partial temp file so it frees its space.
-            tmp.unlink(missing_ok=True)
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise
         os.replace(tmp, self.path)
         fsync_dir(self.dir)

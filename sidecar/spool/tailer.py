@@ -3,10 +3,26 @@
 Each sink has its own ``SpoolReader``, so a sink that is down holds nothing
 in memory and the other reads on at its own pace. A file is known by
 device + inode + a fingerprint of its first bytes, never by its name: a
-rename to ``.done`` keeps its offset. The reader keeps every file it tracks
-open, so while it runs the inode cannot be reused under it (a reused inode
-picking up a stale offset is how other shippers lost data silently); across
-restarts the fingerprint catches reuse.
+rename to ``.done`` keeps its offset.
+
+Descriptors are bounded: a reader holds one only for the files it is reading
+now, at most ``max_open`` (8) but for deleted files it is still reading. A
+file read to its end and idle since the previous scan is closed; so is the
+least recently read one when another must be opened. Scan notices a closed
+file grow, shrink, be touched or renamed and marks it ``stale``; the next
+read reopens it, checking that the name still leads to the same inode and
+that the fingerprint of its first bytes is unchanged (the check across
+restarts, made on every reopen): a reused inode or a rewritten file is read
+from the start, never at an old offset. A new file is opened at discovery
+while there is room, so a file deleted or moved away right after it was
+written is still read whole; one found while the reader is at its bound is
+opened when there is room, and if it is deleted before that, what was not
+read of it is lost (``spool.file.lost``, an error; only the janitor deletes
+spool files, and only once every sink has passed them).
+
+Exhausted resources (the file limit, EIO) on scan, open or read are fault
+episodes (``sidecar/spool/faults.py``), not errors: what failed is tried
+again at the next scan or read, and nothing is acknowledged that was not read.
 
 Lag in seconds is the age of the oldest byte not yet acknowledged: each file
 remembers when it first saw its size grow past each point (``seen``), and
@@ -16,124 +32,34 @@ as small as the batches are quick.
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from sidecar.clock import Clock
 from sidecar.spool.checkpoints import FileMark
+from sidecar.spool.faults import FaultTracker, is_resource_error
+from sidecar.spool.files import (
+    CLOSED,
+    FINGERPRINT_BYTES,
+    FilePosition,
+    Line,
+    TrackedFile,
+    fingerprint,
+    is_finished,
+    spool_files,
+)
 from sidecar.spool.lines import split_lines
+
+__all__ = ["FilePosition", "Line", "SpoolReader", "TrackedFile", "is_finished", "spool_files"]
 
 log = structlog.get_logger("sidecar.spool")
 
-FINGERPRINT_BYTES = 1024
-MAX_SEEN = 32  # growth observations kept per file (older ones merge: lag errs high)
-
-
-@dataclass(eq=False, slots=True)
-class TrackedFile:
-    dev: int
-    ino: int
-    fd: int
-    path: str
-    read_pos: int  # the end of the last complete line handed out
-    acked: int  # acknowledged by the sink (only ever trails read_pos)
-    gen: int = 0  # bumped on truncation: acks of an older generation are void
-    fp: str = ""
-    fp_len: int = 0
-    skip_from: int | None = None  # start of an over-long line being skipped
-    skip_head: bytes = b""
-    size: int = 0
-    mtime: float = 0.0
-    deleted: bool = False
-    # (size, wall time it was first seen): the bytes up to each size existed then.
-    seen: list[tuple[int, float]] = field(default_factory=list)
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.dev, self.ino)
-
-    def grew(self, size: int, now: float) -> None:
-        """Note the file's size; the first time a size is seen dates its new bytes."""
-        if size > (self.seen[-1][0] if self.seen else self.acked):
-            self.seen.append((size, now))
-            if len(self.seen) > MAX_SEEN:
-                (_, t0), (s1, _) = self.seen[-3], self.seen[-2]
-                self.seen[-3:-1] = [(s1, t0)]
-
-    def acked_to(self, end: int) -> None:
-        self.acked = end
-        while self.seen and self.seen[0][0] <= end:
-            self.seen.pop(0)
-
-    def oldest_unacked(self) -> float | None:
-        """When the oldest byte not yet acknowledged was first seen (None: all acked)."""
-        return self.seen[0][1] if self.seen and self.size > self.acked else None
-
-
-@dataclass(frozen=True, slots=True)
-class FilePosition:
-    """A snapshot of one tracked file, for the janitor and the spool figures."""
-
-    dev: int
-    ino: int
-    path: str
-    size: int
-    mtime: float
-    acked: int
-    finished: bool  # its writer will never append again
-    deleted: bool
-    skipping: bool  # inside an over-long line: not acknowledged to its end
-
-
-# Not frozen: a frozen dataclass's __init__ costs ~0.5 us more, once a line.
-@dataclass(slots=True)
-class Line:
-    file: TrackedFile
-    gen: int
-    offset: int
-    end: int
-    raw: bytes
-    too_long: int = 0  # the full size, when the line exceeded the limit
-    unfinished: bool = False  # the last bytes of a .done file, without their newline
-
-
-def spool_files(spool_dir: Path, patterns: tuple[str, ...]) -> list[tuple[str, os.stat_result]]:
-    """The regular files of the spool whose names match; nothing else is ever read
-    (symlinks, fifos, directories and other names are ignored, never followed)."""
-    try:
-        entries = list(os.scandir(spool_dir))
-    except FileNotFoundError:
-        return []
-    out = []
-    for entry in entries:
-        if not any(fnmatch.fnmatchcase(entry.name, p) for p in patterns):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            out.append((entry.path, st))
-    return out
-
-
-def is_finished(path: str, mtime: float, now: float, idle_done_after_s: float | None) -> bool:
-    """Will a spool file's writer never append again? Renamed to ``.done``, or
-    idle longer than ``idle_done_after_s`` (its writer died)."""
-    if path.endswith(".done"):
-        return True
-    return idle_done_after_s is not None and now - mtime > idle_done_after_s
-
-
-def fingerprint(fd: int, length: int) -> str:
-    return hashlib.blake2b(os.pread(fd, length, 0), digest_size=16).hexdigest()
+MAX_OPEN_FILES = 8
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class SpoolReader:
@@ -141,7 +67,8 @@ class SpoolReader:
 
     def __init__(self, spool_dir: Path, patterns: tuple[str, ...], max_line_bytes: int,
                  chunk_bytes: int, marks: dict[tuple[int, int], FileMark], sink: str,
-                 clock: Clock, idle_done_after_s: float | None = None) -> None:
+                 clock: Clock, idle_done_after_s: float | None = None,
+                 faults: FaultTracker | None = None, max_open: int = MAX_OPEN_FILES) -> None:
         self.dir = spool_dir
         self.clock = clock
         self.idle_done_after_s = idle_done_after_s
@@ -149,54 +76,117 @@ class SpoolReader:
         self.max_line = max_line_bytes
         self.chunk = max(chunk_bytes, max_line_bytes + 1)
         self.sink = sink
+        self.faults = faults  # None: resource errors are raised
+        self.max_open = max_open
         self.files: dict[tuple[int, int], TrackedFile] = {}
-        self._marks = dict(marks)  # saved marks not yet matched to a file
+        self._marks = dict(marks)  # saved marks not yet matched to an opened file
         self._first_scan = True
         self._rr = 0
+        self._uses = 0
+        self._faulted = False  # a resource fault since the end of the last scan
 
     # -- discovery -----------------------------------------------------------
     def scan(self) -> None:
-        """Find new files, follow renames, notice truncation and deletion."""
+        """Find new files, follow renames, notice growth, truncation and deletion;
+        close the files read to their end and idle."""
+        try:
+            listed = spool_files(self.dir, self.patterns)
+        except OSError as exc:
+            self._resource_fault(exc, "scan")
+            return
         seen: set[tuple[int, int]] = set()
-        for path, st in spool_files(self.dir, self.patterns):
+        for path, st in listed:
             key = (st.st_dev, st.st_ino)
             seen.add(key)
             tracked = self.files.get(key)
             if tracked is None:
-                self._track(path, key)
-            elif tracked.path != path:
+                self._track(path, st)
+                continue
+            if tracked.path != path:
                 log.info("spool.file.renamed", sink=self.sink, old=tracked.path, new=path)
-                tracked.path = path
+                tracked.path, tracked.stale = path, True
+            if not tracked.is_open:
+                self._observe_closed(tracked, st)
         for key, tracked in list(self.files.items()):
             self._refresh(tracked, present=key in seen)
         if self._first_scan:
-            # Marks of files that are gone are dropped; a present file that
-            # could not be opened yet (EMFILE) keeps its mark for later.
+            # Marks of files that are gone are dropped; a present file not
+            # opened yet (at the bound, or EMFILE) keeps its mark for later.
             for key, mark in list(self._marks.items()):
                 if key not in seen:
                     log.info("checkpoint.file.gone", sink=self.sink, path=mark.path)
                     del self._marks[key]
             self._first_scan = False
+        self._close_idle()
+        if not self._faulted and self.faults is not None:
+            self.faults.cleared("spool", self.sink)
+        self._faulted = False
 
-    def _track(self, path: str, key: tuple[int, int]) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            log.warning("spool.file.unreadable", sink=self.sink, path=path, error=exc.strerror)
-            return
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != key or not stat.S_ISREG(st.st_mode):
-            os.close(fd)  # replaced between scandir and open: next scan sees it
-            return
-        tracked = TrackedFile(st.st_dev, st.st_ino, fd, path, 0, 0, size=st.st_size,
-                              mtime=st.st_mtime)
-        self._resume(tracked, st.st_size)
+    def _track(self, path: str, st: os.stat_result) -> None:
+        f = TrackedFile(st.st_dev, st.st_ino, CLOSED, path, 0, 0, size=st.st_size,
+                        mtime=st.st_mtime, stale=True)
         # What is there was written by its mtime at the latest.
-        tracked.grew(st.st_size, min(st.st_mtime, self.clock.wall()))
-        self.files[key] = tracked
-        log.info("spool.file.opened", sink=self.sink, path=path, offset=tracked.read_pos)
+        f.grew(st.st_size, min(st.st_mtime, self.clock.wall()))
+        self.files[f.key] = f
+        if self._open_count() < self.max_open:
+            self._open(f)
 
-    def _resume(self, f: TrackedFile, size: int) -> None:
+    def _observe_closed(self, f: TrackedFile, st: os.stat_result) -> None:
+        """A closed file's size and mtime, from the scan: changed means reopen."""
+        if st.st_size != f.size or st.st_mtime != f.mtime:
+            f.stale = True
+        f.size, f.mtime = st.st_size, st.st_mtime
+        f.grew(st.st_size, self.clock.wall())
+
+    def _open(self, f: TrackedFile) -> bool:
+        """Open ``f`` by its name, checking it is still the same file; True if open."""
+        try:
+            fd = os.open(f.path, OPEN_FLAGS)
+        except FileNotFoundError:
+            # Renamed (to .done) or deleted since scan listed it: the next scan
+            # finds the new name, or sees it gone.
+            log.debug("spool.file.moved", sink=self.sink, path=f.path)
+            f.stale = False
+            return False
+        except OSError as exc:
+            self._open_failed(f, exc)
+            return False
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != f.key or not stat.S_ISREG(st.st_mode):
+                os.close(fd)  # the name leads elsewhere now: the next scan sorts it out
+                f.stale = False
+                return False
+            self._check_identity(f, fd, st)
+        except OSError as exc:
+            os.close(fd)
+            self._open_failed(f, exc)
+            return False
+        self._make_room()
+        f.fd, f.stale, f.used = fd, False, self._use()
+        if not f.verified:
+            f.verified = True
+            log.info("spool.file.opened", sink=self.sink, path=f.path, offset=f.read_pos)
+        return True
+
+    def _open_failed(self, f: TrackedFile, exc: OSError) -> None:
+        if is_resource_error(exc):
+            self._resource_fault(exc, "open")
+        else:
+            log.warning("spool.file.unreadable", sink=self.sink, path=f.path, error=exc.strerror)
+            f.stale = False  # tried again when scan sees it change
+
+    def _check_identity(self, f: TrackedFile, fd: int, st: os.stat_result) -> None:
+        """First open: resume at the checkpoint's mark if the file is the one it
+        names. Reopen: the head must still be the one read (else: from 0)."""
+        f.size, f.mtime = st.st_size, st.st_mtime
+        if not f.verified:
+            self._resume(f, fd, st.st_size)
+            return
+        if st.st_size < f.read_pos or (f.fp_len > 0 and fingerprint(fd, f.fp_len) != f.fp):
+            self._restart(f, st.st_size, "reopened")
+
+    def _resume(self, f: TrackedFile, fd: int, size: int) -> None:
         mark = self._marks.pop(f.key, None)
         if mark is None or mark.offset == 0:
             return
@@ -204,36 +194,120 @@ class SpoolReader:
             log.warning("spool.file.truncated", sink=self.sink, path=f.path,
                         offset=mark.offset, size=size)
             return
-        if fingerprint(f.fd, mark.fp_len) != mark.fp:
+        if fingerprint(fd, mark.fp_len) != mark.fp:
             log.warning("spool.file.inode_reused", sink=self.sink, path=f.path, old_path=mark.path)
             return
         f.read_pos = f.acked = mark.offset
         f.fp, f.fp_len = mark.fp, mark.fp_len
+        f.acked_to(mark.offset)
+
+    def _restart(self, f: TrackedFile, size: int, when: str) -> None:
+        """Not the bytes read before (truncated, rewritten, or a reused inode):
+        read from 0; acknowledgements of the older generation are void."""
+        log.warning("spool.file.truncated", sink=self.sink, path=f.path,
+                    offset=f.read_pos, size=size, noticed=when)
+        f.gen += 1
+        f.read_pos = f.acked = 0
+        f.fp, f.fp_len, f.skip_from, f.skip_head = "", 0, None, b""
+        f.drained_at = -1
+        f.seen.clear()
+        f.grew(size, self.clock.wall())
 
     def _refresh(self, f: TrackedFile, present: bool) -> None:
+        if f.is_open:
+            try:
+                self._refresh_open(f, present)
+            except OSError as exc:
+                self._read_failed(f, exc)
+            return
+        f.deleted = not present
+        if f.deleted and f.read_pos >= f.size and f.acked >= f.read_pos:
+            del self.files[f.key]
+            log.info("spool.file.closed", sink=self.sink, path=f.path, reason="deleted")
+        elif f.deleted and f.acked >= f.read_pos:
+            # Closed with bytes not yet read, then deleted or moved away.
+            del self.files[f.key]
+            self._marks.pop(f.key, None)
+            log.error("spool.file.lost", sink=self.sink, path=f.path,
+                      bytes=max(0, f.size - f.read_pos))
+
+    def _refresh_open(self, f: TrackedFile, present: bool) -> None:
         st = os.fstat(f.fd)
         f.size, f.mtime = st.st_size, st.st_mtime
         f.deleted = st.st_nlink == 0 or not present
         # A changed head means truncated and written again, maybe past read_pos.
         rewritten = f.fp_len > 0 and fingerprint(f.fd, f.fp_len) != f.fp
         if rewritten or st.st_size < f.read_pos or st.st_size < f.acked:
-            log.warning("spool.file.truncated", sink=self.sink, path=f.path,
-                        offset=f.read_pos, size=st.st_size)
-            f.gen += 1
-            f.read_pos = f.acked = 0
-            f.fp, f.fp_len, f.skip_from, f.skip_head = "", 0, None, b""
-            f.seen.clear()
+            self._restart(f, st.st_size, "scan")
         f.grew(st.st_size, self.clock.wall())
         if f.deleted and f.read_pos >= st.st_size and f.acked >= f.read_pos:
-            os.close(f.fd)
+            self._close(f)
             del self.files[f.key]
             log.info("spool.file.closed", sink=self.sink, path=f.path, reason="deleted")
+
+    # -- descriptors ---------------------------------------------------------
+    def _open_count(self) -> int:
+        return sum(1 for f in self.files.values() if f.is_open)
+
+    def _use(self) -> int:
+        self._uses += 1
+        return self._uses
+
+    def _close_idle(self) -> None:
+        """Close the files read to their end that did not grow since."""
+        for f in self.files.values():
+            if f.is_open and not f.deleted and f.drained_at == f.size:
+                self._close(f)
+
+    def _make_room(self) -> None:
+        """At the bound, close the least recently read file (never a deleted
+        one: it could not be opened again)."""
+        while self._open_count() >= self.max_open:
+            victims = [f for f in self.files.values() if f.is_open and not f.deleted]
+            if not victims:
+                return
+            victim = min(victims, key=lambda f: f.used)
+            self._close(victim)
+            victim.stale = victim.read_pos < victim.size  # more to read: reopen later
+
+    def _close(self, f: TrackedFile) -> None:
+        """Close ``f``; first extend its fingerprint over what was read, which
+        is what identifies it when it is opened again."""
+        want = min(FINGERPRINT_BYTES, f.read_pos)
+        try:
+            if f.fp_len < want:
+                f.fp, f.fp_len = fingerprint(f.fd, want), want
+        except OSError:
+            pass  # the shorter fingerprint still identifies it
+        finally:
+            os.close(f.fd)
+            f.fd = CLOSED
+
+    def open_files(self) -> int:
+        """Descriptors held now (the bound: ``max_open``, plus deleted files)."""
+        return self._open_count()
+
+    # -- faults --------------------------------------------------------------
+    def _resource_fault(self, exc: OSError, op: str) -> None:
+        if self.faults is None or not is_resource_error(exc):
+            raise exc
+        self._faulted = True
+        self.faults.failed("spool", self.sink, exc, op=op)
+
+    def _read_failed(self, f: TrackedFile, exc: OSError) -> None:
+        """A read (or fstat) failed: close the file and read it again later."""
+        if f.is_open:
+            os.close(f.fd)
+            f.fd = CLOSED
+        f.stale = True
+        self._resource_fault(exc, "read")
 
     # -- reading -------------------------------------------------------------
     async def read(self, max_lines: int, max_bytes: int = 1 << 62) -> list[Line]:
         """Complete lines, fairly across files: at most one chunk of each file,
         visiting files (in turn from call to call) until ``max_lines`` lines or
-        ``max_bytes`` bytes were taken.
+        ``max_bytes`` bytes were taken. A closed file is visited only when scan
+        saw it change, or when its unfinished tail is due (its writer is done).
 
         Memory is bounded by bytes (``chunk_bytes`` a file), not by ``max_lines``:
         one chunk of short lines may hold more than ``max_lines`` of them.
@@ -245,11 +319,25 @@ class SpoolReader:
             f = files[(self._rr + i) % len(files)]
             if len(out) >= max_lines or taken >= max_bytes:
                 break
-            lines = await self._read_file(f)
+            if f.key not in self.files or not self._ready(f):
+                continue
+            try:
+                lines = await self._read_file(f)
+            except OSError as exc:
+                self._read_failed(f, exc)
+                continue
             taken += sum(len(x.raw) for x in lines)
             out.extend(lines)
         self._rr += 1
         return out
+
+    def _ready(self, f: TrackedFile) -> bool:
+        """Open (or opened now) and worth a read."""
+        if f.is_open:
+            f.used = self._use()
+            return True
+        due = f.read_pos < f.size and self.finished(f)
+        return (f.stale or due) and self._open(f)
 
     async def _read_file(self, f: TrackedFile) -> list[Line]:
         # An over-long line is skipped a chunk at a time within this call: an
@@ -259,6 +347,7 @@ class SpoolReader:
             f.size = size
             f.grew(size, self.clock.wall())
             if size <= f.read_pos:
+                f.drained_at = size
                 return []
             n = min(size - f.read_pos, self.chunk)
             # Inline, not in a worker thread: a page-cache read of 1 MiB takes
@@ -266,6 +355,8 @@ class SpoolReader:
             # malloc arenas, which made RSS creep while a backlog drained.
             data = os.pread(f.fd, n, f.read_pos)
             out = self._take(f, data, at_eof=f.read_pos + len(data) >= size)
+            if not out and f.skip_from is None and f.read_pos + len(data) >= size:
+                f.drained_at = size  # only an unfinished line left: idle until it grows
             if out or f.skip_from is None or not data:
                 return out
 
@@ -321,9 +412,14 @@ class SpoolReader:
         """The checkpoint of every tracked file, fingerprints refreshed."""
         out: dict[tuple[int, int], FileMark] = {}
         for f in self.files.values():
+            if not f.verified and f.key in self._marks:
+                continue  # not opened yet: its saved mark stands (below)
             want = min(FINGERPRINT_BYTES, f.acked)
-            if f.fp_len < want:
-                f.fp, f.fp_len = fingerprint(f.fd, want), want
+            if f.fp_len < want and f.is_open:
+                try:
+                    f.fp, f.fp_len = fingerprint(f.fd, want), want
+                except OSError:
+                    pass  # the shorter fingerprint still identifies it
             out[f.key] = FileMark(f.dev, f.ino, f.fp, f.fp_len, f.acked, f.path)
         for key, mark in self._marks.items():  # present, not opened yet: keep
             out.setdefault(key, mark)
@@ -340,13 +436,19 @@ class SpoolReader:
     def positions(self) -> Mapping[tuple[int, int], FilePosition]:
         """A snapshot of every tracked file.
 
-        A finished file's size is read now (a writer may have appended just
-        before its rename: the janitor must never go by an older size).
+        A finished open file's size is read now (a writer may have appended
+        just before its rename: the janitor must never go by an older size); a
+        closed one's is the size the scan that saw its new name found.
         """
         out = {}
         for key, f in self.files.items():
             finished = self.finished(f)
-            size = os.fstat(f.fd).st_size if finished else f.size
+            size = f.size
+            if finished and f.is_open:
+                try:
+                    size = os.fstat(f.fd).st_size
+                except OSError:
+                    finished = False  # not now: the janitor looks again later
             out[key] = FilePosition(f.dev, f.ino, f.path, size, f.mtime, f.acked, finished,
                                     f.deleted, f.skip_from is not None)
         return out
@@ -359,10 +461,14 @@ class SpoolReader:
         f = self.files.pop(key, None)
         if f is None:
             return None
-        os.close(f.fd)
+        if f.is_open:
+            os.close(f.fd)
+            f.fd = CLOSED
         return f.read_pos
 
     def close(self) -> None:
         for f in self.files.values():
-            os.close(f.fd)
+            if f.is_open:
+                os.close(f.fd)
+                f.fd = CLOSED
         self.files.clear()

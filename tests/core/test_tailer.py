@@ -382,7 +382,9 @@ def test_a_fifo_that_replaced_a_file_after_discovery_is_not_opened_blocking(spoo
     os.mkfifo(fifo)
     st = fifo.stat()
     reader = make_reader(spool)
-    reader._track(str(fifo), (st.st_dev, st.st_ino))  # the race: scandir saw a regular file
+    reader._track(str(fifo), st)  # the race: scandir saw a regular file
+    assert reader.open_files() == 0
+    reader.scan()  # not a regular file: never tracked
     assert reader.files == {}
 
 
