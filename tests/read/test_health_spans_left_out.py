@@ -1,0 +1,164 @@
+"""The daemon's own health spans (agent ``span-sidecar``, name ``span-sidecar.health``,
+~60 s each) stay out of the user's figures: all-agents ``stats``, ``GET /stats`` and
+``v_agent_latency_summary``; ``--agent span-sidecar`` / ``agent=span-sidecar`` shows
+them. Also: the read side's pool says it opened at debug, once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import yaml
+from redis.asyncio import Redis
+from structlog.testing import capture_logs
+
+from sidecar.app import App
+from sidecar.clock import FakeClock
+from sidecar.health import report
+from sidecar.read_side import ReadSide
+from sidecar.repository import HEALTH_AGENT, HEALTH_SPAN
+from tests.read.conftest import REDIS_URL, connect, make_settings, seed
+from tests.read.test_read_commands import now_span, until
+from tests.support import PG_DSN, REPO, write_spans
+
+
+def test_the_read_side_knows_the_health_span_by_the_reporters_names() -> None:
+    assert (HEALTH_AGENT, HEALTH_SPAN) == (report.AGENT_NAME, report.SPAN_NAME)
+
+
+async def seed_with_health(schema: str) -> None:
+    """120 spans of alpha (0.5..999.5 ms) and 30 health spans of 60 s beside them."""
+    conn = await connect(schema)
+    now = datetime.now(UTC)
+    await seed(conn, schema, "alpha", now, 120, 1.0)
+    await seed(conn, schema, HEALTH_AGENT, now, 30, 60.0)
+    await conn.execute(f'UPDATE "{schema}".ml_observability_spans SET name = $1, '
+                       "duration_ms = 60000, status = 'ok' WHERE agent_name = $2",
+                       HEALTH_SPAN, HEALTH_AGENT)
+    await conn.close()
+
+
+async def test_all_agents_stats_and_the_view_leave_health_spans_out(
+        pg_schema: str, redis_prefix: str) -> None:
+    await seed_with_health(pg_schema)
+    settings = make_settings(pg_schema, redis_prefix)
+    async with ReadSide(settings, FakeClock(wall=datetime.now(UTC).timestamp())) as read:
+        every = await read.stats.report("1h")
+        assert [a.agent_name for a in every.agents] == ["alpha"]
+        assert every.agents[0].latency.max_ms is not None and every.agents[0].latency.max_ms < 1000
+        health = await read.stats.report("1h", HEALTH_AGENT)
+        (row,) = health.agents
+        assert (row.agent_name, row.latency.span_count, row.latency.p50_ms) == (
+            HEALTH_AGENT, 30, 60000.0)
+        body = await read.stats_http({"window": "1h", "agent": HEALTH_AGENT})
+        assert [a["agent_name"] for a in body["agents"]] == [HEALTH_AGENT]
+        body = await read.stats_http({"window": "1h"})
+        assert [a["agent_name"] for a in body["agents"]] == ["alpha"]
+    conn = await connect()
+    try:
+        view = await conn.fetch(f'SELECT agent_name, span_count, p99_ms FROM "{pg_schema}".'
+                                "v_agent_latency_summary ORDER BY agent_name")
+        assert [tuple(r) for r in view] == [("alpha", 120, view[0]["p99_ms"])]
+        assert view[0]["p99_ms"] < 1000
+        note = await conn.fetchval("SELECT obj_description($1::regclass)",
+                                   f'"{pg_schema}".v_agent_latency_summary')
+        assert "health spans" in note
+    finally:
+        await conn.close()
+
+
+async def test_health_spans_alone_leave_the_all_agents_entry_cached(
+        pg_schema: str, redis_prefix: str) -> None:
+    """A batch of health spans only invalidates ``span-sidecar``'s entries (they are
+    not in the all-agents figures); any other agent's spans invalidate ``*`` too."""
+    await seed_with_health(pg_schema)
+    settings = make_settings(pg_schema, redis_prefix)
+    redis = Redis.from_url(REDIS_URL)
+
+    async def keys() -> list[str]:
+        return sorted([k.decode() async for k in redis.scan_iter(match=f"{redis_prefix}*")])
+
+    async with ReadSide(settings, FakeClock(wall=datetime.now(UTC).timestamp())) as read:
+        await read.stats.report("1h")
+        await read.stats.report("1h", HEALTH_AGENT)
+        await read.on_stored(frozenset({HEALTH_AGENT}))
+        assert await keys() == [f"{redis_prefix}obs_metrics:1h:*"]
+        await read.stats.report("1h")
+        assert read.cache_stats().hits == 1
+        await read.on_stored(frozenset({HEALTH_AGENT, "alpha"}))
+        assert await keys() == []
+        await read.stats.report("1h")
+        await read.on_stored(frozenset())  # spans without an agent name
+        assert await keys() == []
+    await redis.aclose()
+
+
+def test_stats_command_leaves_health_spans_out_unless_asked_and_is_quiet(
+        tmp_path: Path, pg_schema: str, redis_prefix: str) -> None:
+    """Also: with ``-v`` (info) a command prints no ``pg.pool.opened`` line."""
+    asyncio.run(seed_with_health(pg_schema))
+    cfg = tmp_path / "sidecar.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "postgres": {"dsn": PG_DSN, "schema": pg_schema}, "redis": {"url": REDIS_URL},
+        "cache": {"key_prefix": redis_prefix}, "opik": {"enabled": False},
+        "spool": {"dir": str(tmp_path / "spool"), "state_dir": str(tmp_path / "state")}}))
+
+    def stats(*args: str) -> tuple[list[str | None], str]:
+        out = subprocess.run([sys.executable, "-m", "sidecar", "stats", "--json", "--config",
+                              str(cfg), *args], capture_output=True, text=True, cwd=REPO,
+                             timeout=60, env=dict(os.environ))
+        assert out.returncode == 0, out.stderr
+        return [a["agent_name"] for a in json.loads(out.stdout)["agents"]], out.stderr
+
+    assert stats()[0] == ["alpha"]
+    assert stats("--agent", HEALTH_AGENT)[0] == [HEALTH_AGENT]
+    agents, err = stats("-v", "--window", "24h")
+    assert agents == ["alpha"] and "pg.pool.opened" not in err
+
+
+async def test_the_daemon_leaves_its_health_spans_out_and_says_its_pool_opened_once(
+        tmp_path: Path, pg_schema: str, redis_prefix: str) -> None:
+    """The running daemon's own health spans reach Postgres, are out of the
+    all-agents ``/stats`` and in ``agent=span-sidecar``; ``pg.pool.opened`` is one
+    info line (the sink's), the read side's a debug one."""
+    settings = make_settings(
+        pg_schema, redis_prefix,
+        spool={"dir": str(tmp_path / "spool"), "state_dir": str(tmp_path / "state")},
+        batch={"max_wait_ms": 50}, http={"enabled": True, "listen": "127.0.0.1:0"},
+        health={"enabled": True, "interval_s": 0.2})
+    (tmp_path / "spool").mkdir()
+    app = App(settings)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(app.run(stop))
+        try:
+            await asyncio.wait_for(app.started.wait(), 30)
+            assert app.http is not None
+            write_spans(tmp_path / "spool" / "web-h-1-0.jsonl", [now_span("web")])
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.http.port}",
+                                         trust_env=False) as client:
+                async def health_rows() -> int:
+                    r = await client.get("/stats", params={"agent": HEALTH_AGENT})
+                    agents = r.json()["agents"]
+                    return min(int(agents[0]["latency"]["span_count"]), 2) if agents else 0
+
+                async def agents() -> int:
+                    r = await client.get("/stats", params={"window": "24h"})
+                    return len(r.json()["agents"])
+
+                await until(health_rows, 2)
+                await until(agents, 1)
+                r = await client.get("/stats", params={"window": "24h"})
+                assert [a["agent_name"] for a in r.json()["agents"]] == ["web"]
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+    opened = [(e["log_level"], e.get("pool")) for e in logs if e["event"] == "pg.pool.opened"]
+    assert opened == [("info", "sink"), ("debug", "read")] or \
+        opened == [("debug", "read"), ("info", "sink")]
