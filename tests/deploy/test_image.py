@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from .runtime_deps import closure
-from .tools import DEPLOY, REPO
+from .tools import DEPLOY, REPO, SPOOL_MODE
 
 # An exact Python release on a named Debian release, optionally by digest too.
 PINNED_BASE = re.compile(r"^python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?$")
@@ -55,6 +55,8 @@ def test_the_final_stage_runs_the_console_script_as_its_own_user() -> None:
     made = " ".join(values(final, "RUN"))
     for directory in ("/var/spool/span-sidecar", "/var/lib/span-sidecar"):
         assert re.search(rf"install -d -o {uid} -g \d+ -m \d+ {directory}", made), directory
+    spool_mode = re.search(r"-m (\d+) /var/spool/span-sidecar", made)
+    assert spool_mode is not None and int(spool_mode[1], 8) == SPOOL_MODE
 
 
 def test_the_final_stage_installs_nothing_and_copies_the_built_venv() -> None:

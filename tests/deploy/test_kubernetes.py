@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from sidecar.health.http import parse_listen
-from sidecar.settings import Settings, load_settings
+from sidecar.settings import Settings, load_config, load_settings
 
 from .tools import DEPLOY, tool
 
@@ -113,7 +113,7 @@ def test_the_sidecar_is_a_native_sidecar_sharing_the_spool(target: str) -> None:
                 for c in [side, *spec["containers"]]}
     assert spool_of["span-sidecar"] == spool_of["agent"] == {"/var/spool/span-sidecar"}
     agent_env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
-    assert agent_env["SPAN_SIDECAR_SPOOL_DIR"] == "/var/spool/span-sidecar"
+    assert agent_env["SIDECAR_SPOOL_DIR"] == "/var/spool/span-sidecar"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -190,3 +190,40 @@ def test_overlays_choose_their_environment(tmp_path: Path) -> None:
     assert not prod_settings.postgres.auto_migrate
     assert one(prod, "Deployment")["spec"]["replicas"] == 3
     assert one(dev, "Secret", "span-sidecar")["data"]["pg-password"]
+
+
+def test_the_base_config_is_in_the_current_environment_style(tmp_path: Path) -> None:
+    """No ${VAR:-} in the file: the variables set their keys themselves. With
+    `${OPIK_API_KEY:-}` check-config showed `opik.api_key = "***" <- file`
+    with no key set, and Opik looked configured when it was not."""
+    docs = render("base")
+    text = one(docs, "ConfigMap", "span-sidecar-config")["data"]["sidecar.yaml"]
+    assert "${" not in text
+    side = sidecar(docs)
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(text)
+    no_key = load_config(path, env=environment(docs, side))  # the optional key is absent
+    assert no_key.settings.opik.api_key is None and not no_key.settings.opik.enabled
+    assert "opik.api_key" not in {key for key, _, _ in no_key.sources()}
+    with_key = load_config(path, env={**environment(docs, side), "OPIK_API_KEY": "k" * 12})
+    origins = {key: origin for key, _, origin in with_key.sources()}
+    assert origins["opik.api_key"] == "environment OPIK_API_KEY"
+    assert with_key.settings.opik.url == "https://www.comet.com/opik/api"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_only_the_scraper_may_reach_the_http_port(target: str) -> None:
+    """The NetworkPolicy selects the agent's pods and admits one peer, the
+    scraper, to the sidecar's named port (the kubelet's probes come from the
+    node, which is always admitted)."""
+    docs = render(target)
+    policy = one(docs, "NetworkPolicy")["spec"]
+    template = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    selector = policy["podSelector"]["matchLabels"]
+    assert selector.items() <= template.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"port": "sidecar-metrics", "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"]["matchLabels"] and peer["podSelector"]["matchLabels"]
+    assert "ipBlock" not in peer

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sidecar.settings import Settings
 
-from .tools import DEPLOY, REPO, tool
+from .tools import DEPLOY, REPO, SPOOL_MODE, tool
 
 SYSTEMD = DEPLOY / "systemd"
 UNIT = SYSTEMD / "span-sidecar.service"
@@ -71,7 +71,7 @@ def test_lifecycle_directives() -> None:
 
 
 def test_sysusers_and_tmpfiles_make_a_group_writable_spool(tmp_path: Path) -> None:
-    """Applied to an empty root: the user exists, the spool is 2775 and theirs."""
+    """Applied to an empty root: the user exists, the spool is 3770 (sticky) and theirs."""
     sysusers = tool("systemd-sysusers", INSTALL)
     tmpfiles = tool("systemd-tmpfiles", INSTALL)
     (tmp_path / "etc").mkdir()
@@ -87,7 +87,7 @@ def test_sysusers_and_tmpfiles_make_a_group_writable_spool(tmp_path: Path) -> No
     assert d["Group"] == d["User"]
     spool = tmp_path / "var/spool/span-sidecar"
     st = spool.stat()
-    assert oct(st.st_mode & 0o7777) == "0o2775"
+    assert oct(st.st_mode & 0o7777) == oct(SPOOL_MODE)
     assert (st.st_uid, st.st_gid) == (int(user[2]), int(user[3]))
     # The unit may write there, and starts even where it does not exist yet.
     assert d["ReadWritePaths"] == [f"-/{spool.relative_to(tmp_path)}"]

@@ -16,6 +16,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
+# The spool directory's one mode, wherever it is made (tmpfiles.d, the image)
+# or written down (the READMEs): group-writable for agents, setgid so their
+# files belong to the group, sticky so that no agent deletes another's files.
+SPOOL_MODE = 0o3770
 
 
 def tool(name: str, install: str) -> str:
