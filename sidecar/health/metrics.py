@@ -30,6 +30,8 @@ from prometheus_client.registry import Collector
 
 from sidecar import __version__
 from sidecar.health.monitor import STATUSES
+from sidecar.spool.faults import RESOURCES, FaultStats
+from sidecar.spool.quarantine import QuarantineStats
 from sidecar.stats import BreakerState, CacheStats, PolicyStats, QuotaStats, SinkStats, SpoolStats
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -265,6 +267,47 @@ class CacheCollector(Collector):
         yield state
 
 
+class ResourceCollector(Collector):
+    """Exhausted resources (``sidecar/spool/faults.py``) and the quarantine cap.
+
+    Labels are bounded: three resources, six errno names, the enabled sinks.
+    """
+
+    def __init__(self, faults: Callable[[], FaultStats],
+                 quarantines: Callable[[], Sequence[QuarantineStats]]) -> None:
+        self._faults, self._quarantines = faults, quarantines
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        faults = self._faults()
+        tries = CounterMetricFamily(
+            PREFIX + "resource_faults", "Operations that failed for want of a resource "
+            "(file limit, full disk, EIO), each retried later.", labels=["resource", "errno"])
+        for resource, name, count in faults.failures:
+            tries.add_metric([resource, name], count)
+        yield tries
+        active = GaugeMetricFamily(
+            PREFIX + "resource_faults_active", "Resource fault episodes going on now "
+            "(degraded while above 0).", labels=["resource"])
+        for resource in RESOURCES:
+            active.add_metric([resource], sum(1 for e in faults.active if e.resource == resource))
+        yield active
+        quarantines = self._quarantines()
+        dropped = CounterMetricFamily(
+            PREFIX + "quarantine_dropped", "Oldest quarantine entries dropped by "
+            "quarantine.max_bytes.", labels=["sink"])
+        held = GaugeMetricFamily(
+            PREFIX + "quarantine_held", "Quarantine entries waiting for a resource fault "
+            "to end (their lines are not acknowledged).", labels=["sink"])
+        for q in quarantines:
+            dropped.add_metric([q.sink], q.dropped_entries)
+            held.add_metric([q.sink], q.held)
+        yield dropped
+        yield held
+
+
 class Metrics:
     """The ``/metrics`` document: snapshot metrics plus operation histograms.
 
@@ -288,9 +331,15 @@ class Metrics:
         self.registry.register(SnapshotCollector(sinks, spool, status))
         self.registry.register(PolicyCollector(sinks, policies, quota))
         # process_open_fds, process_max_fds, process_cpu_seconds_total,
-        # process_resident_memory_bytes, ... (each sink holds every tracked
-        # spool file open, so open fds are worth watching).
+        # process_resident_memory_bytes, ... (each sink holds at most a few
+        # spool files open; the rest is sockets, the quarantine, inotify).
         ProcessCollector(registry=self.registry)
+
+    def add_resources(self, faults: Callable[[], FaultStats],
+                      quarantines: Callable[[], Sequence[QuarantineStats]]) -> None:
+        """Export resource faults and the quarantine cap (``span_sidecar_resource_*``,
+        ``span_sidecar_quarantine_*``)."""
+        self.registry.register(ResourceCollector(faults, quarantines))
 
     def add_cache(self, stats: Callable[[], CacheStats]) -> None:
         """Export the statistics cache's counters (``span_sidecar_cache_*``)."""

@@ -8,6 +8,10 @@ and ``spool.quota.exceeded`` is logged when usage crosses the quota.
 shipped them: each reader forgets the file first (closing it frees the
 space), every record some sink had not read yet is counted as dropped, and
 each deletion is logged as an error (``spool.file.dropped``).
+
+A check that hits an exhausted resource (the file limit while listing the
+spool or counting a file's records) is a fault episode of the spool
+(``sidecar/spool/faults.py``) and is made again at the next rescan.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import structlog
 
 from sidecar.clock import Clock, every
 from sidecar.settings import SpoolSettings
+from sidecar.spool.faults import FaultTracker, is_resource_error
 from sidecar.spool.tailer import SpoolReader, is_finished, spool_files
 from sidecar.stats import QuotaStats
 
@@ -29,8 +34,9 @@ log = structlog.get_logger("sidecar.quota")
 
 class SpoolQuota:
     def __init__(self, settings: SpoolSettings, readers: Sequence[SpoolReader],
-                 clock: Clock) -> None:
+                 clock: Clock, faults: FaultTracker | None = None) -> None:
         self.settings = settings
+        self.faults = faults
         self.readers = readers
         self.clock = clock
         self.bytes = 0
@@ -38,7 +44,19 @@ class SpoolQuota:
         self._over = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        await every(self.clock, self.settings.rescan_interval_s, stop, self.check)
+        await every(self.clock, self.settings.rescan_interval_s, stop, self.checked)
+
+    def checked(self) -> None:
+        """``check``, with an exhausted resource reported and tried next time."""
+        try:
+            self.check()
+        except OSError as exc:
+            if self.faults is None or not is_resource_error(exc):
+                raise
+            self.faults.failed("spool", "quota", exc, op="quota")
+            return
+        if self.faults is not None:
+            self.faults.cleared("spool", "quota")
 
     def check(self) -> None:
         """Measure the spool; over the quota, warn or drop the oldest complete files."""
@@ -66,14 +84,18 @@ class SpoolQuota:
 
     def _drop(self, path: str, key: tuple[int, int]) -> bool:
         """Delete one file; count the records that some sink had not read yet."""
-        read = [r.forget(key) for r in self.readers]
-        start = min((0 if pos is None else pos for pos in read), default=0)
+        read = [r.files[key].read_pos if key in r.files else 0 for r in self.readers]
         try:
-            records = _records_from(path, start)
+            # Counted first: a resource fault here leaves the readers untouched.
+            records = _records_from(path, min(read, default=0))
+            for r in self.readers:
+                r.forget(key)
             os.unlink(path)
         except FileNotFoundError:
             return False
         except OSError as exc:
+            if is_resource_error(exc):
+                raise  # a fault episode (checked): the file is dropped next time
             log.warning("spool.file.remove_failed", path=path, error=exc.strerror)
             return False
         self.dropped_files += 1
