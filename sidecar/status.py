@@ -157,12 +157,26 @@ def human_count(n: float) -> str:
     return f"{n:,.0f}"
 
 
-def _daemon_line(d: dict[str, Any]) -> str:
+def _daemon_lines(d: dict[str, Any]) -> list[str]:
     if d.get("running"):
-        return f"daemon: running (pid {d.get('pid')}, {d.get('address')}, health {d.get('health')})"
+        return [f"daemon: running (pid {d.get('pid')}, {d.get('address')}, "
+                f"health {d.get('health')})", *_health_lines(d.get("health_reasons") or [])]
     if d.get("running") is False:
-        return f"daemon: not running ({d.get('reason')})"
-    return f"daemon: unknown ({d.get('reason', 'not asked')})"
+        return [f"daemon: not running ({d.get('reason')})"]
+    return [f"daemon: unknown ({d.get('reason', 'not asked')})"]
+
+
+def _health_lines(reasons: list[dict[str, Any]]) -> list[str]:
+    """Why the verdict is not healthy, and when each reason clears."""
+    out = []
+    for r in reasons:
+        if r.get("clears_in_s") is not None:
+            when = (f"clears by {r['clears_at']} (in {human_duration(r['clears_in_s'])}) "
+                    "unless it happens again")
+        else:
+            when = f"clears {r.get('clears_when') or 'when the condition ends'}"
+        out.append(f"  health {r['level']}: {r['reason']}; {when}")
+    return out
 
 
 def _pace(live: dict[str, Any] | None) -> str:
@@ -183,7 +197,7 @@ def _pace(live: dict[str, Any] | None) -> str:
 def render(report: dict[str, Any]) -> str:
     """The report for a person: human units, one line per sink."""
     out = [f"spool {report['spool_dir']}: {report['spool_files']} files, "
-           f"{human_bytes(report['spool_bytes'])}", _daemon_line(report["daemon"])]
+           f"{human_bytes(report['spool_bytes'])}", *_daemon_lines(report["daemon"])]
     for s in report["sinks"]:
         approx = "~" if s["records_behind_estimated"] else ""
         age = s["oldest_unshipped_age_s"]

@@ -43,6 +43,7 @@ from aiohttp import web
 
 from sidecar.clock import Clock, SystemClock, every
 from sidecar.health.metrics import CONTENT_TYPE
+from sidecar.health.verdict import describe
 from sidecar.settings import HttpSettings, SpoolSettings
 from sidecar.stats import SinkStats
 
@@ -227,7 +228,8 @@ def _json(status: int, data: Any) -> web.Response:
 
 
 def readiness_check(
-    spool: SpoolSettings, sinks: Callable[[], Sequence[SinkStats]]
+    spool: SpoolSettings, sinks: Callable[[], Sequence[SinkStats]],
+    health: Callable[[], Mapping[str, Any]] | None = None,
 ) -> Callable[[], ReadyResult]:
     """The default ``/readyz`` check for the app.
 
@@ -238,7 +240,9 @@ def readiness_check(
     gates the pod's, so failing here would unroute the agent during a backend
     outage that the spool exists to buffer. Open and half-open breakers, and a
     sidecar with no sink enabled, are listed after the reasons, marked as
-    information, so that a person reading the body still sees them.
+    information, so that a person reading the body still sees them; so is
+    each reason of a health verdict that is not healthy (``health``, the
+    monitor's ``explain``), with when it clears.
     """
 
     def check() -> ReadyResult:
@@ -248,9 +252,16 @@ def readiness_check(
         state = spool.state_dir
         if not (state.is_dir() and os.access(state, os.W_OK | os.X_OK)):
             reasons.append(f"state directory {state} is not writable")
-        return not reasons, reasons + _sink_notes(sinks())
+        notes = _sink_notes(sinks()) + (_health_notes(health()) if health else [])
+        return not reasons, reasons + notes
 
     return check
+
+
+def _health_notes(verdict: Mapping[str, Any]) -> list[str]:
+    """The verdict's reasons (none when healthy), as information."""
+    return [f"information: health {verdict['status']}: {describe(r)}"
+            for r in verdict.get("reasons") or ()]
 
 
 def _sink_notes(stats: Sequence[SinkStats]) -> list[str]:

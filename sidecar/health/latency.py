@@ -120,6 +120,15 @@ class LatencyWindow:
         self._current = s
         return s
 
+    def clears_at(self, threshold_ms: float) -> float | None:
+        """When no sample of ``threshold_ms`` or more is left in the window (clock
+        time: the end of the newest live slice holding one), None when none is."""
+        newest = int(self._clock.monotonic() * self._inv_slice_s)
+        slow = [s.index for s in self._ring
+                if newest - len(self._ring) < s.index <= newest and s.count
+                and s.max >= threshold_ms]
+        return None if not slow else (max(slow) + len(self._ring)) / self._inv_slice_s
+
     def snapshot(self) -> LatencySnapshot:
         """Aggregate the live slices; costs ``slices x bins`` additions."""
         newest = int(self._clock.monotonic() * self._inv_slice_s)

@@ -4,6 +4,14 @@ One ``SelfMonitor`` is built by the app and passed to whatever times work
 (pipelines, sinks, the cache); it replaces the original design's
 ``get_self_monitor()`` singleton. The verdict is computed from the frozen
 ``SinkStats`` snapshots the pipelines report, never from their insides.
+
+Each reason of the verdict says when it clears on its own (``Finding``): an
+error rate or a latency when the window no longer holds what produced it (a
+wall time, at the latest: new failures or slow calls move it), a lag, a
+breaker or the quota when the condition ends (said in words). A sink whose
+breaker closed again after being open has recovered: its error rate is judged
+on the attempts since then, so the outage that the breaker already reported
+does not keep the verdict for a whole window (README, "Health").
 """
 
 from __future__ import annotations
@@ -14,20 +22,19 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from sidecar.clock import Clock
 from sidecar.health.latency import LatencySnapshot, LatencyWindow
+from sidecar.health.verdict import STATUSES, Finding, HealthStatus, Status
+from sidecar.health.verdict import check as _check
 from sidecar.settings import HealthSettings
 from sidecar.stats import QuotaStats, SinkStats
 
 log = structlog.get_logger("sidecar.health")
 
-Status = Literal["healthy", "degraded", "unhealthy"]
-STATUSES: tuple[Status, ...] = ("healthy", "degraded", "unhealthy")
 # (operation, sink): a pipeline's operations carry their sink's name, the
 # sidecar's own ones (span_emit, cache) an empty one.
 OpKey = tuple[str, str]
@@ -43,18 +50,14 @@ _SAMPLES_PER_WINDOW = 30
 QUOTA_WARNING_PCT, QUOTA_CRITICAL_PCT = 90.0, 100.0
 
 
+__all__ = ["STATUSES", "DurationRecorder", "Finding", "HealthStatus", "SelfMonitor", "Status",
+           "rss_bytes"]
+
+
 class DurationRecorder(Protocol):
     """Where durations also go, e.g. the Prometheus histograms of ``Metrics``."""
 
     def observe(self, op: str, seconds: float, sink: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class HealthStatus:
-    """The verdict and every threshold crossed (empty when healthy)."""
-
-    status: Status
-    reasons: tuple[str, ...] = ()
 
 
 class _ErrorRate:
@@ -70,6 +73,19 @@ class _ErrorRate:
         self._step_s = window_s / _SAMPLES_PER_WINDOW
         # The counters are "since the process started", and so is the monitor.
         self._samples: deque[tuple[float, int, int]] = deque([(start, 0, 0)])
+        self.breaker: tuple[str, int] = ("closed", 0)  # state, opened_total last seen
+
+    def rebase(self, now: float, attempts: int, errors: int) -> None:
+        """Judge from here on only (the sink recovered): forget earlier attempts."""
+        self._samples = deque([(now, attempts, errors)])
+
+    def clears_at(self, now: float, errors: int) -> float:
+        """When the window stops holding any of the failures counted up to ``errors``
+        (monotonic): when the first sample that saw them all becomes its base."""
+        for at, _, seen in self._samples:
+            if seen >= errors:
+                return at + self._window_s
+        return max(now, self._samples[-1][0] + self._step_s) + self._window_s
 
     def update(self, now: float, attempts: int, errors: int) -> tuple[int, int]:
         """Record the current counters; return (attempts, errors) within the window."""
@@ -88,9 +104,11 @@ class SelfMonitor:
     def __init__(
         self, settings: HealthSettings, clock: Clock, recorder: DurationRecorder | None = None,
         quota: Callable[[], QuotaStats | None] | None = None,
+        faults: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self._settings = settings
         self._quota = quota
+        self._faults = faults  # exhausted resources going on now (sidecar/spool/faults.py)
         self._clock = clock
         self._recorder = recorder
         self._windows: dict[OpKey, LatencyWindow] = {}
@@ -102,6 +120,12 @@ class SelfMonitor:
     def status(self) -> HealthStatus:
         """The verdict of the last ``evaluate`` (healthy before the first)."""
         return self._status
+
+    def explain(self) -> dict[str, Any]:
+        """The last verdict with each reason and when it clears, counted from now
+        (``GET /status``, ``/readyz`` and ``span-sidecar status`` show this)."""
+        return {"status": self._status.status,
+                "reasons": self._status.explain(self._clock.wall())}
 
     def observe(self, op: str, seconds: float, sink: str = "") -> None:
         """Record how long one ``op`` (of ``sink``) took; cheap enough for the hot path."""
@@ -150,49 +174,84 @@ class SelfMonitor:
         logged once as ``health.status.changed``.
         """
         now = self._clock.monotonic()
-        findings: list[tuple[Status, str]] = []
+        findings: list[Finding] = []
         for stats in sinks:
             findings.extend(self._judge_sink(stats, now))
-        findings.extend(self._judge_latency())
+        findings.extend(self._judge_latency(now))
         findings.extend(self._judge_quota())
-        worst = max((STATUSES.index(level) for level, _ in findings), default=0)
-        result = HealthStatus(STATUSES[worst], tuple(reason for _, reason in findings))
+        findings.extend(self._judge_faults())
+        worst = max((STATUSES.index(f.level) for f in findings), default=0)
+        result = HealthStatus(STATUSES[worst], tuple(f.reason for f in findings),
+                              tuple(findings))
         self._record(result)
         return result
 
-    def _judge_sink(self, stats: SinkStats, now: float) -> Iterator[tuple[Status, str]]:
+    def _wall(self, monotonic: float) -> float:
+        """A monotonic time of this clock as a wall time."""
+        return self._clock.wall() + (monotonic - self._clock.monotonic())
+
+    def _judge_sink(self, stats: SinkStats, now: float) -> Iterator[Finding]:
+        limits = self._settings.thresholds
+        yield from self._judge_errors(stats, now)
+        lag = _check(f"{stats.sink}: lag", stats.lag_seconds, " s",
+                     limits.lag_warning_s, limits.lag_critical_s)
+        if lag is not None:
+            yield Finding(*lag, clears_when=f"when the lag is under {limits.lag_warning_s:g} s")
+        if stats.breaker.state != "closed":
+            yield Finding("degraded", f"{stats.sink}: breaker {stats.breaker.state}",
+                          clears_when="when a trial send succeeds and the breaker closes")
+
+    def _judge_errors(self, stats: SinkStats, now: float) -> Iterator[Finding]:
+        """The error rate over the window, or since the sink recovered if later."""
         limits = self._settings.thresholds
         rate = self._rates.get(stats.sink)
         if rate is None:
             rate = self._rates[stats.sink] = _ErrorRate(self._settings.window_s, self._started)
+        total = stats.batches_shipped + stats.attempts_failed
         errors_total = max(0, stats.attempts_failed - stats.rate_limited_total)
-        attempts, errors = rate.update(
-            now, stats.batches_shipped + stats.attempts_failed, errors_total
-        )
-        if attempts >= MIN_ATTEMPTS:
-            rate_pct = 100.0 * errors / attempts
-            yield from _check(f"{stats.sink}: error rate", rate_pct, "%",
-                              100.0 * limits.error_rate_warning, 100.0 * limits.error_rate_critical)
-        yield from _check(f"{stats.sink}: lag", stats.lag_seconds, " s",
-                          limits.lag_warning_s, limits.lag_critical_s)
-        if stats.breaker.state != "closed":
-            yield "degraded", f"{stats.sink}: breaker {stats.breaker.state}"
+        breaker = (stats.breaker.state, stats.breaker.opened_total)
+        if breaker[0] == "closed" and breaker != rate.breaker:
+            rate.rebase(now, total, errors_total)  # closed again after being open
+        rate.breaker = breaker
+        attempts, errors = rate.update(now, total, errors_total)
+        if attempts < MIN_ATTEMPTS:
+            return
+        found = _check(f"{stats.sink}: error rate", 100.0 * errors / attempts, "%",
+                       100.0 * limits.error_rate_warning, 100.0 * limits.error_rate_critical)
+        if found is not None:
+            yield Finding(*found, clears_at=self._wall(rate.clears_at(now, errors_total)))
 
-    def _judge_quota(self) -> Iterator[tuple[Status, str]]:
+    def _judge_faults(self) -> Iterator[Finding]:
+        """An exhausted resource (file limit, full disk, EIO) is waited out:
+        degraded while it lasts, nothing is acknowledged past it."""
+        for reason in self._faults() if self._faults is not None else ():
+            yield Finding("degraded", f"resource fault: {reason}",
+                          clears_when="when the resource is available again (retried every second)")
+
+    def _judge_quota(self) -> Iterator[Finding]:
         quota = self._quota() if self._quota is not None else None
         if quota is not None and quota.max_bytes:
             used = 100.0 * quota.bytes / quota.max_bytes
-            yield from _check("spool: quota used", used, "%", QUOTA_WARNING_PCT,
-                              QUOTA_CRITICAL_PCT)
+            found = _check("spool: quota used", used, "%", QUOTA_WARNING_PCT,
+                           QUOTA_CRITICAL_PCT)
+            if found is not None:
+                yield Finding(*found, clears_when=f"when the spool is under "
+                              f"{QUOTA_WARNING_PCT:g}% of spool.max_bytes")
 
-    def _judge_latency(self) -> Iterator[tuple[Status, str]]:
+    def _judge_latency(self, now: float) -> Iterator[Finding]:
         limits = self._settings.thresholds
         for (op, sink), window in self._windows.items():
             snap = window.snapshot()
-            if snap.count:
-                subject = f"{sink}: {op}" if sink else op
-                yield from _check(f"{subject}: p95 latency", snap.p95, " ms",
-                                  limits.latency_p95_warning_ms, limits.latency_p95_critical_ms)
+            if not snap.count:
+                continue
+            subject = f"{sink}: {op}" if sink else op
+            found = _check(f"{subject}: p95 latency", snap.p95, " ms",
+                           limits.latency_p95_warning_ms, limits.latency_p95_critical_ms)
+            if found is not None:
+                slow_ms = limits.latency_p95_warning_ms
+                clears = window.clears_at(slow_ms)
+                yield Finding(*found, clears_at=self._wall(
+                    now + window.window_s if clears is None else clears))
 
     def _record(self, result: HealthStatus) -> None:
         old = self._status
@@ -201,16 +260,6 @@ class SelfMonitor:
             emit = log.info if result.status == "healthy" else log.warning
             emit("health.status.changed", old=old.status, new=result.status,
                  reasons=list(result.reasons))
-
-
-def _check(
-    subject: str, value: float, unit: str, warning: float, critical: float
-) -> Iterator[tuple[Status, str]]:
-    """One finding when ``value`` reaches a threshold, worded for an operator."""
-    if value >= critical:
-        yield "unhealthy", f"{subject} {value:.0f}{unit} >= critical {critical:g}{unit}"
-    elif value >= warning:
-        yield "degraded", f"{subject} {value:.0f}{unit} >= warning {warning:g}{unit}"
 
 
 def rss_bytes() -> int:
