@@ -102,7 +102,7 @@ class MetricsCache:
         self._target = mask_url(redis.url)
         self.breaker = CircuitBreaker(
             BreakerSettings(failure_threshold=1, reset_timeout_s=settings.retry_after_s), "redis")
-        self._missed: set[str] = set()  # agents whose Redis invalidation failed
+        self._missed: set[str] = set()  # agent keys whose Redis invalidation failed
         # Bumped per agent key (and "*") by invalidate: a value computed while
         # its agent was invalidated may predate the new spans and is not cached.
         self._epochs: dict[str, int] = {}
