@@ -40,10 +40,12 @@ _ENV_SECRETS = ("PGPASSWORD",)
 
 _NAME = r"[A-Za-z0-9_.-]*?(?:passw(?:or)?d|token|secret|key|authorization)"
 _SECRET_NAME = re.compile(rf"^{_NAME}$", re.IGNORECASE)
-# name, optional closing quote of a quoted name, = or :, then the value: quoted
-# (escapes allowed), or a bare word up to a separator; "Bearer x" is one value.
+# name (a whole word, not a path segment nor a URL's user: "//key:pw@h" is the
+# userinfo's business), optional closing quote of a quoted name, = or :, then
+# the value: quoted (escapes allowed), or a bare word up to a separator;
+# "Bearer x" is one value.
 _PAIR = re.compile(
-    rf"(?<![A-Za-z0-9])({_NAME})([\"']?\s*[=:]\s*)"
+    rf"(?<![A-Za-z0-9_./-])({_NAME})([\"']?\s*[=:]\s*)"
     r"((?:(?:bearer|basic|token|digest)\s+)?"
     r"(?:\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|[^\s&,;'\"}\])]+))",
     re.IGNORECASE)

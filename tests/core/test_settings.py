@@ -7,7 +7,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from sidecar import secrets
 from sidecar import settings as settings_module
 from sidecar.settings import (
     ConfigError,
@@ -222,6 +225,13 @@ def test_secret_values_are_not_echoed_in_problems(tmp_path: Path) -> None:
     ("host=db password = 's3 cret' dbname=spans", "host=db password = *** dbname=spans"),
     ("postgresql://app@db/spans", "postgresql://app@db/spans"),
     ("http://localhost:5173/api", "http://localhost:5173/api"),
+    ("https://opik.example/api?api_key=k3y&x=1", "https://opik.example/api?api_key=***&x=1"),
+    ("https://opik.example/api?x=1&access_token=t0k", "https://opik.example/api?x=1&access_token=***"),
+    ("https://tok3n@opik.example/api", "https://***@opik.example/api"),
+    ("https://u:pw@opik.example/api?apikey=a&secret=b",
+     "https://u:***@opik.example/api?apikey=***&secret=***"),
+    ("redis://u:s3cret@cache:6379/0?password=q", "redis://u:***@cache:6379/0?password=***"),
+    ("postgresql://app@db/spans?sslkey=/k.pem", "postgresql://app@db/spans?sslkey=***"),
 ])
 def test_mask_url_hides_passwords(url: str, masked: str) -> None:
     assert mask_url(url) == masked
@@ -369,3 +379,78 @@ def test_error_text_is_scrubbed_of_passwords() -> None:
             "dsn host=db password='hunter 3' user=app")
     assert "hunter" not in scrub(text)
     assert "postgresql://app:***@db:5432/x" in scrub(text)
+
+
+def test_a_section_written_as_a_string_is_not_echoed(tmp_path: Path) -> None:
+    path = config(tmp_path, """
+        postgres: "postgresql://u:pg-string-secret@h/db"
+        opik: opik-string-secret
+        redis: [redis-list-secret]
+        batch: 7
+    """)
+    found = problems(path)
+    text = "\n".join(found)
+    for secret in ("pg-string-secret", "opik-string-secret", "redis-list-secret"):
+        assert secret not in text, text
+    assert any(p.startswith("line 1: postgres:") for p in found), found
+    assert any("batch:" in p and "(got 7)" in p for p in found), found  # others still say what
+
+
+def test_redacted_masks_any_secret_named_key_and_every_url(tmp_path: Path) -> None:
+    path = config(tmp_path, """
+        opik:
+          url: https://opik.example/api?api_key=opik-query-secret
+        redis:
+          url: redis://:redis-url-secret@cache:6379/0
+    """)
+    text = json.dumps(redacted(load_settings(path, {})))
+    assert "opik-query-secret" not in text and "redis-url-secret" not in text
+    assert "api_key=***" in text and "redis://:***@cache:6379/0" in text
+
+
+def test_registered_settings_secrets_are_scrubbed_from_any_text(tmp_path: Path) -> None:
+    path = config(tmp_path, """
+        postgres:
+          dsn: "host=db password='dsn secret 1' user=app"
+          password: field-secret-2
+        opik:
+          url: https://opik.example/api?token=query-secret-3
+          api_key: key-secret-4
+    """)
+    secrets.register_settings(load_settings(path, {}), env={"PGPASSWORD": "env-secret-5"})
+    try:
+        text = ("dsn secret 1 | FIELD-SECRET-2? field-secret-2, %s; key-secret-4 query-secret-3 "
+                "env-secret-5 field%2Dsecret-2 'key-secret-4'")
+        out = scrub(text)
+        for secret in ("dsn secret 1", "field-secret-2", "query-secret-3", "key-secret-4",
+                       "env-secret-5"):
+            assert secret not in out, out
+        assert "FIELD-SECRET-2" in out  # exact values only: no guessing at case
+    finally:
+        secrets.forget()
+
+
+_NO_STAR = st.characters(blacklist_characters="*", blacklist_categories=("Cs", "Co"))
+
+
+@given(secret=st.text(_NO_STAR, min_size=secrets.MIN_SECRET_CHARS, max_size=40),
+       before=st.text(_NO_STAR, max_size=40), after=st.text(_NO_STAR, max_size=40))
+def test_a_registered_secret_never_survives_scrub(secret: str, before: str, after: str) -> None:
+    secrets.register([secret])
+    try:
+        for text in (before + secret + after, f"{before}{secret!r}{after}",
+                     json.dumps({"k": before + secret + after})):
+            assert secret not in scrub(text)
+    finally:
+        secrets.forget()
+
+
+_PASSWORD = st.text(st.characters(blacklist_characters="@/?#*",
+                                  blacklist_categories=("Cs", "Z", "Cc")), min_size=1, max_size=30)
+
+
+@given(password=_PASSWORD, user=st.sampled_from(["key", "a.token", "api_key", "secret"])
+       | st.from_regex(r"[a-z]{0,8}", fullmatch=True))
+def test_a_url_password_is_masked_by_its_shape(password: str, user: str) -> None:
+    masked = mask_url(f"postgresql://{user}:{password}@db:5432/x")
+    assert masked == f"postgresql://{user}:***@db:5432/x"

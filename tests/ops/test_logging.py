@@ -10,6 +10,7 @@ import orjson
 import pytest
 import structlog
 
+from sidecar import secrets
 from sidecar.logging import configure
 from sidecar.settings import LoggingSettings
 
@@ -67,3 +68,72 @@ def test_an_exception_becomes_a_structured_traceback(stream: io.StringIO) -> Non
     (record,) = lines(stream)
     assert record["logger"] == "asyncio"
     assert "ValueError" in orjson.dumps(record["exception"]).decode()
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+SECRET = "hunter2-Qx7"
+
+
+@pytest.fixture
+def registered() -> Iterator[str]:
+    secrets.register([SECRET])
+    yield SECRET
+    secrets.forget()
+
+
+def _fails_holding(password: str, dsn: str) -> None:
+    raise ValueError(f"cannot parse {dsn}")
+
+
+def test_json_tracebacks_have_frames_but_no_locals(stream: io.StringIO, registered: str) -> None:
+    try:
+        _fails_holding(registered, f"postgresql://app:{registered}@h:5x32/db")
+    except ValueError:
+        structlog.get_logger("sidecar.test").exception("test.send.crashed")
+    text = stream.getvalue()
+    (record,) = lines(stream)
+    frames = record["exception"][0]["frames"]  # type: ignore[index]
+    assert [f["name"] for f in frames][-1] == "_fails_holding"
+    assert all("locals" not in f for f in frames)
+    assert registered not in text and "postgresql://app:***@h:5x32/db" in text
+
+
+@pytest.fixture
+def console() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    configure(LoggingSettings(level="info", format="console"), out)
+    yield out
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_span_sidecar_handler", False)]:
+        root.removeHandler(handler)
+
+
+def test_console_tracebacks_have_no_locals_and_no_secret(console: io.StringIO,
+                                                         registered: str) -> None:
+    try:
+        _fails_holding(registered, "host=db password=other-secret-9")
+    except ValueError:
+        logging.getLogger("asyncpg").exception("connect failed for %s", registered)
+    text = console.getvalue()
+    assert "Traceback" in text and "_fails_holding" in text
+    assert registered not in text and "other-secret-9" not in text
+
+
+def test_every_field_of_every_record_is_scrubbed(stream: io.StringIO, registered: str) -> None:
+    log = structlog.get_logger("sidecar.test")
+    log.warning("test.redis.failed", error=f"AUTH {registered} refused",
+                target=f"redis://u:{registered}@h:6379/0", nested={"token": "tok-abc-123"},
+                obj=RuntimeError(registered))
+    logging.getLogger("httpx").info("HTTP Request: POST %s", "http://h/api?api_key=k-55&x=1")
+    text = stream.getvalue()
+    assert registered not in text and "tok-abc-123" not in text and "k-55" not in text
+    first, second = lines(stream)
+    assert first["target"] == "redis://u:***@h:6379/0" and first["nested"] == {"token": "***"}
+    assert second["event"] == "HTTP Request: POST http://h/api?api_key=***&x=1"
+
+
+def test_watchfiles_change_counts_are_not_logged_at_info(stream: io.StringIO) -> None:
+    logging.getLogger("watchfiles.main").info("%d changes detected", 3)
+    assert lines(stream) == []
