@@ -3,7 +3,10 @@
 Like Filebeat's ``test output``: Postgres (connect and ``SELECT 1``), Opik
 (the ping endpoint, with the sink's own TLS settings and headers) and Redis
 (``PING``, only when the config has a Redis URL). Disabled sinks are skipped.
-Errors are scrubbed of passwords before they are shown.
+Targets are shown with their credentials masked (``mask_url``: userinfo
+password, secret-named query parameters) and errors pass through the one
+scrub of ``sidecar.secrets`` (the configured secrets registered at start,
+and anything shaped like a credential) before they are shown.
 """
 
 from __future__ import annotations
