@@ -197,12 +197,12 @@ class Redactor:
 
         def repl(match: re.Match[str]) -> str:
             nonlocal masked
-            if valid is not None and not valid(match.group()):
+            start = match.start("secret") if grouped else match.start()
+            if (valid is not None and not valid(match.group())) \
+                    or match.string.startswith(self.replacement, start):  # masked already
                 return match.group()
             masked += 1
-            if grouped:
-                return match.group()[:match.start("secret") - match.start()] + self.replacement
-            return self.replacement
+            return match.group()[:start - match.start()] + self.replacement
 
         return pattern.sub(repl, text), masked
 

@@ -26,7 +26,17 @@ SECRETS: tuple[tuple[str, str], ...] = (
     ("card", "378282246310005"),
     ("card", "4012888888881881"),
     ("opik_api_key", OPIK_KEY),
+    ("private_key", "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq8Zx1f2Lk9QmX2vR7tL1pZ8kW4\n"
+                    "q1W2e3R4t5Y6u7I8o9P0a1S2d3F4g5H6j7K8l9Z0x1C2\n-----END RSA PRIVATE KEY-----"),
+    ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+    ("aws_secret_access_key", "aws_secret_access_key: 'je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY'"),
+    ("assignment", "password=hunter2!x"),
+    ("assignment", "token = 'abc123def'"),
+    ("assignment", '"client_secret": "s3cr3t-value"'),
 )
+
+# Patterns that mask a part of the match (the label stays readable).
+LABELLED = ("bearer", "aws_secret_access_key", "assignment")
 
 # Text that looks a bit like a secret and must stay exactly as it is.
 NON_SECRETS: tuple[str, ...] = (
@@ -41,4 +51,8 @@ NON_SECRETS: tuple[str, ...] = (
     "news is not to blame.",
     "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     "call +1 415 555 0100 ext. 12",
+    "the password policy asks for 12 characters; a token is a unit of text",
+    "max_tokens=4096 and tokens: 12",
+    "sha1 2fd4e1c67a2d28fced849ee1bb76e7391b93eb12",
+    "-----BEGIN CERTIFICATE-----",
 )
