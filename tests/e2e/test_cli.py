@@ -79,6 +79,7 @@ def test_emit_writes_a_span_that_reaches_postgres(sidecar_env: SidecarEnv) -> No
     result = cli("emit", "--name", "smoke", "--agent", "ops", "--config", str(sidecar_env.config))
     assert result.returncode == 0, result.stderr
     span_id = result.stdout.strip()
+    assert result.stderr.startswith(f"wrote 1 span to {sidecar_env.spool}/ops-")
     from tests.support import query
 
     sql = f'SELECT name, agent_name FROM "{sidecar_env.schema}".ml_observability_spans ' \
@@ -99,7 +100,8 @@ def test_replay_quarantine_ships_what_is_now_valid(sidecar_env: SidecarEnv) -> N
     entry = {"sink": "postgres", "source": "x", "offset": 0, "reason": "old rule",
              "raw": orjson.dumps(valid).decode()}
     append(qpath, orjson.dumps(entry) + b"\n")
-    result = cli("replay-quarantine", "--sink", "postgres", "--config", str(sidecar_env.config))
+    result = cli("replay-quarantine", "--sink", "postgres", "--json",
+                 "--config", str(sidecar_env.config))
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)["results"][0]
     assert summary["replayed"] == 1 and summary["still_invalid"] == 1
