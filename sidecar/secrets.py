@@ -21,6 +21,7 @@ masking every ``ab`` in every line would garble the logs and hide nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -40,6 +41,7 @@ _ENV_SECRETS = ("PGPASSWORD",)
 
 _NAME = r"[A-Za-z0-9_.-]*?(?:passw(?:or)?d|token|secret|key|authorization)"
 _SECRET_NAME = re.compile(rf"^{_NAME}$", re.IGNORECASE)
+_HINTS = ("passw", "token", "secret", "key", "authorization")  # what _NAME can end with
 # name (a whole word, not a path segment nor a URL's user: "//key:pw@h" is the
 # userinfo's business), optional closing quote of a quoted name, = or :, then
 # the value: quoted (escapes allowed), or a bare word up to a separator;
@@ -56,10 +58,14 @@ _HTTP = ("http://", "https://", "ws://", "wss://")
 # Settings keys that hold a URL or a DSN (a libpq key=value DSN has no "://").
 _URL_KEYS = ("url", "dsn", "endpoint")
 
+# Fields the log pipeline itself adds: nothing of the caller's is in them.
+_OURS = frozenset(("level", "logger", "timestamp"))
+
 _values: set[str] = set()
 _registered: list[re.Pattern[str] | None] = [None]
 
 
+@functools.lru_cache(maxsize=4096)  # log field names and config keys: a few hundred
 def is_secret_name(name: str) -> bool:
     """Whether a key or parameter name says that its value is a secret."""
     return bool(_SECRET_NAME.match(name))
@@ -146,8 +152,16 @@ def _mask_userinfo(m: re.Match[str]) -> str:
 
 
 def mask_shapes(text: str) -> str:
-    """Credentials masked by their shape only (URL userinfo, secret-named pairs)."""
-    return _PAIR.sub(_mask_pair, _USERINFO.sub(_mask_userinfo, text))
+    """Credentials masked by their shape only (URL userinfo, secret-named pairs).
+
+    Each pattern runs only on text that can hold its shape (most log text
+    cannot): a plain substring test costs a fraction of a regex scan."""
+    if "://" in text:
+        text = _USERINFO.sub(_mask_userinfo, text)
+    lowered = text.lower()
+    if any(word in lowered for word in _HINTS):
+        text = _PAIR.sub(_mask_pair, text)
+    return text
 
 
 def scrub(text: str) -> str:
@@ -161,10 +175,10 @@ def scrub(text: str) -> str:
 def scrub_value(value: Any, key: str = "") -> Any:
     """A log field scrubbed: strings masked, containers walked, any other object
     replaced by its scrubbed ``repr`` (what the renderers would have printed)."""
-    if value is None or isinstance(value, bool | int | float):
-        return value
     if isinstance(value, str):
         return MASK if value and is_secret_name(key) else scrub(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
     if isinstance(value, Mapping):
         return {k: scrub_value(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -175,4 +189,4 @@ def scrub_value(value: Any, key: str = "") -> Any:
 def scrub_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """structlog processor, last before rendering: every field of the event scrubbed
     (``exception`` included: place it after the exception formatter)."""
-    return {k: scrub_value(v, k) for k, v in event.items()}
+    return {k: v if k in _OURS else scrub_value(v, k) for k, v in event.items()}
