@@ -50,7 +50,7 @@ OPIK_KEY = "opik_api_key"
 DEPTH_CAP = "depth_cap"
 MAX_NESTING = 6  # levels of JSON text held in a string, scanned as JSON
 _MIN_LITERAL = 8  # a configured key shorter than this would mask ordinary words
-_CARD_WORD = re.compile(rb"-?([2-6][0-9]{12,18})")
+_CARD_WORD = re.compile(rb"[2-6][0-9]{12,18}")
 _ANCHORS = re.compile(r"[\^$]|\\[Az]")
 
 
@@ -162,11 +162,10 @@ class Redactor:
         return masked if masked is not text else changed
 
     def _word(self, word: bytes, counts: Counts) -> bytes | None:
-        """A bare JSON word: an integer that is a card number is masked."""
+        """A bare JSON word: a (positive) integer that is a card number is masked."""
         if not self._cards or len(word) < 13:
             return None
-        m = _CARD_WORD.fullmatch(word)
-        if m is None or not luhn(m.group(1).decode()):
+        if _CARD_WORD.fullmatch(word) is None or not luhn(word.decode()):
             return None
         counts["card"] = counts.get("card", 0) + 1
         return self._masked_value
