@@ -16,7 +16,9 @@ Two layers, because neither is enough alone:
 Logs are not the hot path (a few lines a second, never one per span), so the
 log processor scrubs every string of every event, exceptions included.
 Registered values shorter than ``MIN_SECRET_CHARS`` are masked by shape only:
-masking every ``ab`` in every line would garble the logs and hide nothing.
+masking every ``ab`` in every line would garble the logs and hide nothing. A
+text that ends with the first ``MIN_SECRET_CHARS`` or more characters of a
+secret (a message cut to a length before it reached the scrub) loses them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ _OURS = frozenset(("level", "logger", "timestamp"))
 
 _values: set[str] = set()
 _registered: list[re.Pattern[str] | None] = [None]
+_prefixes: list[tuple[str, ...]] = [()]  # of every registered form, the longest first
 
 
 @functools.lru_cache(maxsize=4096)  # log field names and config keys: a few hundred
@@ -92,12 +95,25 @@ def register(values: Iterable[str | SecretStr | None]) -> None:
     if _values:
         alternatives = sorted(_values, key=len, reverse=True)  # the longest form first
         _registered[0] = re.compile("|".join(re.escape(v) for v in alternatives))
+        _prefixes[0] = tuple(sorted({v[:n] for v in _values
+                                     for n in range(MIN_SECRET_CHARS, len(v))},
+                                    key=len, reverse=True))
 
 
 def forget() -> None:
     """Drop every registered value (tests)."""
     _values.clear()
-    _registered[0] = None
+    _registered[0], _prefixes[0] = None, ()
+
+
+def _cut_secret(text: str) -> str:
+    """``text`` without the start of a secret it ends with: a message cut to a
+    length (``reason[:300]``) before it was scrubbed may end inside one."""
+    prefixes = _prefixes[0]
+    if not text.endswith(prefixes):  # one C call for the usual answer, no
+        return text
+    cut = next(p for p in prefixes if text.endswith(p))  # the longest first
+    return text[:-len(cut)] + MASK
 
 
 def url_secrets(text: str) -> list[str]:
@@ -168,7 +184,7 @@ def scrub(text: str) -> str:
     """``text`` with every registered secret and every credential-shaped value masked."""
     pattern = _registered[0]
     if pattern is not None:
-        text = pattern.sub(MASK, text)
+        text = _cut_secret(pattern.sub(MASK, text))
     return mask_shapes(text)
 
 

@@ -454,3 +454,15 @@ _PASSWORD = st.text(st.characters(blacklist_characters="@/?#*",
 def test_a_url_password_is_masked_by_its_shape(password: str, user: str) -> None:
     masked = mask_url(f"postgresql://{user}:{password}@db:5432/x")
     assert masked == f"postgresql://{user}:***@db:5432/x"
+
+
+@given(secret=st.text(_NO_STAR, min_size=secrets.MIN_SECRET_CHARS + 1, max_size=40),
+       before=st.text(_NO_STAR, max_size=40), data=st.data())
+def test_a_secret_cut_short_at_the_end_of_a_message_is_masked(
+        secret: str, before: str, data: st.DataObject) -> None:
+    cut = data.draw(st.integers(secrets.MIN_SECRET_CHARS, len(secret) - 1))
+    secrets.register([secret])
+    try:
+        assert scrub(before + secret[:cut]).endswith("***")
+    finally:
+        secrets.forget()
