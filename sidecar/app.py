@@ -4,8 +4,10 @@ Lifecycle: start (sinks entered on an AsyncExitStack, checkpoints loaded),
 run (every long loop in one TaskGroup: watcher, one pipeline per sink,
 janitor, health verdict, health spans, catch-up progress, HTTP heartbeat,
 watchdog), drain (on
-stop: readers stop, in-flight batches are delivered within
-``shutdown.drain_timeout_s``), stop.
+stop: each pipeline rescans the spool once and ships every complete line it
+holds, within ``shutdown.drain_timeout_s``; ``drain_report`` says what each
+sink was left, and the daemon's exit status follows it, see
+``sidecar/drain.py``), stop.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+# Imported now, not on the first bad line: with the file limit reached, a lazy
+# import raises OSError (it opens the module's file).
+import sidecar.schema  # noqa: F401
 from sidecar import __version__
 from sidecar.clock import Clock, SystemClock, every
+from sidecar.drain import DrainReport
 from sidecar.health import HealthReporter, Metrics, Notifier, SelfMonitor
 from sidecar.janitor import Janitor
 from sidecar.lifecycle import drain
@@ -31,6 +37,7 @@ from sidecar.settings import Settings, mask_url
 from sidecar.sinks.base import Sink, SinkContext
 from sidecar.sinks.registry import build_sink, enabled_sinks
 from sidecar.spool.checkpoints import CheckpointStore
+from sidecar.spool.faults import FaultTracker
 from sidecar.spool.quarantine import Quarantine
 from sidecar.spool.quota import SpoolQuota
 from sidecar.spool.state import StateDir
@@ -50,22 +57,27 @@ class App:
                  notifier: Notifier | None = None, environment: str | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.state = StateDir(settings.spool.state_dir)
+        # Exhausted resources are waited out, not fatal (sidecar/spool/faults.py).
+        self.faults = FaultTracker(self.clock)
+        self.state = StateDir(settings.spool.state_dir, self.faults)
         self.pipelines: list[SinkPipeline] = []
         self.started = asyncio.Event()
         self.notifier = notifier or Notifier(clock=self.clock)
         # One stage for every sink: sample, redact, truncate (sidecar/policies).
         env = os.environ.get("SIDECAR_ENV", "") if environment is None else environment
         self.policies = PolicyStage(settings, env)
-        self.quota = SpoolQuota(settings.spool, [], self.clock)
+        self.quota = SpoolQuota(settings.spool, [], self.clock, faults=self.faults)
         self.metrics = Metrics(sinks=self.sink_stats, spool=self.spool_stats,
                                status=lambda: self.monitor.status.status,
                                policies=self.policies.stats, quota=self.quota.stats)
+        self.metrics.add_resources(self.faults.stats,
+                                   lambda: [p.quarantine.stats() for p in self.pipelines])
         self.monitor = SelfMonitor(settings.health, self.clock, recorder=self.metrics,
-                                   quota=self.quota.stats)
+                                   quota=self.quota.stats, faults=self.faults.reasons)
         self.progress = Progress(self.sink_stats, self.clock)
         self.http: HttpServer | None = None
         self.read: ReadSide | None = None  # stats, cache and retention (with Postgres)
+        self.drain_report: DrainReport | None = None  # once stopped
 
     def sink_stats(self) -> list[SinkStats]:
         return [p.stats() for p in self.pipelines]
@@ -103,8 +115,9 @@ class App:
         store = CheckpointStore(self.state, sink.name)
         reader = SpoolReader(s.spool.dir, s.spool.patterns, s.spans.max_line_bytes,
                              s.spool.read_chunk_bytes, store.load(), sink.name, self.clock,
-                             idle_done_after_s=s.spool.idle_done_after_s)
-        quarantine = Quarantine(self.state, sink.name, self.clock)
+                             idle_done_after_s=s.spool.idle_done_after_s, faults=self.faults)
+        quarantine = Quarantine(self.state, sink.name, self.clock,
+                                max_bytes=s.quarantine.max_bytes)
         quarantine.open()
         spool = SinkSpool(reader, store, quarantine, watcher.subscribe(), self.state)
         # The first pipeline counts what the shared policy stage did.
@@ -149,7 +162,8 @@ class App:
                 from sidecar.health.http import HttpServer, readiness_check
 
                 self.http = await stack.enter_async_context(HttpServer(
-                    s.http, self.metrics.render, readiness_check(s.spool, self.sink_stats),
+                    s.http, self.metrics.render, readiness_check(s.spool, self.sink_stats,
+                                                          health=self.monitor.explain),
                     status=self.status_report))
                 if self.read is not None:
                     self.http.set_stats_handler(self.read.stats_http)
@@ -179,7 +193,8 @@ class App:
                          reporter: HealthReporter | None) -> None:
         s = self.settings
         background = asyncio.Event()
-        janitor = Janitor([p.reader.positions for p in self.pipelines], s.spool, self.clock)
+        janitor = Janitor([p.reader.positions for p in self.pipelines], s.spool, self.clock,
+                          enabled=[p.sink.name for p in self.pipelines])
         async with asyncio.TaskGroup() as tg:
             probes = [tg.create_task(_probe(sink)) for sink in sinks]
             tg.create_task(watcher.run(background))
@@ -189,6 +204,7 @@ class App:
                                  self.evaluate))
             tg.create_task(self.progress.run(background))
             tg.create_task(self.quota.run(background))
+            tg.create_task(self.faults.run(background))
             if self.http is not None:
                 tg.create_task(self.http.run(background))
             if reporter is not None:
@@ -201,20 +217,33 @@ class App:
             self.notifier.status(f"shipping to {', '.join(p.sink.name for p in self.pipelines)}")
             await stop.wait()
             self.notifier.stopping()
-            log.info("app.drain.started", timeout_s=s.shutdown.drain_timeout_s)
-            drained = await drain(tasks, s.shutdown.drain_timeout_s, CANCEL_GRACE_S)
-            if not drained:
-                log.warning("app.drain.timed_out",
-                            note="checkpoints trail what was stored; the rest ships after restart")
+            report = await self._drain(tasks)
             for probe in probes:
                 probe.cancel()
             background.set()
-        log.info("app.stopped", drained=drained)
+        log.info("app.stopped", drained=report.drained)
+
+    async def _drain(self, tasks: list[asyncio.Task[None]]) -> DrainReport:
+        """Let every pipeline ship what the spool holds at the stop, within the
+        drain timeout; log what each sink was left (``app.drain.finished``)."""
+        timeout = self.settings.shutdown.drain_timeout_s
+        log.info("app.drain.started", timeout_s=timeout)
+        t0 = self.clock.monotonic()
+        if not await drain(tasks, timeout, CANCEL_GRACE_S):
+            log.warning("app.drain.timed_out", note="checkpoints trail what was stored")
+        left = tuple(p.drain_left(cut=task.cancelled() or not task.done())
+                     for p, task in zip(self.pipelines, tasks, strict=True))
+        report = self.drain_report = DrainReport(left, self.clock.monotonic() - t0)
+        fields = report.fields()
+        level = "info" if not fields["left"] else "warning" if report.drained else "error"
+        getattr(log, level)("app.drain.finished", **fields)
+        return report
 
     def status_report(self) -> dict[str, Any]:
         """``GET /status``: who runs, and each sink's snapshot and catch-up pace."""
         return {"pid": os.getpid(), "version": __version__,
-                "health": self.monitor.status.status, **self.progress.report()}
+                "health": self.monitor.status.status,
+                "health_reasons": self.monitor.explain()["reasons"], **self.progress.report()}
 
     def evaluate(self) -> None:
         """The health verdict, on its own schedule (health spans or not)."""

@@ -6,6 +6,13 @@ bounded whatever a driver does: after a stop signal the app has
 ``shutdown.drain_timeout_s`` plus a grace period, and past that the process
 exits. That is safe at any moment: checkpoints are durable and only ever
 trail what the sinks stored.
+
+Exit status: 0 after a drain in which every reachable sink got every
+complete line the spool held at the signal (a sink found unreachable is
+skipped and its backlog logged, ``app.drain.finished``); 3
+(``EXIT_DRAIN_INCOMPLETE``) when the drain timeout cut it short, since in
+Kubernetes what a drain leaves dies with the pod; 1 after a second signal or
+a crash.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 import structlog
 
 from sidecar.app import App
+from sidecar.drain import EXIT_DRAIN_INCOMPLETE
 from sidecar.lifecycle import drain
 from sidecar.reload import reload_config
 from sidecar.settings import Settings
@@ -107,7 +115,9 @@ def install_reload_handler(app: App, config: Path | None) -> None:
 
 
 async def run_daemon(settings: Settings, config: Path | None = None) -> int:
-    """Run until SIGTERM/SIGINT; 0 after a drain (a second signal exits with 1)."""
+    """Run until SIGTERM/SIGINT, drain, and return the exit status: 0 when the
+    drain shipped everything to every reachable sink, ``EXIT_DRAIN_INCOMPLETE``
+    when its timeout cut it short (a second signal exits with 1)."""
     raise_open_files_limit()
     tune_gc()
     stop = asyncio.Event()
@@ -119,7 +129,15 @@ async def run_daemon(settings: Settings, config: Path | None = None) -> int:
     await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     if not await drain({task}, settings.shutdown.drain_timeout_s + EXIT_GRACE_S):
-        _exit_now(0, "app.exit.stuck")  # a driver did not let go in time
+        _exit_now(_exit_code(app), "app.exit.stuck")  # a driver did not let go in time
     task.result()  # a crashed component: the CLI turns it into exit code 1
-    log.info("app.exit.clean", pid=os.getpid())
-    return 0
+    code = _exit_code(app)
+    log.info("app.exit.clean" if code == 0 else "app.exit.incomplete", pid=os.getpid(),
+             exit_code=code)
+    return code
+
+
+def _exit_code(app: App) -> int:
+    """0 when the drain left no reachable sink anything; no report: it never ended."""
+    report = app.drain_report
+    return report.exit_code if report is not None else EXIT_DRAIN_INCOMPLETE

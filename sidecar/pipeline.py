@@ -21,6 +21,7 @@ import structlog
 from sidecar.batching import Batch, Batcher
 from sidecar.breaker import Backoff, CircuitBreaker
 from sidecar.clock import Clock, yield_to_loop
+from sidecar.drain import SinkLeft, SpoolSnapshot
 from sidecar.policies import PolicyStage, SampledOut
 from sidecar.records import Record, Rejected, SpanRecord, parse_line
 from sidecar.settings import BatchSettings, BreakerSettings, RetrySettings
@@ -96,6 +97,12 @@ class SinkPipeline:
         self.bytes_total = 0  # of shipped lines: the catch-up rate in bytes (progress.py)
         self.sampled_out: dict[str, int] = {}
         self._recorded_state = ""
+        # The drain (sidecar/drain.py): the spool at the stop, and why this
+        # sink was skipped (unreachable) if it was.
+        self._stop = asyncio.Event()
+        self.snapshot: SpoolSnapshot | None = None
+        self.skipped: str | None = None
+        self._gap = False  # a batch was left undelivered: later ones are not committed
 
     def reconfigure(self, settings: PipelineSettings) -> None:
         """Batch, breaker and retry settings for what happens from now on (a
@@ -109,7 +116,11 @@ class SinkPipeline:
         b.max_wait_s, b.max_bytes = settings.batch.max_wait_ms / 1000, settings.batch.max_bytes
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Ship until ``stop`` is set, then deliver what was read and return."""
+        """Ship until ``stop`` is set, then drain: ship every complete line the
+        spool holds at that moment (rescanned once) and return; a sink found
+        unreachable in the drain is skipped at once (``drain_left`` says what
+        it was left)."""
+        self._stop = stop
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(self.settings.batch.queue_batches)
         self._record_breaker()
         async with asyncio.TaskGroup() as tg:
@@ -124,40 +135,68 @@ class SinkPipeline:
     # -- producer ------------------------------------------------------------
     async def _produce(self, stop: asyncio.Event, queue: asyncio.Queue[Batch | None]) -> None:
         self.spool.changed.set()
-        budget = max(self.batcher.max_records, 256)
         while not stop.is_set():
             if self.spool.changed.is_set():
                 self.spool.changed.clear()
                 self.reader.scan()
-            lines = await self.reader.read(budget, self.settings.batch.max_bytes)
-            for n, line in enumerate(lines, 1):
-                fresh = self.streaming is not None and self.batcher.current.empty
-                self._ingest(line)
-                if fresh and not self.batcher.current.empty:
-                    # A streaming sink gets the batch at its first line (this
-                    # is where reading blocks while the sink is busy).
-                    await queue.put(self.batcher.current)
-                if self.batcher.full:
-                    await self._hand_over(queue)
-                elif self.streaming and n % YIELD_EVERY == 0:
-                    # Let the consumer stream what is parsed and handle the
-                    # backend's answers: that keeps Postgres busy while we parse.
-                    self.batcher.current.grown.set()
-                    await yield_to_loop()
-                elif not self.streaming and n % YIELD_EVERY_BATCHED == 0:
-                    # A batched sink (Opik) parses in short slices: with both
-                    # sinks on, the Postgres stream gets its turns (the backend
-                    # idles while we hold the loop) and so do the probes.
-                    await yield_to_loop()
-            self.batcher.current.grown.set()
+            lines = await self._read()
+            await self._take(lines, queue)
             left = self.batcher.time_left(self.clock.monotonic())
             if left == 0.0:
                 await self._hand_over(queue)
             elif not lines and not stop.is_set():
                 await self.clock.wait(self.spool.changed, left)
+        await self._read_to_snapshot(queue)
         if self.batcher.time_left(0.0) is not None:
             await self._hand_over(queue)
         await queue.put(None)
+
+    async def _read(self) -> list[Line]:
+        budget = max(self.batcher.max_records, 256)
+        return await self.reader.read(budget, self.settings.batch.max_bytes)
+
+    async def _read_to_snapshot(self, queue: asyncio.Queue[Batch | None]) -> None:
+        """The drain's reading: rescan once, then read until every complete line
+        up to the sizes seen then is in a batch. A read may bring lines appended
+        since, but only progress toward those sizes keeps the loop going, so a
+        writer that goes on appending cannot hold the drain."""
+        if self.breaker.state == "open":
+            self._skip("breaker open")
+        snap = self.snapshot = SpoolSnapshot.take(self.reader)
+        stalled = 0
+        while self.skipped is None and stalled <= len(self.reader.files):
+            before = snap.progress(self.reader)
+            if before >= snap.total:
+                break
+            lines = await self._read()
+            if not lines:
+                break  # what is left of the sizes is no complete line
+            await self._take(lines, queue)
+            stalled = 0 if snap.progress(self.reader) > before else stalled + 1
+        snap.complete = self.skipped is None
+
+    async def _take(self, lines: list[Line], queue: asyncio.Queue[Batch | None]) -> None:
+        """Parse ``lines`` into the batcher, handing over each batch that fills."""
+        for n, line in enumerate(lines, 1):
+            fresh = self.streaming is not None and self.batcher.current.empty
+            self._ingest(line)
+            if fresh and not self.batcher.current.empty:
+                # A streaming sink gets the batch at its first line (this
+                # is where reading blocks while the sink is busy).
+                await queue.put(self.batcher.current)
+            if self.batcher.full:
+                await self._hand_over(queue)
+            elif self.streaming and n % YIELD_EVERY == 0:
+                # Let the consumer stream what is parsed and handle the
+                # backend's answers: that keeps Postgres busy while we parse.
+                self.batcher.current.grown.set()
+                await yield_to_loop()
+            elif not self.streaming and n % YIELD_EVERY_BATCHED == 0:
+                # A batched sink (Opik) parses in short slices: with both
+                # sinks on, the Postgres stream gets its turns (the backend
+                # idles while we hold the loop) and so do the probes.
+                await yield_to_loop()
+        self.batcher.current.grown.set()
 
     async def _hand_over(self, queue: asyncio.Queue[Batch | None]) -> None:
         batch = self.batcher.take()
@@ -244,16 +283,22 @@ class SinkPipeline:
                 getter.cancel()
 
     async def _ship(self, batch: Batch) -> dict[int, str] | None:
-        """The sink's rejects once it has the batch; None when streamed (committed)."""
-        if await self._stream(batch):
+        """The sink's rejects once it has the batch; None when the drain skipped
+        the sink (the batch is not delivered)."""
+        if self.skipped is not None:
+            await batch.sealed.wait()
             return None
+        if await self._stream(batch):
+            return {}
         return await self._deliver(batch)
 
     async def _settle(self, entry: InFlight) -> None:
         batch, started, task = entry
         rejects = await task
-        if rejects is not None:
-            self._commit(batch, rejects)
+        if rejects is None:
+            self._gap = True  # nothing after an undelivered batch may be committed
+        elif not self._gap:
+            await self._commit(batch, rejects)
         self.observe("batch_flush", self.clock.monotonic() - started, self.sink.name)
 
     async def _stream(self, batch: Batch) -> bool:
@@ -276,15 +321,16 @@ class SinkPipeline:
                      self.sink.name)
         self.breaker.record_success()
         self._record_breaker()
-        self._commit(batch, {})
         return True
 
-    async def _deliver(self, batch: Batch) -> dict[int, str]:
+    async def _deliver(self, batch: Batch) -> dict[int, str] | None:
         attempt = 0
         while batch.records:
+            if self.skipped is not None:
+                return None
             wait = self.breaker.wait_time(self.clock.monotonic())
             if wait > 0:
-                await self.clock.sleep(wait)
+                await self._pause(wait, "breaker open")
                 continue
             self.breaker.allow(self.clock.monotonic())
             t0 = self.clock.monotonic()
@@ -296,9 +342,27 @@ class SinkPipeline:
                 return outcome.reasons if isinstance(outcome, PartlyRejected) else {}
             delay = self._after_retry(outcome, attempt, len(batch))
             self._record_breaker()
-            await self.clock.sleep(delay)
+            await self._pause(delay, outcome.reason if outcome.failure else None)
             attempt += 1
         return {}
+
+    async def _pause(self, seconds: float, failure: str | None) -> None:
+        """Wait before the next attempt. Back-pressure (``failure`` None) is
+        waited out, drain or not: the sink is there. A failing sink's wait
+        ends at the stop, so the drain tries it once more at once; failing in
+        the drain, it is skipped (waiting would only hold the others' exit)."""
+        if failure is None:
+            await self.clock.sleep(seconds)
+        elif self._stop.is_set():
+            self._skip(failure)
+        else:
+            await self.clock.wait(self._stop, seconds)
+
+    def _skip(self, reason: str) -> None:
+        if self.skipped is None:
+            self.skipped = reason[:300]
+            log.warning("drain.sink.skipped", sink=self.sink.name, reason=self.skipped,
+                        breaker=self.breaker.state)
 
     async def _guarded(self, sending: Awaitable[Outcome]) -> Outcome:
         """Await a sink's answer; a sink that raises gets a Retry, not a dead pipeline."""
@@ -321,13 +385,16 @@ class SinkPipeline:
                     breaker=self.breaker.state, backpressure=not outcome.failure)
         return delay
 
-    def _commit(self, batch: Batch, rejects: dict[int, str]) -> None:
-        """Quarantine the sink's rejects durably, then move the checkpoint."""
+    async def _commit(self, batch: Batch, rejects: dict[int, str]) -> None:
+        """Quarantine the sink's rejects durably, then move the checkpoint.
+        A quarantine write held back by a full disk or the file limit is
+        waited for (retried on the clock): no line is acknowledged before
+        its entry is durable (sidecar/spool/faults.py)."""
         for index, reason in sorted(rejects.items()):
             line = batch.lines[index]
             self.quarantine.put(line.raw, line.file.path, line.offset,
                                 f"rejected by {self.sink.name}: {reason}")
-        self.quarantine.sync()
+        await self.quarantine.durable()
         for f, gen, end in batch.ends.values():
             self.reader.ack(f, gen, end)
         try:
@@ -353,6 +420,20 @@ class SinkPipeline:
                                           {"breaker": state, "time": self.clock.wall()})
 
     # -- reporting -----------------------------------------------------------
+    def drain_left(self, cut: bool) -> SinkLeft:
+        """What the drain left for this sink: its backlog when it was skipped as
+        unreachable, or when ``cut`` (the drain timeout ended it) and it had
+        not acknowledged everything the spool held at the stop."""
+        snap = self.snapshot
+        if snap is None:  # cut before it rescanned: the spool as it is now
+            snap = self.snapshot = SpoolSnapshot.take(self.reader)
+        files, size = snap.left(self.reader)
+        if self.skipped is not None:
+            return SinkLeft(self.sink.name, "unreachable", files, size, self.skipped)
+        if cut and size:
+            return SinkLeft(self.sink.name, "timeout", files, size)
+        return SinkLeft(self.sink.name, None)
+
     def stats(self) -> SinkStats:
         oldest = self.reader.oldest_unacked()
         lag_s = 0.0 if oldest is None else max(0.0, self.clock.wall() - oldest)

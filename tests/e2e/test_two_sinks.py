@@ -38,9 +38,12 @@ def emu(request: pytest.FixtureRequest) -> Iterator[OpikEmulator]:
 
 
 def two_sinks(env: SidecarEnv, emu: OpikEmulator, **sections: dict[str, object]) -> None:
-    env.configure(opik={"enabled": True, "url": emu.base_url, "timeout_s": 1.0},
-                  breaker={"failure_threshold": 3, "reset_timeout_s": 1.0},
-                  retry={"initial_backoff_s": 0.05, "max_backoff_s": 0.3}, **sections)
+    """Both sinks, quick breaker and retries; ``sections`` override (a whole section)."""
+    defaults: dict[str, dict[str, object]] = {
+        "opik": {"enabled": True, "url": emu.base_url, "timeout_s": 1.0},
+        "breaker": {"failure_threshold": 3, "reset_timeout_s": 1.0},
+        "retry": {"initial_backoff_s": 0.05, "max_backoff_s": 0.3}}
+    env.configure(**{**defaults, **sections})
 
 
 def opik_ids(ids: list[str]) -> set[str]:

@@ -1,0 +1,116 @@
+"""The drain at a stop: what was in the spool when the signal came gets shipped.
+
+In Kubernetes the spool is an ``emptyDir`` that dies with the pod, and the
+native sidecar gets SIGTERM right after the agent wrote its last spans and
+exited: there is no next start, so a drain cannot leave to a later run what
+it has not seen yet. At the stop each pipeline rescans the spool once and
+notes every tracked file's size (``SpoolSnapshot``), reads every complete
+line up to those sizes (lines appended later may come along in the same
+reads, but are never waited for), ships them, and reports what it could not:
+
+- a sink that cannot be reached (its breaker open, or its first attempt in
+  the drain failed) is skipped at once with its backlog reported: waiting
+  for it would only hold the pod's exit, and it gets nothing in the time;
+- a drain cut short by ``shutdown.drain_timeout_s`` reports what each sink
+  was left, and the process exits with ``EXIT_DRAIN_INCOMPLETE`` so that the
+  platform sees it (the contract's "exit non-zero").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sidecar.spool.tailer import SpoolReader
+
+# The process exit status of a drain cut short by its timeout (1 is a crash
+# or a second signal, 2 an invalid configuration).
+EXIT_DRAIN_INCOMPLETE = 3
+
+LeftReason = Literal["unreachable", "timeout"]
+
+
+@dataclass(slots=True)
+class SpoolSnapshot:
+    """The spool as one reader saw it at the stop: each file's size then.
+
+    ``complete`` once every complete line up to those sizes was read (a
+    trailing partial line of a file still open for writing is not a line).
+    """
+
+    targets: dict[tuple[int, int], int]
+    complete: bool = False
+    total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = sum(self.targets.values())
+
+    @classmethod
+    def take(cls, reader: SpoolReader) -> SpoolSnapshot:
+        """Rescan (new files, renames to ``.done``, growth) and note the sizes."""
+        reader.scan()
+        return cls({key: f.size for key, f in reader.files.items()})
+
+    def progress(self, reader: SpoolReader) -> int:
+        """Bytes read toward the sizes noted: reaches ``total`` when all is read.
+        A file no longer tracked was acknowledged and removed (or given up by
+        the spool quota): it counts as read."""
+        files = reader.files
+        return sum(min(files[key].read_pos, size) if key in files else size
+                   for key, size in self.targets.items())
+
+    def left(self, reader: SpoolReader) -> tuple[int, int]:
+        """(files, bytes) of what was noted and is not acknowledged by the sink."""
+        files = size_left = 0
+        for key, size in self.targets.items():
+            f = reader.files.get(key)
+            if f is None:
+                continue
+            # Once read completely, an unfinished last line is not owed.
+            end = min(size, f.read_pos) if self.complete else size
+            if end > f.acked:
+                files += 1
+                size_left += end - f.acked
+        return files, size_left
+
+
+@dataclass(frozen=True, slots=True)
+class SinkLeft:
+    """What one sink's drain left in the spool, and why."""
+
+    sink: str
+    reason: LeftReason | None  # None: nothing left
+    files: int = 0
+    bytes: int = 0
+    detail: str = ""  # the failure that made the sink unreachable
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sink": self.sink, "reason": self.reason,
+                               "files": self.files, "bytes": self.bytes}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class DrainReport:
+    """Every sink's drain. Drained when every reachable sink got everything:
+    an unreachable sink's backlog is reported but does not fail the drain
+    (there was nothing it could have received in the time)."""
+
+    sinks: tuple[SinkLeft, ...]
+    seconds: float = 0.0
+
+    @property
+    def drained(self) -> bool:
+        return not any(s.reason == "timeout" for s in self.sinks)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.drained else EXIT_DRAIN_INCOMPLETE
+
+    def fields(self) -> dict[str, Any]:
+        """The ``app.drain.finished`` log fields."""
+        return {"drained": self.drained, "exit_code": self.exit_code,
+                "seconds": round(self.seconds, 3),
+                "left": [s.fields() for s in self.sinks if s.reason is not None]}
