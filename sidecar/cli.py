@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     rq = cmd("replay-quarantine", "re-read quarantined records and ship those now valid")
     rq.add_argument("--sink", default=None)
     rq.add_argument("--json", action="store_true")
+    fs = cmd("forget-sink", "forget a disabled sink's progress, so its backlog no longer "
+             "holds spool files (refused for an enabled sink)")
+    fs.add_argument("sink", metavar="NAME")
     return p
 
 
@@ -274,10 +277,25 @@ def _render_replay(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _forget_sink(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.disabled_sinks import ForgetRefused, forget_sink
+
+    try:
+        gone = forget_sink(settings, args.sink)
+    except ForgetRefused as exc:
+        print(f"span-sidecar forget-sink: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not gone:
+        print(f"nothing to forget: {args.sink} has no checkpoint")
+    for path in gone:
+        print(f"removed {path}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "run": _run, "migrate": _migrate, "check-config": _check_config, "status": _status,
     "emit": _emit, "stats": _stats, "replay-quarantine": _replay,
-    "trace": _trace, "retention": _retention,
+    "trace": _trace, "retention": _retention, "forget-sink": _forget_sink,
 }
 
 

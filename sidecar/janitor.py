@@ -2,8 +2,11 @@
 
 Only ``.done`` files (or files idle longer than ``idle_done_after_s``, whose
 writer died) that every sink acknowledged to their end are deleted, or moved
-to ``spool.archive_dir``. Nothing another sink still needs is touched. The
-janitor reads the readers' snapshots (``positions``), never their insides.
+to ``spool.archive_dir``. Nothing another sink still needs is touched, and
+that includes a sink that is disabled now but left a checkpoint: its backlog
+is held for ``spool.disabled_sink_keep_s`` or until ``forget-sink``
+(``sidecar.disabled_sinks``). The janitor reads the readers' snapshots
+(``positions``) and the disabled sinks' checkpoints, never the readers' insides.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import structlog
 
 from sidecar.clock import Clock, every
+from sidecar.disabled_sinks import DisabledSinks, covers
 from sidecar.settings import SpoolSettings
 from sidecar.spool.tailer import FilePosition
 
@@ -27,12 +31,20 @@ Positions = Callable[[], Mapping[tuple[int, int], FilePosition]]
 
 class Janitor:
     def __init__(self, readers: Sequence[Positions], settings: SpoolSettings,
-                 clock: Clock) -> None:
+                 clock: Clock, *, enabled: Collection[str]) -> None:
+        """``enabled``: the names of the enabled sinks (any other sink with a
+        checkpoint is a disabled one whose backlog is held)."""
         self.readers = readers
         self.settings = settings
         self.clock = clock
+        self.disabled = DisabledSinks(settings, enabled, clock)
+
+    def start(self) -> None:
+        """Name the disabled sinks with a backlog (once, at start)."""
+        self.disabled.start()
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.start()
         await every(self.clock, self.settings.rescan_interval_s, stop, self.sweep)
 
     def sweep(self) -> int:
@@ -40,11 +52,13 @@ class Janitor:
         if not self.readers:
             return 0
         views = [positions() for positions in self.readers]
+        held = self.disabled.holding()
         removed = 0
         for key, f in views[0].items():
             if f.deleted or not f.finished:
                 continue
-            if all(_passed(view.get(key), f.size) for view in views):
+            if all(_passed(view.get(key), f.size) for view in views) and all(
+                    covers(marks, f.dev, f.ino, f.size) for marks in held):
                 removed += self._remove(f)
         return removed
 

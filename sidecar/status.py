@@ -16,6 +16,11 @@ daemon is running.
 The oldest unshipped age from disk is the modification time of the oldest
 file with unshipped bytes (the daemon, which watches files grow, knows it
 more precisely and its figure is shown when it runs).
+
+A sink that is disabled now but left a checkpoint gets a row too: what it
+never received, and how long the janitor keeps those files for it
+(``sidecar.disabled_sinks``). With the daemon running, the health verdict's
+reasons are listed under it, each with when it clears.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from sidecar.disabled_sinks import first_seen, with_checkpoint
 from sidecar.settings import Settings
 from sidecar.sinks.registry import enabled_sinks
 from sidecar.spool.checkpoints import FileMark, read_marks
@@ -91,6 +97,21 @@ def _sink_report(name: str, files: list[tuple[Path, os.stat_result]],
     }
 
 
+def _disabled_reports(settings: Settings, files: list[tuple[Path, os.stat_result]],
+                      state: StateDir, enabled: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row for each disabled sink that left a checkpoint: what it never got,
+    and until when the janitor keeps it (``sidecar.disabled_sinks``)."""
+    rows = []
+    for name in with_checkpoint(state, [r["sink"] for r in enabled]):
+        report = _sink_report(name, files, read_marks(state, name), state)
+        since = first_seen(state, name)
+        until = None if since is None else since + settings.spool.disabled_sink_keep_s
+        report.update(enabled=False, breaker="disabled", kept_until=until,
+                      kept_for_s=None if until is None else round(max(0.0, until - time.time())))
+        rows.append(report)
+    return rows
+
+
 def daemon_status(settings: Settings) -> dict[str, Any]:
     """Ask a running daemon (``GET /status``); say why when nobody answers."""
     if not settings.http.enabled:
@@ -120,6 +141,7 @@ def collect(settings: Settings, ask_daemon: bool = True) -> dict[str, Any]:
     sinks = []
     for name in enabled_sinks(settings):
         report = _sink_report(name, files, read_marks(state, name), state)
+        report["enabled"] = True
         if name in live:
             d = live[name]
             report["daemon"] = {k: d.get(k) for k in (
@@ -127,6 +149,7 @@ def collect(settings: Settings, ask_daemon: bool = True) -> dict[str, Any]:
                 "lag_bytes", "records_shipped", "breaker", "behind")}
             report["breaker"] = d.get("breaker", report["breaker"])
         sinks.append(report)
+    sinks.extend(_disabled_reports(settings, files, state, sinks))
     return {"spool_dir": str(settings.spool.dir), "spool_files": len(files),
             "spool_bytes": sum(st.st_size for _, st in files),
             "daemon": {k: v for k, v in daemon.items() if k != "sinks"}, "sinks": sinks}
@@ -194,11 +217,30 @@ def _pace(live: dict[str, Any] | None) -> str:
            f", {when}"
 
 
+def _disabled_line(s: dict[str, Any]) -> str:
+    approx = "~" if s["records_behind_estimated"] else ""
+    line = (f"  {s['sink']:<9} disabled; never received: {approx}"
+            f"{human_count(s['records_behind'])} records, {human_bytes(s['bytes_behind'])} "
+            f"in {s['files_behind']} files")
+    if not s["files_behind"]:
+        return line
+    if s["kept_until"] is None:
+        keep = "kept from the daemon's next start"
+    elif s["kept_for_s"]:
+        keep = f"kept {human_duration(s['kept_for_s'])} more"
+    else:
+        keep = "no longer kept (spool.disabled_sink_keep_s is over)"
+    return f"{line}; {keep}; `span-sidecar forget-sink {s['sink']}` lets them go"
+
+
 def render(report: dict[str, Any]) -> str:
     """The report for a person: human units, one line per sink."""
     out = [f"spool {report['spool_dir']}: {report['spool_files']} files, "
            f"{human_bytes(report['spool_bytes'])}", *_daemon_lines(report["daemon"])]
     for s in report["sinks"]:
+        if s.get("enabled") is False:
+            out.append(_disabled_line(s))
+            continue
         approx = "~" if s["records_behind_estimated"] else ""
         age = s["oldest_unshipped_age_s"]
         live = s.get("daemon")
