@@ -18,10 +18,11 @@ reads, but are never waited for), ships them, and reports what it could not:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sidecar.spool.tailer import SpoolReader
+from sidecar.spool.tailer import Line, SpoolReader
 
 # The process exit status of a drain cut short by its timeout (1 is a crash
 # or a second signal, 2 an invalid configuration).
@@ -58,6 +59,36 @@ class SpoolSnapshot:
         files = reader.files
         return sum(min(files[key].read_pos, size) if key in files else size
                    for key, size in self.targets.items())
+
+    async def read(self, reader: SpoolReader, read: Callable[[], Awaitable[list[Line]]],
+                   take: Callable[[list[Line]], Awaitable[None]],
+                   skipped: Callable[[], bool]) -> None:
+        """``read`` lines and ``take`` them until every complete line up to the
+        sizes noted is taken, or the sink is ``skipped``. A read may bring lines
+        appended since, but only progress toward those sizes keeps the loop
+        going, so a writer that goes on appending cannot hold the drain."""
+        stalled = 0
+        while not skipped() and stalled <= len(reader.files):
+            before = self.progress(reader)
+            if before >= self.total:
+                break
+            lines = await read()
+            if not lines:
+                break  # what is left of the sizes is no complete line
+            await take(lines)
+            stalled = 0 if self.progress(reader) > before else stalled + 1
+        self.complete = not skipped()
+
+    def verdict(self, sink: str, reader: SpoolReader, skipped: str | None,
+                cut: bool) -> SinkLeft:
+        """What ``sink`` was left: its backlog when the drain skipped it as
+        unreachable (``skipped``: why), or when ``cut`` by the timeout."""
+        files, size = self.left(reader)
+        if skipped is not None:
+            return SinkLeft(sink, "unreachable", files, size, skipped)
+        if cut and size:
+            return SinkLeft(sink, "timeout", files, size)
+        return SinkLeft(sink, None)
 
     def left(self, reader: SpoolReader) -> tuple[int, int]:
         """(files, bytes) of what was noted and is not acknowledged by the sink."""

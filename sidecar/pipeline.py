@@ -156,24 +156,17 @@ class SinkPipeline:
         return await self.reader.read(budget, self.settings.batch.max_bytes)
 
     async def _read_to_snapshot(self, queue: asyncio.Queue[Batch | None]) -> None:
-        """The drain's reading: rescan once, then read until every complete line
-        up to the sizes seen then is in a batch. A read may bring lines appended
-        since, but only progress toward those sizes keeps the loop going, so a
-        writer that goes on appending cannot hold the drain."""
+        """The drain's reading: rescan once, then read every complete line up to
+        the sizes seen then (``SpoolSnapshot.read``); none for a sink whose
+        breaker is open, which the drain skips."""
         if self.breaker.state == "open":
             self._skip("breaker open")
         snap = self.snapshot = SpoolSnapshot.take(self.reader)
-        stalled = 0
-        while self.skipped is None and stalled <= len(self.reader.files):
-            before = snap.progress(self.reader)
-            if before >= snap.total:
-                break
-            lines = await self._read()
-            if not lines:
-                break  # what is left of the sizes is no complete line
+
+        async def take(lines: list[Line]) -> None:
             await self._take(lines, queue)
-            stalled = 0 if snap.progress(self.reader) > before else stalled + 1
-        snap.complete = self.skipped is None
+
+        await snap.read(self.reader, self._read, take, lambda: self.skipped is not None)
 
     async def _take(self, lines: list[Line], queue: asyncio.Queue[Batch | None]) -> None:
         """Parse ``lines`` into the batcher, handing over each batch that fills."""
@@ -424,15 +417,9 @@ class SinkPipeline:
         """What the drain left for this sink: its backlog when it was skipped as
         unreachable, or when ``cut`` (the drain timeout ended it) and it had
         not acknowledged everything the spool held at the stop."""
-        snap = self.snapshot
-        if snap is None:  # cut before it rescanned: the spool as it is now
-            snap = self.snapshot = SpoolSnapshot.take(self.reader)
-        files, size = snap.left(self.reader)
-        if self.skipped is not None:
-            return SinkLeft(self.sink.name, "unreachable", files, size, self.skipped)
-        if cut and size:
-            return SinkLeft(self.sink.name, "timeout", files, size)
-        return SinkLeft(self.sink.name, None)
+        if self.snapshot is None:  # cut before it rescanned: the spool as it is now
+            self.snapshot = SpoolSnapshot.take(self.reader)
+        return self.snapshot.verdict(self.sink.name, self.reader, self.skipped, cut)
 
     def stats(self) -> SinkStats:
         oldest = self.reader.oldest_unacked()

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from sidecar.drain import EXIT_DRAIN_INCOMPLETE, DrainReport, SinkLeft
+from sidecar.drain import EXIT_DRAIN_INCOMPLETE, DrainReport, SinkLeft, SpoolSnapshot
 from sidecar.records import Record
 from sidecar.sinks.base import Delivered, Outcome, Retry
+from sidecar.spool.tailer import Line
 from tests.clocking import drive
-from tests.core.helpers import span
+from tests.core.helpers import make_reader, span
 from tests.core.test_pipeline import FakeSink, Harness, ids
 from tests.support import append
 
@@ -227,3 +231,58 @@ def test_the_exit_code_follows_the_reachable_sinks() -> None:
     assert fields == {"drained": True, "exit_code": 0, "seconds": 0.123, "left": [
         {"sink": "opik", "reason": "unreachable", "files": 2, "bytes": 900,
          "detail": "HTTP 503"}]}
+
+
+@given(files=st.lists(st.tuples(st.integers(0, 40), st.binary(max_size=30).filter(
+           lambda b: b"\n" not in b), st.booleans()), min_size=1, max_size=4),
+       appended=st.integers(0, 5))
+@settings(max_examples=60, deadline=None)
+def test_the_drain_reads_every_complete_line_seen_at_its_rescan_and_ends(
+        files: list[tuple[int, bytes, bool]], appended: int) -> None:
+    """Any files (complete lines, maybe a partial last one, .done or not) and a
+    writer appending to every file at each take: the drain's read ends, and it
+    took every complete line present at the rescan, once each, in file order."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spool = Path(tmp)
+        expected: dict[str, tuple[list[bytes], bytes]] = {}
+        paths = []
+        for k, (n, tail, done) in enumerate(files):
+            path = spool / f"a-h-{k}-0.jsonl{'.done' if done else ''}"
+            lines = [b"%d-%d" % (k, i) for i in range(n)]
+            path.write_bytes(b"".join(x + b"\n" for x in lines) + tail)
+            # A .done file's partial last line is handed on; a live file's may
+            # be completed by the writer's next append (and then read).
+            expected[str(path)] = ([*lines, tail] if done and tail else lines,
+                                   b"" if done else tail)
+            paths.append(path)
+        taken = asyncio.run(_drain_read(spool, paths, appended))
+    for path, (lines, tail) in expected.items():
+        got = taken.get(path, [])
+        assert got[: len(lines)] == lines
+        late = got[len(lines):]
+        if tail and late:
+            assert late.pop(0) == tail
+        assert all(x in (b"late", b"") for x in late)  # b"": the writer's b"\n"
+
+
+async def _drain_read(spool: Path, paths: list[Path], appended: int) -> dict[str, list[bytes]]:
+    reader = make_reader(spool, chunk=64, max_line=32)
+    snap = SpoolSnapshot.take(reader)
+    taken: dict[str, list[bytes]] = {}
+
+    async def read() -> list[Line]:
+        return await reader.read(3, 1 << 20)
+
+    async def take(lines: list[Line]) -> None:
+        for line in lines:
+            taken.setdefault(line.file.path, []).append(line.raw)
+        for path in paths:
+            if not path.name.endswith(".done"):
+                append(path, b"\n" + b"late\n" * appended)
+
+    try:
+        await asyncio.wait_for(snap.read(reader, read, take, lambda: False), 10)
+    finally:
+        reader.close()
+    assert snap.complete
+    return taken
