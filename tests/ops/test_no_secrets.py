@@ -79,6 +79,7 @@ def run_failing(env: SidecarEnv, fmt: str = "json", sink: str = "postgres",
     wait_until(lambda: daemon.log.read_bytes().count(b"sink.batch.failed") >= 2
                or (sink == "postgres" and env.rows() == 3) or not daemon.alive,
                what="a retried failure")
+    assert daemon.alive, daemon.log.read_text()[-3000:]  # a failure is retried, not fatal
     return stop(daemon)
 
 
@@ -107,6 +108,7 @@ def test_an_opik_key_refused_with_401_is_not_logged(sidecar_env: SidecarEnv,
     emu.require_api_key("the-right-key")
     opik = {"enabled": True, "url": emu.base_url, "api_key": OPIK}
     text = run_failing(sidecar_env, sink="opik", postgres={"enabled": False}, opik=opik)
+    assert {r.status for r in emu.requests()} == {401}  # refused, and retried
     assert_clean(text)
 
 
