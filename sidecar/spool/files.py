@@ -2,9 +2,9 @@
 
 A file is known by device + inode + a fingerprint of its first bytes, never
 by its name. A reader holds a descriptor only while it reads the file
-(``fd`` is -1 otherwise); each open checks that the name still leads to the
-same inode and that the fingerprint still matches, so a reused inode or a
-rewritten file never picks up an old offset.
+(``fd`` is -1 otherwise; see ``sidecar/spool/tailer.py``); each open checks
+that the name still leads to the same inode and that the fingerprint still
+matches, so a reused inode or a rewritten file never picks up an old offset.
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ class TrackedFile:
     verified: bool = False  # opened once: its checkpoint mark was checked and applied
     stale: bool = False  # closed, and scan saw it change (grown, renamed, touched)
     drained_at: int = -1  # the size when a read last found nothing more to take
-    used: int = 0  # when it was last read (a counter): the least recent is closed first
+    # The fingerprint of what was read when it was last closed (up to
+    # FINGERPRINT_BYTES of read_pos): a reopen checks it. ``fp`` (checkpoints)
+    # covers acknowledged bytes only, and acknowledgements come after the close.
+    head: str = ""
+    head_len: int = 0
     # (size, wall time it was first seen): the bytes up to each size existed then.
     seen: list[tuple[int, float]] = field(default_factory=list)
 

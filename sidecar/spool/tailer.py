@@ -5,20 +5,24 @@ in memory and the other reads on at its own pace. A file is known by
 device + inode + a fingerprint of its first bytes, never by its name: a
 rename to ``.done`` keeps its offset.
 
-Descriptors are bounded: a reader holds one only for the files it is reading
-now, at most ``max_open`` (8) but for deleted files it is still reading. A
-file read to its end and idle since the previous scan is closed; so is the
-least recently read one when another must be opened. Scan notices a closed
+Descriptors are bounded: a reader holds one only while it reads a file. A
+read opens the file, takes one chunk and closes it again, unless the file
+was deleted (its last link gone: kept open until read to its end and
+acknowledged, as before). Between reads, and while the sink holds the
+pipeline back, a reader holds no descriptor but for files discovered and
+not read yet (at most ``max_open``, 8) and deleted ones it still reads; the
+file limit is left to sockets and the state directory. Scan notices a closed
 file grow, shrink, be touched or renamed and marks it ``stale``; the next
 read reopens it, checking that the name still leads to the same inode and
 that the fingerprint of its first bytes is unchanged (the check across
 restarts, made on every reopen): a reused inode or a rewritten file is read
 from the start, never at an old offset. A new file is opened at discovery
-while there is room, so a file deleted or moved away right after it was
-written is still read whole; one found while the reader is at its bound is
-opened when there is room, and if it is deleted before that, what was not
-read of it is lost (``spool.file.lost``, an error; only the janitor deletes
-spool files, and only once every sink has passed them).
+while fewer than ``max_open`` are, so a file deleted or moved away right
+after it was written is still read whole. A file deleted or moved out of
+the spool while closed with bytes not read yet (between two reads of a
+backlog, or found while at the bound) loses those bytes, logged as
+``spool.file.lost`` (an error): only the janitor deletes spool files, and
+only once every sink has passed them; the spool quota's drops are counted.
 
 Exhausted resources (the file limit, EIO) on scan, open or read are fault
 episodes (``sidecar/spool/faults.py``), not errors: what failed is tried
@@ -82,7 +86,6 @@ class SpoolReader:
         self._marks = dict(marks)  # saved marks not yet matched to an opened file
         self._first_scan = True
         self._rr = 0
-        self._uses = 0
         self._faulted = False  # a resource fault since the end of the last scan
 
     # -- discovery -----------------------------------------------------------
@@ -117,7 +120,6 @@ class SpoolReader:
                     log.info("checkpoint.file.gone", sink=self.sink, path=mark.path)
                     del self._marks[key]
             self._first_scan = False
-        self._close_idle()
         if not self._faulted and self.faults is not None:
             self.faults.cleared("spool", self.sink)
         self._faulted = False
@@ -162,8 +164,7 @@ class SpoolReader:
             os.close(fd)
             self._open_failed(f, exc)
             return False
-        self._make_room()
-        f.fd, f.stale, f.used = fd, False, self._use()
+        f.fd, f.stale = fd, False
         if not f.verified:
             f.verified = True
             log.info("spool.file.opened", sink=self.sink, path=f.path, offset=f.read_pos)
@@ -183,7 +184,8 @@ class SpoolReader:
         if not f.verified:
             self._resume(f, fd, st.st_size)
             return
-        if st.st_size < f.read_pos or (f.fp_len > 0 and fingerprint(fd, f.fp_len) != f.fp):
+        if st.st_size < f.read_pos or (f.head_len > 0
+                                       and fingerprint(fd, f.head_len) != f.head):
             self._restart(f, st.st_size, "reopened")
 
     def _resume(self, f: TrackedFile, fd: int, size: int) -> None:
@@ -209,7 +211,7 @@ class SpoolReader:
         f.gen += 1
         f.read_pos = f.acked = 0
         f.fp, f.fp_len, f.skip_from, f.skip_head = "", 0, None, b""
-        f.drained_at = -1
+        f.head, f.head_len, f.drained_at = "", 0, -1
         f.seen.clear()
         f.grew(size, self.clock.wall())
 
@@ -249,34 +251,20 @@ class SpoolReader:
     def _open_count(self) -> int:
         return sum(1 for f in self.files.values() if f.is_open)
 
-    def _use(self) -> int:
-        self._uses += 1
-        return self._uses
-
-    def _close_idle(self) -> None:
-        """Close the files read to their end that did not grow since."""
-        for f in self.files.values():
-            if f.is_open and not f.deleted and f.drained_at == f.size:
-                self._close(f)
-
-    def _make_room(self) -> None:
-        """At the bound, close the least recently read file (never a deleted
-        one: it could not be opened again)."""
-        while self._open_count() >= self.max_open:
-            victims = [f for f in self.files.values() if f.is_open and not f.deleted]
-            if not victims:
-                return
-            victim = min(victims, key=lambda f: f.used)
-            self._close(victim)
-            victim.stale = victim.read_pos < victim.size  # more to read: reopen later
+    def _release(self, f: TrackedFile) -> None:
+        """After a read: close the file, unless it is deleted (it could not be
+        opened again); a read that did not reach its end leaves it ``stale``."""
+        if f.is_open and not f.deleted:
+            self._close(f)
+            f.stale = f.drained_at != f.size
 
     def _close(self, f: TrackedFile) -> None:
         """Close ``f``; first extend its fingerprint over what was read, which
         is what identifies it when it is opened again."""
         want = min(FINGERPRINT_BYTES, f.read_pos)
         try:
-            if f.fp_len < want:
-                f.fp, f.fp_len = fingerprint(f.fd, want), want
+            if f.head_len < want:
+                f.head, f.head_len = fingerprint(f.fd, want), want
         except OSError:
             pass  # the shorter fingerprint still identifies it
         finally:
@@ -323,6 +311,7 @@ class SpoolReader:
                 continue
             try:
                 lines = await self._read_file(f)
+                self._release(f)
             except OSError as exc:
                 self._read_failed(f, exc)
                 continue
@@ -334,7 +323,6 @@ class SpoolReader:
     def _ready(self, f: TrackedFile) -> bool:
         """Open (or opened now) and worth a read."""
         if f.is_open:
-            f.used = self._use()
             return True
         due = f.read_pos < f.size and self.finished(f)
         return (f.stale or due) and self._open(f)
@@ -343,8 +331,9 @@ class SpoolReader:
         # An over-long line is skipped a chunk at a time within this call: an
         # empty answer must mean "nothing complete yet", or the caller idles.
         while True:
-            size = os.fstat(f.fd).st_size
-            f.size = size
+            st = os.fstat(f.fd)
+            size = f.size = st.st_size
+            f.deleted = f.deleted or st.st_nlink == 0
             f.grew(size, self.clock.wall())
             if size <= f.read_pos:
                 f.drained_at = size
@@ -415,15 +404,35 @@ class SpoolReader:
             if not f.verified and f.key in self._marks:
                 continue  # not opened yet: its saved mark stands (below)
             want = min(FINGERPRINT_BYTES, f.acked)
-            if f.fp_len < want and f.is_open:
-                try:
-                    f.fp, f.fp_len = fingerprint(f.fd, want), want
-                except OSError:
-                    pass  # the shorter fingerprint still identifies it
+            if f.fp_len < want:
+                self._extend_fingerprint(f, want)
             out[f.key] = FileMark(f.dev, f.ino, f.fp, f.fp_len, f.acked, f.path)
         for key, mark in self._marks.items():  # present, not opened yet: keep
             out.setdefault(key, mark)
         return out
+
+    def _extend_fingerprint(self, f: TrackedFile, want: int) -> None:
+        """Fingerprint the first ``want`` acknowledged bytes (once 1 KiB is
+        acknowledged, never again). A closed file is opened for it, checked
+        to be the same file; a failure keeps the shorter fingerprint."""
+        if f.head_len == want:
+            f.fp, f.fp_len = f.head, f.head_len
+            return
+        fd = f.fd
+        try:
+            if not f.is_open:
+                fd = os.open(f.path, OPEN_FLAGS)
+            try:
+                st = os.fstat(fd)
+                same = (st.st_dev, st.st_ino) == f.key and st.st_size >= want and (
+                    f.is_open or fingerprint(fd, f.head_len) == f.head)  # not a reused inode
+                if same:
+                    f.fp, f.fp_len = fingerprint(fd, want), want
+            finally:
+                if fd != f.fd:
+                    os.close(fd)
+        except OSError:
+            pass  # the shorter fingerprint still identifies it
 
     def lag_bytes(self) -> int:
         return sum(max(0, f.size - f.acked) for f in self.files.values())
