@@ -52,14 +52,38 @@ async def test_redelivery_is_a_no_op(pg_schema: str) -> None:
 async def test_data_error_is_isolated_and_the_rest_stored(pg_schema: str) -> None:
     """One record Postgres refuses is reported by index with the server's reason."""
     batch = records(40)
-    bad = replace(batch[23], name="nul\x00byte")
-    batch[23] = bad
+    batch[23] = replace(batch[23], input=Raw(b'{"n": 1e999999}'))  # beyond jsonb's numeric
     async with sink(pg_schema) as s:
         outcome = await s.send(batch)
     assert isinstance(outcome, PartlyRejected)
     assert list(outcome.reasons) == [23]
-    assert "0x00" in outcome.reasons[23] or "null" in outcome.reasons[23].lower()
+    assert "numeric" in outcome.reasons[23]
     assert await count(pg_schema) == 39
+
+
+async def test_nul_is_stored_as_the_replacement_character_and_counted(pg_schema: str) -> None:
+    """U+0000, which text and jsonb refuse, becomes U+FFFD in every text and jsonb
+    column (an escaped backslash before "u0000" is not a NUL and stays)."""
+    batch = records(6)
+    batch[1] = replace(batch[1], name="nul\x00byte", tags=["a\x00", "b"])
+    batch[2] = replace(batch[2], input=Raw(b'{"a": "x\\u0000y", "b": "\\\\u0000"}'))
+    batch[3] = replace(batch[3], metadata=Raw(b'{"\\u0000": 1}'), model="m\x00\x00")
+    async with sink(pg_schema) as s:
+        assert await s.send(batch[:3]) == Delivered()
+        assert await s.send_stream(_aiter(batch[3:])) == Delivered()
+        assert s.nul_replaced_total == 6
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        rows = {r["span_id"]: r for r in await conn.fetch(
+            f'SELECT span_id, name, tags, input::text, metadata::text, model '
+            f'FROM "{pg_schema}".ml_observability_spans')}
+    finally:
+        await conn.close()
+    assert len(rows) == 6
+    one, two, three = rows[batch[1].id], rows[batch[2].id], rows[batch[3].id]
+    assert one["name"] == "nul\ufffdbyte" and one["tags"] == ["a\ufffd", "b"]
+    assert two["input"] == '{"a": "x\ufffdy", "b": "\\\\u0000"}'
+    assert three["metadata"] == '{"\ufffd": 1}' and three["model"] == "m\ufffd\ufffd"
 
 
 async def test_unreachable_postgres_is_a_retry_not_a_crash(pg_schema: str) -> None:

@@ -5,10 +5,19 @@ batch that hits a unique violation (a re-delivery after a crash) takes the
 slow path: ``COPY`` into a temporary staging table, then ``INSERT ... SELECT
 ... ON CONFLICT DO NOTHING``. Either way the batch is one transaction, so a
 crash leaves it all or nothing, and the span id keeps it once.
+
+A record Postgres refuses (a data error) is found from the COPY error's
+CONTEXT, which names the failing line: that row is taken out and the scan
+goes on from it (``base.isolate_rejects``), about one more COPY per refused
+row, where halving the batch took up to ~2n COPYs. Halving stays the
+fallback for errors that name no line. A row that cannot even be built is a
+reject too, never the end of its batch; U+0000, which Postgres cannot store,
+is replaced before it gets there (``postgres_rows.py``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -18,7 +27,7 @@ import structlog
 
 from sidecar.migrate import quote_ident
 from sidecar.pg import LazyPool
-from sidecar.records import Record, SpanRecord, encode_json
+from sidecar.records import Record, SpanRecord
 from sidecar.settings import PostgresSettings, Settings, scrub
 from sidecar.sinks.base import (
     Delivered,
@@ -30,19 +39,13 @@ from sidecar.sinks.base import (
     StoredHook,
     isolate_rejects,
 )
+from sidecar.sinks.postgres_rows import COLUMNS, Row, build_row, span_row
+
+__all__ = ["COLUMNS", "TABLE", "PostgresSink", "Row", "build", "span_row"]
 
 log = structlog.get_logger("sidecar.sinks.postgres")
 
 TABLE = "ml_observability_spans"
-# Called after a commit with the agent names of the batch's spans (spans
-# without one add nothing; the hook is called even when the set is empty).
-Row = tuple[Any, ...]
-COLUMNS = (
-    "span_id", "trace_id", "parent_span_id", "name", "type", "agent_name", "agent_tier",
-    "project_name", "start_time", "end_time", "duration_ms", "status", "model", "provider",
-    "prompt_tokens", "completion_tokens", "total_tokens", "total_estimated_cost",
-    "error_info", "input", "output", "metadata", "events", "tags", "last_updated_at",
-)
 _COLS = ", ".join(COLUMNS)
 # Errors of the data itself (SQLSTATE classes 22 and 23 but unique): retrying
 # cannot help, so the record is isolated and quarantined.
@@ -51,22 +54,9 @@ _COLS = ", ".join(COLUMNS)
 # big for an index (ProgramLimitExceeded).
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
                 asyncpg.ProgramLimitExceededError, OverflowError, ValueError, TypeError)
-
-
-def span_row(span: SpanRecord, default_project: str) -> tuple[Any, ...]:
-    """The table row of a span; the free-form jsonb values are the raw JSON
-    text of the line, which the jsonb codec passes through as it came."""
-    usage = span.usage or {}
-    return (
-        span.id, span.trace_id, span.parent_span_id, span.name, span.type, span.agent_name,
-        span.agent_tier, span.project_name or default_project, span.start_time, span.end_time,
-        span.duration_ms, span.status, span.model, span.provider, usage.get("prompt_tokens"),
-        usage.get("completion_tokens"), usage.get("total_tokens"), span.total_estimated_cost,
-        None if span.error_info is None else encode_json(span.error_info),
-        span.input, span.output, span.metadata,
-        None if span.events is None else encode_json(span.events),
-        span.tags, span.last_updated_at,
-    )
+# Where a COPY failed, in the error's CONTEXT: "COPY ml_observability_spans,
+# line 1234, column input" (1-based; jsonb errors put a "JSON data" line first).
+_COPY_LINE = re.compile(r"^COPY .*, line (\d+)", re.MULTILINE)
 
 
 def build(settings: Settings, context: SinkContext) -> PostgresSink:
@@ -92,6 +82,7 @@ class PostgresSink:
         self.schema = settings.db_schema
         self._pool = LazyPool(settings, max_size=settings.pool_size)
         self._table = f"{quote_ident(self.schema)}.{TABLE}"
+        self.nul_replaced_total = 0  # U+0000 stored as U+FFFD (postgres_rows.py)
 
     async def __aenter__(self) -> PostgresSink:
         return self
@@ -105,21 +96,46 @@ class PostgresSink:
         return await self._pool.get()
 
     async def send(self, batch: Sequence[Record]) -> Outcome:
-        rows = [(i, span_row(r, self.default_project)) for i, r in enumerate(batch)
-                if isinstance(r, SpanRecord)]
-        if not rows:
-            return Delivered()
-        try:
-            pool = await self.pool()
-            rejects = await isolate_rejects([r for _, r in rows], self._attempt(pool))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
-                RuntimeError) as exc:
-            await self._reset_on_connection_error(exc)
-            return Retry(f"{type(exc).__name__}: {_safe(exc)}")
-        await self._stored(r.agent_name for r in batch if isinstance(r, SpanRecord))
-        if not rejects:
-            return Delivered()
-        return PartlyRejected({rows[i][0]: reason for i, reason in rejects.items()})
+        rows, unbuilt, nuls = self._rows(batch)
+        rejects: dict[int, str] = {}
+        if rows:
+            try:
+                pool = await self.pool()
+                refused = await isolate_rejects([r for _, r in rows], self._attempt(pool))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
+                    RuntimeError) as exc:
+                await self._reset_on_connection_error(exc)
+                return Retry(f"{type(exc).__name__}: {_safe(exc)}")
+            rejects = {rows[i][0]: reason for i, reason in refused.items()}
+            self._count_nuls(nuls)
+            await self._stored(r.agent_name for r in batch if isinstance(r, SpanRecord))
+        rejects.update(unbuilt)
+        return PartlyRejected(dict(sorted(rejects.items()))) if rejects else Delivered()
+
+    def _rows(self, batch: Sequence[Record]) -> tuple[list[tuple[int, Row]], dict[int, str], int]:
+        """The rows of the batch's spans by batch index, the spans whose row
+        could not be built (a reject each, never the batch's end), and the
+        U+0000 replaced."""
+        rows: list[tuple[int, Row]] = []
+        unbuilt: dict[int, str] = {}
+        nuls = 0
+        for i, record in enumerate(batch):
+            if not isinstance(record, SpanRecord):
+                continue
+            try:
+                row, n = build_row(record, self.default_project)
+            except Exception as exc:
+                unbuilt[i] = f"cannot build the row: {type(exc).__name__}: {_safe(exc)}"
+                continue
+            rows.append((i, row))
+            nuls += n
+        return rows, unbuilt, nuls
+
+    def _count_nuls(self, nuls: int) -> None:
+        if nuls:
+            self.nul_replaced_total += nuls
+            log.info("sink.postgres.nul_replaced", sink=self.name, characters=nuls,
+                     note="U+0000 stored as U+FFFD: PostgreSQL text and jsonb refuse it")
 
     async def send_stream(self, records: AsyncIterator[Record]) -> Outcome:
         """COPY records while the pipeline is still parsing them (one transaction).
@@ -129,12 +145,16 @@ class PostgresSink:
         the sealed batch through ``send`` instead.
         """
         agents: set[str | None] = set()
+        nuls = 0
 
         async def rows() -> AsyncIterator[Row]:
+            nonlocal nuls
             async for record in records:
                 if isinstance(record, SpanRecord):
                     agents.add(record.agent_name)
-                    yield span_row(record, self.default_project)
+                    row, n = build_row(record, self.default_project)  # raises: falls back
+                    nuls += n
+                    yield row
 
         try:
             pool = await self.pool()
@@ -142,6 +162,7 @@ class PostgresSink:
                 await self._copy(conn, rows())
         except Exception as exc:  # every failure falls back to the ordinary path
             return Retry(f"streamed COPY: {type(exc).__name__}: {_safe(exc)}")
+        self._count_nuls(nuls)
         if agents:
             await self._stored(agents)
         return Delivered()
@@ -163,7 +184,7 @@ class PostgresSink:
                 except asyncpg.UniqueViolationError:
                     await self._merge(conn, part)
                 except _DATA_ERRORS as exc:
-                    raise RejectError(_safe(exc)) from None
+                    raise _reject(exc) from None
         return attempt
 
     async def _copy(self, conn: asyncpg.Connection,
@@ -186,7 +207,7 @@ class PostgresSink:
             log.info("sink.postgres.merged", rows=len(rows),
                      note="batch overlapped stored rows (a re-delivery); duplicates skipped")
         except _DATA_ERRORS as exc:
-            raise RejectError(_safe(exc)) from None
+            raise _reject(exc) from None
 
     async def _reset_on_connection_error(self, exc: BaseException) -> None:
         if isinstance(exc, asyncpg.PostgresError) and not isinstance(
@@ -210,3 +231,11 @@ def _safe(exc: BaseException) -> str:
     """The error's first line, any password in it masked, at most 500 characters."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return scrub(text)[:500]
+
+
+def _reject(exc: BaseException) -> RejectError:
+    """A data error as a reject, naming the refused row when the COPY said
+    which (its CONTEXT's line number): the rest is sent again at once."""
+    context = getattr(exc, "context", None)
+    lines = _COPY_LINE.findall(context) if isinstance(context, str) else []
+    return RejectError(_safe(exc), int(lines[-1]) - 1 if lines else None)
