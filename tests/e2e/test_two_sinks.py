@@ -182,6 +182,9 @@ def test_sigterm_with_opik_down_exits_in_time_and_delivers_after_restart(
     assert d.wait(15) == 0
     assert time.monotonic() - t0 < 1.5 + 2.5
     assert done.exists(), "deleted before Opik had it"
+    left = d.events("app.drain.finished")[-1]["left"]
+    assert [(s["sink"], s["reason"], s["bytes"]) for s in left] == [
+        ("opik", "unreachable", done.stat().st_size)]
     emu.healthy()
     sidecar_env.daemon().wait_started()
     emu.wait_for(lambda: opik_ids(ids) <= set(emu.spans()), timeout=20, what="every span")
