@@ -35,15 +35,23 @@ class Dropped:
 def trim(fd: int, path: Path, max_bytes: int, newest: int) -> Dropped:
     """Replace ``path`` (open as ``fd``) by its newest entries within 3/4 of
     ``max_bytes``, keeping at least the last ``newest`` bytes (one entry)."""
-    size = os.fstat(fd).st_size
+    own = os.fstat(fd)  # the writer's descriptor is append-only: read through another
+    size = own.st_size
     keep = max_bytes * KEEP_FRACTION[0] // KEEP_FRACTION[1]
     if size <= keep:
         return Dropped(0, 0)
-    cut = min(_line_start_from(fd, size - keep, size), size - newest)
-    if cut <= 0:
-        return Dropped(0, 0)
-    entries = _count_lines(fd, cut)
-    _replace_with_tail(fd, path, cut, size)
+    rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(rfd)
+        if (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino):
+            return Dropped(0, 0)  # replaced meanwhile: the writer reopens first
+        cut = min(_line_start_from(rfd, size - keep, size), size - newest)
+        if cut <= 0:
+            return Dropped(0, 0)
+        entries = _count_lines(rfd, cut)
+        _replace_with_tail(rfd, path, cut, size)
+    finally:
+        os.close(rfd)
     return Dropped(entries, cut)
 
 

@@ -96,6 +96,7 @@ class SpoolReader:
             listed = spool_files(self.dir, self.patterns)
         except OSError as exc:
             self._resource_fault(exc, "scan")
+            self._faulted = False  # the next scan that goes well ends the episode
             return
         seen: set[tuple[int, int]] = set()
         for path, st in listed:
