@@ -16,8 +16,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.clock import FakeClock
+from sidecar.spool import discovery as discovery_module
 from sidecar.spool import quarantine as quarantine_module
-from sidecar.spool import tailer as tailer_module
 from sidecar.spool.checkpoints import CheckpointStore, FileMark
 from sidecar.spool.faults import FaultTracker
 from sidecar.spool.quarantine import Quarantine
@@ -123,13 +123,13 @@ async def test_a_scan_that_cannot_list_the_spool_is_an_episode_and_loses_nothing
     lines = numbered(5)
     append(spool / "a.jsonl", b"".join(lines))
     switch = Switch(code)
-    real = tailer_module.spool_files
+    real = discovery_module.spool_files
 
     def listing(*args: Any) -> Any:
         switch.check()
         return real(*args)
 
-    monkeypatch.setattr(tailer_module, "spool_files", listing)
+    monkeypatch.setattr(discovery_module, "spool_files", listing)
     with capture_logs() as logs:
         for _ in range(3):
             assert await read_all(reader) == []
@@ -166,8 +166,8 @@ async def test_a_file_that_cannot_be_opened_or_read_now_is_read_whole_later(
             reading.check()
         return real_pread(fd, n, at)
 
-    monkeypatch.setattr(tailer_module.os, "open", fake_open)
-    monkeypatch.setattr(tailer_module.os, "pread", fake_pread)
+    monkeypatch.setattr(discovery_module.os, "open", fake_open)
+    monkeypatch.setattr(discovery_module.os, "pread", fake_pread)
     with capture_logs() as logs:
         assert await read_all(reader) == []
         opening.on = False
@@ -187,7 +187,7 @@ async def test_without_a_tracker_a_resource_error_is_raised(
     """Commands (status, replay) read the spool without one: they say so and exit."""
     reader = make_reader(spool)
     switch = Switch(errno.EMFILE)
-    monkeypatch.setattr(tailer_module, "spool_files", lambda *a: switch.check())
+    monkeypatch.setattr(discovery_module, "spool_files", lambda *a: switch.check())
     with pytest.raises(OSError):
         reader.scan()
 
