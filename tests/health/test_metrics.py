@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.clock import FakeClock
 from sidecar.health.metrics import Metrics
 from sidecar.health.monitor import SelfMonitor
 from sidecar.settings import HealthSettings
+from sidecar.spool.faults import FaultTracker
+from sidecar.spool.quarantine import QuarantineStats
 from sidecar.stats import SinkStats, SpoolStats
 
 from .conftest import SinkFactory
@@ -107,3 +111,24 @@ def test_instances_use_private_registries() -> None:
     first.observe("cache", 0.1)
     assert b'op="cache"' in first.render()
     assert b'op="cache"' not in second.render()
+
+
+def test_resource_faults_and_the_quarantine_cap_are_exported() -> None:
+    clock = FakeClock()
+    faults = FaultTracker(clock)
+    for _ in range(3):
+        faults.failed("quarantine", "postgres", OSError(errno.ENOSPC, "full"), op="write")
+    faults.failed("spool", "postgres", OSError(errno.EMFILE, "limit"), op="open")
+    faults.cleared("spool", "postgres")
+    metrics = Metrics(sinks=list, spool=lambda: SpoolStats(0, 0), status=lambda: "degraded")
+    metrics.add_resources(faults.stats, lambda: [QuarantineStats("postgres", 7, 9000, 2)])
+    got = samples(metrics)
+    assert got[("span_sidecar_resource_faults_total",
+                (("errno", "ENOSPC"), ("resource", "quarantine")))] == 3
+    assert got[("span_sidecar_resource_faults_total",
+                (("errno", "EMFILE"), ("resource", "spool")))] == 1
+    active = {labels[0][1]: v for (name, labels), v in got.items()
+              if name == "span_sidecar_resource_faults_active"}
+    assert active == {"spool": 0, "quarantine": 1, "state": 0}
+    assert got[("span_sidecar_quarantine_dropped_total", (("sink", "postgres"),))] == 7
+    assert got[("span_sidecar_quarantine_held", (("sink", "postgres"),))] == 2
