@@ -280,19 +280,29 @@ class Plan:
         return sum(len(g.records) for g in self.groups)
 
 
-def _payloads(batch: Sequence[Record], project: str) -> Iterator[tuple[Endpoint, int, Payload]]:
-    explicit = {r.id for r in batch if isinstance(r, TraceRecord)}
-    ids = IdMap()
-    for index, record in enumerate(batch):
-        if isinstance(record, SpanRecord):
-            yield "spans", index, span_write(record, project, ids)
-            if record.parent_span_id is None and record.trace_id not in explicit:
-                yield "traces", index, derived_trace_write(record, project, ids)
-        elif isinstance(record, TraceRecord):
-            yield "traces", index, trace_write(record, project, ids)
-        else:
-            endpoint: Endpoint = "trace_scores" if record.target == "trace" else "span_scores"
-            yield endpoint, index, score_write(record, project, ids)
+def _payloads(record: Record, project: str, explicit: set[UUID],
+              ids: IdMap) -> list[tuple[Endpoint, Payload]]:
+    """A record's items: a span's, and its derived trace's when it has one."""
+    if isinstance(record, SpanRecord):
+        items: list[tuple[Endpoint, Payload]] = [("spans", span_write(record, project, ids))]
+        if record.parent_span_id is None and record.trace_id not in explicit:
+            items.append(("traces", derived_trace_write(record, project, ids)))
+        return items
+    if isinstance(record, TraceRecord):
+        return [("traces", trace_write(record, project, ids))]
+    endpoint: Endpoint = "trace_scores" if record.target == "trace" else "span_scores"
+    return [(endpoint, score_write(record, project, ids))]
+
+
+def _encoded(record: Record, project: str, explicit: set[UUID],
+             ids: IdMap) -> list[tuple[Endpoint, bytes]] | str:
+    """A record's encoded items, or why it has none: whatever building or
+    encoding raises makes this record a reject, never the batch's end."""
+    try:
+        return [(endpoint, _ENCODER.encode(payload))
+                for endpoint, payload in _payloads(record, project, explicit, ids)]
+    except Exception as exc:
+        return f"cannot encode for Opik: {type(exc).__name__}: {exc}"[:500]
 
 
 def plan(batch: Sequence[Record], project: str, max_items: int, max_bytes: int) -> Plan:
@@ -313,36 +323,26 @@ def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_by
     open_groups: dict[Endpoint, Group] = {}
     done: list[Group] = []
     rejects: dict[int, str] = {}
-    last = -1
-    for endpoint, index, payload in _payloads(batch, project):
-        if index != last and index % slice_records == 0 and index:
+    explicit = {r.id for r in batch if isinstance(r, TraceRecord)}
+    ids = IdMap()
+    for index, record in enumerate(batch):
+        if index % slice_records == 0 and index:
             yield None
-        last = index
-        try:
-            body = _ENCODER.encode(payload)
-        except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
-            rejects[index] = f"cannot encode for Opik: {exc}"
+        items = _encoded(record, project, explicit, ids)
+        if isinstance(items, str):  # all or nothing: none of its items go
+            rejects[index] = items
             continue
-        group = open_groups.get(endpoint)
-        overhead = _OVERHEAD[endpoint]
-        if group is not None and (len(group.records) >= max_items
-                                  or group.size + len(body) + overhead > max_bytes):
-            done.append(group)
-            group = None
-        if group is None:
-            group = open_groups[endpoint] = Group(endpoint)
-        group.add(batch[index], index, body)
+        for endpoint, body in items:
+            group = open_groups.get(endpoint)
+            if group is not None and (len(group.records) >= max_items or group.size + len(body)
+                                      + _OVERHEAD[endpoint] > max_bytes):
+                done.append(group)
+                group = None
+            if group is None:
+                group = open_groups[endpoint] = Group(endpoint)
+            group.add(record, index, body)
     done.extend(open_groups.values())
-    for index in rejects:  # a record is all or nothing: drop its other items
-        for group in done:
-            _drop(group, batch[index])
     yield Plan([g for g in done if g.records], rejects)
-
-
-def _drop(group: Group, record: Record) -> None:
-    keep = [i for i, r in enumerate(group.records) if r is not record]
-    group.records = [group.records[i] for i in keep]
-    group.indices = [group.indices[i] for i in keep]
 
 
 def envelope(endpoint: Endpoint, bodies: Sequence[bytes]) -> bytes:
