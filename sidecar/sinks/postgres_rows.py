@@ -67,12 +67,22 @@ def _text(value: str | None) -> tuple[str | None, int]:
     return value.replace(NUL, REPLACEMENT), value.count(NUL)
 
 
-def _may_hold_nul(row: Row) -> bool:
-    """The quick test: False for nearly every row (no copy, no allocation)."""
-    tags: list[str] | None = row[_TAGS]
-    return (any(row[i] is not None and NUL in row[i] for i in _TEXT)
-            or any(row[i] is not None and _ESCAPED_NUL.search(row[i]) for i in _JSONB)
-            or (tags is not None and any(NUL in t for t in tags)))
+def _may_hold_nul(span: SpanRecord, project: str, error_info: bytes | None,
+                  events: bytes | None) -> bool:
+    """The quick test, False for nearly every span (~0.5 us). A NUL in a str
+    or raw field can only come from a ``\\u0000`` escape: the parser refuses
+    a raw NUL byte."""
+    search = _ESCAPED_NUL.search
+    texts = [span.name, project, span.agent_name or "", span.model or "", span.provider or ""]
+    if span.tags:
+        texts += span.tags
+    return bool(
+        NUL in "".join(texts)
+        or (span.input is not None and search(span.input))
+        or (span.output is not None and search(span.output))
+        or (span.metadata is not None and search(span.metadata))
+        or (error_info is not None and b"\\u0000" in error_info)
+        or (events is not None and b"\\u0000" in events))
 
 
 def _replaced(row: Row) -> tuple[Row, int]:
@@ -97,17 +107,20 @@ def build_row(span: SpanRecord, default_project: str) -> tuple[Row, int]:
     jsonb codec passes through as it came (NULs aside).
     """
     usage = span.usage or {}
+    project = span.project_name or default_project
+    error_info = None if span.error_info is None else encode_json(span.error_info)
+    events = None if span.events is None else encode_json(span.events)
     row = (
         span.id, span.trace_id, span.parent_span_id, span.name, span.type, span.agent_name,
-        span.agent_tier, span.project_name or default_project, span.start_time, span.end_time,
+        span.agent_tier, project, span.start_time, span.end_time,
         duration_ms(span), span.status, span.model, span.provider, usage.get("prompt_tokens"),
         usage.get("completion_tokens"), usage.get("total_tokens"), span.total_estimated_cost,
-        None if span.error_info is None else encode_json(span.error_info),
-        span.input, span.output, span.metadata,
-        None if span.events is None else encode_json(span.events),
-        span.tags, span.last_updated_at,
+        error_info, span.input, span.output, span.metadata, events, span.tags,
+        span.last_updated_at,
     )
-    return _replaced(row) if _may_hold_nul(row) else (row, 0)
+    if _may_hold_nul(span, project, error_info, events):
+        return _replaced(row)
+    return row, 0
 
 
 def span_row(span: SpanRecord, default_project: str) -> Row:
