@@ -120,6 +120,11 @@ class LatencyWindow:
         self._current = s
         return s
 
+    def reset(self) -> None:
+        """Forget every sample (the window starts again from now)."""
+        for s in self._ring:
+            s.reset(-1)
+
     def clears_at(self, threshold_ms: float) -> float | None:
         """When no sample of ``threshold_ms`` or more is left in the window (clock
         time: the end of the newest live slice holding one), None when none is."""

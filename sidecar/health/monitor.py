@@ -9,9 +9,10 @@ Each reason of the verdict says when it clears on its own (``Finding``): an
 error rate or a latency when the window no longer holds what produced it (a
 wall time, at the latest: new failures or slow calls move it), a lag, a
 breaker or the quota when the condition ends (said in words). A sink whose
-breaker closed again after being open has recovered: its error rate is judged
-on the attempts since then, so the outage that the breaker already reported
-does not keep the verdict for a whole window (README, "Health").
+breaker closed again after being open has recovered: its error rate and its
+latencies are judged on what happened since then, so the outage that the
+breaker already reported does not keep the verdict for a whole window
+(README, "Health").
 """
 
 from __future__ import annotations
@@ -210,8 +211,9 @@ class SelfMonitor:
         total = stats.batches_shipped + stats.attempts_failed
         errors_total = max(0, stats.attempts_failed - stats.rate_limited_total)
         breaker = (stats.breaker.state, stats.breaker.opened_total)
-        if breaker[0] == "closed" and breaker != rate.breaker:
-            rate.rebase(now, total, errors_total)  # closed again after being open
+        if breaker[0] == "closed" and breaker != rate.breaker:  # closed again after open
+            rate.rebase(now, total, errors_total)
+            self._restart_latency(stats.sink)
         rate.breaker = breaker
         attempts, errors = rate.update(now, total, errors_total)
         if attempts < MIN_ATTEMPTS:
@@ -227,6 +229,14 @@ class SelfMonitor:
         for reason in self._faults() if self._faults is not None else ():
             yield Finding("degraded", f"resource fault: {reason}",
                           clears_when="when the resource is available again (retried every second)")
+
+    def _restart_latency(self, sink: str) -> None:
+        """A recovered sink's latency is judged from now: the batches that waited
+        out the outage (a flush times its retries) finish just after it and
+        would hold a p95 for a window. Prometheus's histograms keep them."""
+        for (_, of), window in self._windows.items():
+            if of == sink:
+                window.reset()
 
     def _judge_quota(self) -> Iterator[Finding]:
         quota = self._quota() if self._quota is not None else None

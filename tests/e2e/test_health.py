@@ -6,10 +6,13 @@ import json
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.opik_emulator import OpikEmulator
+from tests.ops.helpers import cli, free_port
 from tests.support import Daemon, SidecarEnv, query, span, wait_until, write_spans
 
 
@@ -113,3 +116,44 @@ def test_systemd_notify_ready_and_stopping(sidecar_env: SidecarEnv, tmp_path: Pa
         assert any(x.startswith("STATUS=shipping to postgres") for x in got)
     finally:
         sock.close()
+
+
+def test_health_reasons_are_shown_and_clear_once_the_sink_recovers(
+        sidecar_env: SidecarEnv, emu: OpikEmulator) -> None:
+    """Issue 21: Opik fails, the verdict's reasons (with when they clear) show in
+    /status, /readyz and `status`; once Opik answers and the breaker closes the
+    verdict is healthy within seconds (before: up to the 300-s window, unexplained)."""
+    sidecar_env.configure(
+        postgres={"enabled": False}, opik={"enabled": True, "url": emu.base_url},
+        http={"enabled": True, "listen": f"127.0.0.1:{free_port()}"},  # `status` asks it
+        health={"evaluate_interval_s": 0.2},
+        breaker={"failure_threshold": 3, "reset_timeout_s": 0.5},
+        retry={"initial_backoff_s": 0.05, "max_backoff_s": 0.2})
+    emu.fail(503)
+    d = sidecar_env.daemon().wait_started()
+    port = _port(d)
+    write_spans(sidecar_env.spool / "a-h-1-0.jsonl", [span(i) for i in range(20)])
+
+    def live() -> dict[str, Any]:
+        return dict(httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).json())
+
+    wait_until(lambda: any("error rate" in r["reason"] for r in live()["health_reasons"]),
+               30, "an error-rate reason")
+    status = live()
+    rate = next(r for r in status["health_reasons"] if "error rate" in r["reason"])
+    assert status["health"] == "unhealthy" and rate["reason"].startswith("opik: error rate")
+    assert rate["clears_at"].endswith("Z") and 0 < rate["clears_in_s"] <= 310
+    ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
+    assert any(n.startswith("information: health unhealthy: opik: error rate")
+               and "clears by" in n for n in ready["reasons"]), ready
+    text = cli("status", "--config", str(sidecar_env.config), cwd=sidecar_env.tmp).stdout
+    assert "  health unhealthy: opik: error rate" in text and "clears by" in text, text
+
+    emu.healthy()
+    wait_until(lambda: len(emu.spans()) == 20, 30, "the spans shipped")
+    wait_until(lambda: (s := live())["health"] == "healthy" and s["health_reasons"] == [],
+               15, "the verdict to clear")
+    ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
+    assert not any("health" in n for n in ready["reasons"]), ready
+    d.signal(signal.SIGTERM)
+    assert d.wait(15) == 0

@@ -50,8 +50,9 @@ def test_a_recovered_sink_clears_its_verdict_at_once(
     health_settings: HealthSettings, clock: FakeClock, make_sink: SinkFactory
 ) -> None:
     """The issue's case: a 20-s outage opens the breaker (5 failed of 9: 56%);
-    once the breaker closes again the verdict is healthy at the next evaluation,
-    not a window later (before: unhealthy for up to 300 s, no reason shown)."""
+    once the breaker closes again the sink's verdict clears at the next
+    evaluation, its error rate and its latencies judged from then on, not a
+    window later (before: unhealthy for up to 300 s, no reason shown)."""
     monitor = SelfMonitor(health_settings, clock)
     clock.advance(30)
     monitor.evaluate([make_sink(batches_shipped=4)])
@@ -61,12 +62,14 @@ def test_a_recovered_sink_clears_its_verdict_at_once(
     assert down.status == "unhealthy"
     assert down.reasons == ("postgres: error rate 56% >= critical 50%", "postgres: breaker open")
     assert down.findings[1].clears_when == "when a trial send succeeds and the breaker closes"
-    clock.advance(35)  # the half-open trial succeeded; the next evaluation
+    clock.advance(35)  # the half-open trial succeeded; the batch that waited it out
+    monitor.observe("batch_flush", 30.0, "postgres")  # finished just after, 30 s late
+    monitor.observe("sink_send", 3.0, "opik")  # another sink's latency is its own
     up = monitor.evaluate([make_sink(batches_shipped=5, attempts_failed=5, opened=1)])
-    assert up.status == "healthy" and up.reasons == ()
+    assert up.reasons == ("opik: sink_send: p95 latency 3000 ms >= warning 2000 ms",)
     clock.advance(5)  # failures after the recovery count again
     again = monitor.evaluate([make_sink(batches_shipped=7, attempts_failed=9, opened=1)])
-    assert again.reasons == ("postgres: error rate 67% >= critical 50%",)
+    assert again.reasons[0] == "postgres: error rate 67% >= critical 50%"
 
 
 def test_an_outage_between_two_evaluations_is_a_recovery_too(
