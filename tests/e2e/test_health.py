@@ -30,6 +30,14 @@ def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+def _closed(c: socket.socket) -> bool:
+    """True when the peer closed the connection (EOF or reset)."""
+    try:
+        return c.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+
+
 def test_health_spans_reach_postgres_with_their_metadata(sidecar_env: SidecarEnv) -> None:
     """With a short interval, span-sidecar.health rows arrive with the documented metadata."""
     sidecar_env.configure(health={"enabled": True, "interval_s": 0.3})
@@ -155,5 +163,31 @@ def test_health_reasons_are_shown_and_clear_once_the_sink_recovers(
                15, "the verdict to clear")
     ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
     assert not any("health" in n for n in ready["reasons"]), ready
+    d.signal(signal.SIGTERM)
+    assert d.wait(15) == 0
+
+
+def test_idle_http_clients_are_closed_and_healthz_keeps_answering(
+        sidecar_env: SidecarEnv) -> None:
+    """Issue 17: 200 connections that send half a request head and wait. The
+    daemon answers /healthz while they are open and closes each within its idle
+    timeout (5 s; before: an hour of keep-alive, a descriptor each)."""
+    sidecar_env.configure(http={"enabled": True, "listen": "127.0.0.1:0"})
+    d = sidecar_env.daemon().wait_started()
+    port = _port(d)
+    conns = []
+    try:
+        for _ in range(200):
+            c = socket.create_connection(("127.0.0.1", port), timeout=30)
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            conns.append(c)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        for c in conns:  # blocks until the daemon closes it (the socket timeout fails it)
+            assert _closed(c)
+        assert d.alive
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        for c in conns:
+            c.close()
     d.signal(signal.SIGTERM)
     assert d.wait(15) == 0
