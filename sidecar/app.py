@@ -7,7 +7,7 @@ watchdog), drain (on
 stop: each pipeline rescans the spool once and ships every complete line it
 holds, within ``shutdown.drain_timeout_s``; ``drain_report`` says what each
 sink was left, and the daemon's exit status follows it, see
-``sidecar/drain.py``), stop.
+``sidecar/pipeline/drain.py``), stop.
 """
 
 from __future__ import annotations
@@ -24,26 +24,26 @@ import structlog
 import sidecar.schema  # noqa: F401
 from sidecar import __version__
 from sidecar.clock import Clock, SystemClock, every
-from sidecar.drain import DrainReport
+from sidecar.config.reload import live_settings
+from sidecar.config.secrets import mask_url
+from sidecar.config.settings import Settings
 from sidecar.health import HealthReporter, Metrics, Notifier, SelfMonitor
-from sidecar.janitor import Janitor
-from sidecar.lifecycle import drain
-from sidecar.pipeline import PipelineSettings, SinkPipeline, SinkSpool
+from sidecar.health.progress import Progress
+from sidecar.pipeline.drain import DrainReport, drain
+from sidecar.pipeline.sink_pipeline import PipelineSettings, SinkPipeline, SinkSpool
 from sidecar.policies import PolicyStage
-from sidecar.progress import Progress
-from sidecar.read_side import ReadSide
-from sidecar.reload import live_settings
-from sidecar.settings import Settings, mask_url
+from sidecar.read.service import ReadSide
 from sidecar.sinks.base import Sink, SinkContext
 from sidecar.sinks.registry import build_sink, enabled_sinks
+from sidecar.snapshots import SinkStats, SpoolStats
 from sidecar.spool.checkpoints import CheckpointStore
 from sidecar.spool.faults import FaultTracker
+from sidecar.spool.janitor import Janitor
 from sidecar.spool.quarantine import Quarantine
 from sidecar.spool.quota import SpoolQuota
 from sidecar.spool.state import StateDir
 from sidecar.spool.tailer import SpoolReader
 from sidecar.spool.watcher import SpoolWatcher
-from sidecar.stats import SinkStats, SpoolStats
 
 if TYPE_CHECKING:
     from sidecar.health.http import HttpServer

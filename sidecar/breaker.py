@@ -12,8 +12,8 @@ import random
 
 import structlog
 
-from sidecar.settings import BreakerSettings
-from sidecar.stats import BreakerState, BreakerStats
+from sidecar.config.settings import BreakerSettings
+from sidecar.snapshots import BreakerState, BreakerStats
 
 log = structlog.get_logger("sidecar.breaker")
 

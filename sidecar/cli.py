@@ -22,15 +22,10 @@ import structlog
 import yaml
 
 from sidecar import __version__
-from sidecar.config_sources import example_config
-from sidecar.settings import (
-    ConfigError,
-    LoadedConfig,
-    Settings,
-    load_config,
-    redacted,
-    scrub,
-)
+from sidecar.config.loader import ConfigError, LoadedConfig, load_config
+from sidecar.config.secrets import redacted, scrub
+from sidecar.config.settings import Settings
+from sidecar.config.sources import example_config
 
 log = structlog.get_logger("sidecar.cli")
 
@@ -148,7 +143,7 @@ def _check_config(settings: Settings, args: argparse.Namespace) -> int:
     yaml.safe_dump(redacted(settings), sys.stdout, sort_keys=False)
     if not args.connect:
         return EXIT_OK
-    from sidecar.connect import check_all, render_checks
+    from sidecar.commands.check_config import check_all, render_checks
 
     results = asyncio.run(check_all(settings))
     print(render_checks(results))
@@ -190,7 +185,7 @@ def _bind_error(exc: BaseException) -> OSError | None:
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
-    from sidecar.migrate import migrate
+    from sidecar.store.migrate import migrate
 
     async def go() -> list[str]:
         pg = settings.postgres
@@ -208,7 +203,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from sidecar.status import collect, render
+    from sidecar.commands.status import collect, render
 
     report = collect(settings)
     print(json.dumps(report, indent=2) if args.json else render(report))
@@ -240,25 +235,25 @@ def _emit_dir(settings: Settings, given: Path | None, env: dict[str, str] | None
 
 
 def _stats(settings: Settings, args: argparse.Namespace) -> int:
-    from sidecar import read_cli
+    from sidecar.commands import read as read_cli
 
     return read_cli.stats(settings, args)
 
 
 def _trace(settings: Settings, args: argparse.Namespace) -> int:
-    from sidecar import read_cli
+    from sidecar.commands import read as read_cli
 
     return read_cli.trace(settings, args)
 
 
 def _retention(settings: Settings, args: argparse.Namespace) -> int:
-    from sidecar import read_cli
+    from sidecar.commands import read as read_cli
 
     return read_cli.retention(settings, args)
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
-    from sidecar.replay import replay
+    from sidecar.spool.replay import replay
 
     result: dict[str, Any] = replay(settings, args.sink)
     print(json.dumps(result) if args.json else _render_replay(result))
@@ -278,7 +273,7 @@ def _render_replay(result: dict[str, Any]) -> str:
 
 
 def _forget_sink(settings: Settings, args: argparse.Namespace) -> int:
-    from sidecar.disabled_sinks import ForgetRefused, forget_sink
+    from sidecar.spool.disabled_sinks import ForgetRefused, forget_sink
 
     try:
         gone = forget_sink(settings, args.sink)

@@ -1,7 +1,7 @@
 """``span-sidecar run``: the App under signal handling (uvicorn's shell).
 
 The first SIGTERM/SIGINT starts a drain; a second exits at once. SIGHUP
-re-reads the config file the daemon started with (``sidecar/reload.py``). The exit is
+re-reads the config file the daemon started with (``sidecar/config/reload.py``). The exit is
 bounded whatever a driver does: after a stop signal the app has
 ``shutdown.drain_timeout_s`` plus a grace period, and past that the process
 exits. That is safe at any moment: checkpoints are durable and only ever
@@ -31,10 +31,9 @@ from pathlib import Path
 import structlog
 
 from sidecar.app import App
-from sidecar.drain import EXIT_DRAIN_INCOMPLETE
-from sidecar.lifecycle import drain
-from sidecar.reload import reload_config
-from sidecar.settings import Settings
+from sidecar.config.reload import reload_config
+from sidecar.config.settings import Settings
+from sidecar.pipeline.drain import EXIT_DRAIN_INCOMPLETE, drain
 
 log = structlog.get_logger("sidecar.daemon")
 

@@ -11,7 +11,7 @@ Event names are ``component.noun.past_verb``.
 
 Secrets are never logged: tracebacks are rendered without local variables
 (JSON and console alike), and every record, structlog's and the stdlib's,
-passes last before rendering through ``sidecar.secrets.scrub_event``, which
+passes last before rendering through ``sidecar.config.secrets.scrub_event``, which
 masks the secrets ``register_secrets`` was given and anything shaped like a
 credential, in every field, the exception's text and traceback included.
 Warnings and uncaught exceptions are routed through the same handler.
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, TextIO
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
-from sidecar import secrets
-from sidecar.settings import LoggingSettings
+from sidecar.config import secrets
+from sidecar.config.settings import LoggingSettings
 
 if TYPE_CHECKING:
-    from sidecar.settings import Settings
+    from sidecar.config.settings import Settings
 
 # The handler this module installed, so that configuring again replaces it.
 _HANDLER_FLAG = "_span_sidecar_handler"

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import pytest
 from uuid6 import uuid7
 
+from sidecar.config.settings import OpikSettings
 from sidecar.records import FeedbackRecord, Rejected, SpanRecord, TraceRecord, parse_line
-from sidecar.settings import OpikSettings
 from tests.opik_emulator import OpikEmulator
 
 R = TypeVar("R", SpanRecord, TraceRecord, FeedbackRecord)

@@ -20,10 +20,10 @@ from pydantic import BaseModel
 from uuid6 import uuid7
 
 from sidecar.clock import FakeClock, yield_to_loop
-from sidecar.ids import to_v7
 from sidecar.records import Record
 from sidecar.sinks.base import Delivered, PartlyRejected, RejectError, Retry
 from sidecar.sinks.opik import PLAN_SLICE_RECORDS, OpikSink, _RetryNow, _seconds
+from sidecar.sinks.opik_ids import to_v7
 from sidecar.sinks.opik_payloads import (
     Group,
     Plan,

@@ -17,8 +17,8 @@ import pytest
 from msgspec import Raw
 from msgspec.structs import replace
 
+from sidecar.config.settings import PostgresSettings
 from sidecar.records import SpanRecord
-from sidecar.settings import PostgresSettings
 from sidecar.sinks import postgres
 from sidecar.sinks.base import Delivered, PartlyRejected, RejectError, isolate_rejects
 from sidecar.sinks.postgres import PostgresSink

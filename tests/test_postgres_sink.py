@@ -11,11 +11,11 @@ import asyncpg
 from msgspec import Raw
 from msgspec.structs import replace
 
-from sidecar.migrate import MigrationError, is_current, migrate, migrations
+from sidecar.config.settings import PostgresSettings
 from sidecar.records import SpanRecord, parse_line
-from sidecar.settings import PostgresSettings
 from sidecar.sinks.base import Delivered, PartlyRejected, Retry
 from sidecar.sinks.postgres import PostgresSink
+from sidecar.store.migrate import MigrationError, is_current, migrate, migrations
 from tests.support import PG_DSN, line, span
 
 

@@ -42,10 +42,10 @@ import structlog
 from aiohttp import web
 
 from sidecar.clock import Clock, SystemClock, every
+from sidecar.config.settings import HttpSettings, SpoolSettings
 from sidecar.health.metrics import CONTENT_TYPE
 from sidecar.health.verdict import describe
-from sidecar.settings import HttpSettings, SpoolSettings
-from sidecar.stats import SinkStats
+from sidecar.snapshots import SinkStats
 
 log = structlog.get_logger("sidecar.http")
 

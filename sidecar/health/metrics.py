@@ -31,9 +31,16 @@ from prometheus_client.registry import Collector
 from sidecar import __version__
 from sidecar.health.monitor import STATUSES
 from sidecar.health.resource_metrics import ResourceCollector
+from sidecar.snapshots import (
+    BreakerState,
+    CacheStats,
+    PolicyStats,
+    QuotaStats,
+    SinkStats,
+    SpoolStats,
+)
 from sidecar.spool.faults import FaultStats
 from sidecar.spool.quarantine import QuarantineStats
-from sidecar.stats import BreakerState, CacheStats, PolicyStats, QuotaStats, SinkStats, SpoolStats
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 PREFIX = "span_sidecar_"

@@ -28,11 +28,11 @@ from typing import Any, Protocol
 import structlog
 
 from sidecar.clock import Clock
+from sidecar.config.settings import HealthSettings
 from sidecar.health.latency import LatencySnapshot, LatencyWindow
 from sidecar.health.verdict import STATUSES, Finding, HealthStatus, Status
 from sidecar.health.verdict import check as _check
-from sidecar.settings import HealthSettings
-from sidecar.stats import QuotaStats, SinkStats
+from sidecar.snapshots import QuotaStats, SinkStats
 
 log = structlog.get_logger("sidecar.health")
 

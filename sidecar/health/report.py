@@ -22,10 +22,10 @@ import structlog
 from sidecar import __version__
 from sidecar.client.ids import new_id
 from sidecar.clock import Clock, every
+from sidecar.config.settings import HealthSettings
 from sidecar.health.latency import LatencySnapshot
 from sidecar.health.monitor import HealthStatus, OpKey, SelfMonitor, rss_bytes
-from sidecar.settings import HealthSettings
-from sidecar.stats import PolicyStats, QuotaStats, SinkStats, SpoolStats
+from sidecar.snapshots import PolicyStats, QuotaStats, SinkStats, SpoolStats
 
 log = structlog.get_logger("sidecar.health")
 

@@ -6,6 +6,6 @@ functions work on raw JSON bytes, independent of the record models.
 """
 
 from sidecar.policies.stage import SAMPLED_OUT, Policies, PolicyStage, SampledOut
-from sidecar.stats import PolicyStats
+from sidecar.snapshots import PolicyStats
 
 __all__ = ["SAMPLED_OUT", "Policies", "PolicyStage", "PolicyStats", "SampledOut"]

@@ -37,9 +37,9 @@ from typing import Any
 
 import re2
 
+from sidecar.config.settings import RedactionSettings
 from sidecar.policies.jsonscan import encode_string, rewrite
 from sidecar.policies.patterns import BUILTIN_KEYS, BUILTINS, Builtin, luhn
-from sidecar.settings import RedactionSettings
 
 Counts = dict[str, int]
 Rule = tuple[str, re.Pattern[str], Callable[[str], bool] | None]

@@ -12,8 +12,8 @@ from __future__ import annotations
 from hashlib import sha256
 from uuid import UUID
 
+from sidecar.config.settings import SamplingSettings
 from sidecar.records import FeedbackRecord, Record, SpanRecord, TraceRecord
-from sidecar.settings import SamplingSettings
 
 _SCALE = float(1 << 64)
 

@@ -21,6 +21,7 @@ import msgspec
 from msgspec import Raw
 from msgspec.structs import replace
 
+from sidecar.config.settings import Settings
 from sidecar.policies.limits import truncate_json
 from sidecar.policies.redaction import Counts, Redactor
 from sidecar.policies.sampling import Sampler
@@ -33,8 +34,7 @@ from sidecar.records import (
     TraceRecord,
     encode_json,
 )
-from sidecar.settings import Settings
-from sidecar.stats import PolicyStats
+from sidecar.snapshots import PolicyStats
 
 
 class SampledOut:

@@ -32,8 +32,8 @@ import orjson
 import structlog
 
 from sidecar.clock import Clock, SystemClock, yield_to_loop
+from sidecar.config.settings import OpikSettings, Settings
 from sidecar.records import Record, SpanRecord
-from sidecar.settings import OpikSettings, Settings
 from sidecar.sinks.base import (
     Delivered,
     Outcome,

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sidecar.settings import OpikSettings
+from sidecar.config.settings import OpikSettings
 
 MIN_GZIP_BYTES = 1024
 GZIP_LEVEL = 1

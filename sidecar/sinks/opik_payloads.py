@@ -29,7 +29,6 @@ from uuid import UUID
 import msgspec
 from msgspec import Raw, Struct
 
-from sidecar.ids import to_v7
 from sidecar.records import (
     ErrorInfo,
     FeedbackRecord,
@@ -37,6 +36,7 @@ from sidecar.records import (
     SpanRecord,
     TraceRecord,
 )
+from sidecar.sinks.opik_ids import to_v7
 
 Endpoint = Literal["spans", "traces", "trace_scores", "span_scores"]
 # endpoint -> (HTTP method, path under the base URL, key of the item list)

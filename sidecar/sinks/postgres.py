@@ -12,7 +12,7 @@ goes on from it (``base.isolate_rejects``), about one more COPY per refused
 row, where halving the batch took up to ~2n COPYs. Halving stays the
 fallback for errors that name no line. A row that cannot even be built is a
 reject too, never the end of its batch; U+0000, which Postgres cannot store,
-is replaced before it gets there (``postgres_rows.py``).
+is replaced before it gets there (``sidecar/store/table.py``).
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from typing import Any
 import asyncpg
 import structlog
 
-from sidecar.migrate import quote_ident
-from sidecar.pg import LazyPool
+from sidecar.config.secrets import scrub
+from sidecar.config.settings import PostgresSettings, Settings
 from sidecar.records import Record, SpanRecord
-from sidecar.settings import PostgresSettings, Settings, scrub
 from sidecar.sinks.base import (
     Delivered,
     Outcome,
@@ -39,13 +38,14 @@ from sidecar.sinks.base import (
     StoredHook,
     isolate_rejects,
 )
-from sidecar.sinks.postgres_rows import COLUMNS, Row, build_row, span_row
+from sidecar.store.migrate import quote_ident
+from sidecar.store.pool import LazyPool
+from sidecar.store.table import COLUMNS, TABLE, Row, build_row, span_row
 
 __all__ = ["COLUMNS", "TABLE", "PostgresSink", "Row", "build", "span_row"]
 
 log = structlog.get_logger("sidecar.sinks.postgres")
 
-TABLE = "ml_observability_spans"
 _COLS = ", ".join(COLUMNS)
 # Errors of the data itself (SQLSTATE classes 22 and 23 but unique): retrying
 # cannot help, so the record is isolated and quarantined.
@@ -82,7 +82,7 @@ class PostgresSink:
         self.schema = settings.db_schema
         self._pool = LazyPool(settings, max_size=settings.pool_size)
         self._table = f"{quote_ident(self.schema)}.{TABLE}"
-        self.nul_replaced_total = 0  # U+0000 stored as U+FFFD (postgres_rows.py)
+        self.nul_replaced_total = 0  # U+0000 stored as U+FFFD (store/table.py)
 
     async def __aenter__(self) -> PostgresSink:
         return self

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from sidecar.settings import Settings, SinkSection
+from sidecar.config.settings import Settings, SinkSection
 from sidecar.sinks.base import Sink, SinkContext
 
 Build = Callable[[Settings, SinkContext], Sink]

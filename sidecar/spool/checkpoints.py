@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import structlog
 
-from sidecar.fsutil import fsync_dir
+from sidecar.client.fsutil import fsync_dir
 from sidecar.spool.faults import is_resource_error
 from sidecar.spool.state import StateDir
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import orjson
 import structlog
 
+from sidecar.client.fsutil import fsync_dir
 from sidecar.clock import Clock
-from sidecar.fsutil import fsync_dir
 from sidecar.spool.faults import RETRY_S, is_resource_error
 from sidecar.spool.quarantine_cap import trim
 from sidecar.spool.state import StateDir

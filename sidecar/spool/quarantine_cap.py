@@ -20,7 +20,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.fsutil import fsync_dir
+from sidecar.client.fsutil import fsync_dir
 
 CHUNK = 1 << 20
 KEEP_FRACTION = (3, 4)

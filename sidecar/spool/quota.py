@@ -24,10 +24,10 @@ from pathlib import Path
 import structlog
 
 from sidecar.clock import Clock, every
-from sidecar.settings import SpoolSettings
+from sidecar.config.settings import SpoolSettings
+from sidecar.snapshots import QuotaStats
 from sidecar.spool.faults import FaultTracker, is_resource_error
 from sidecar.spool.tailer import SpoolReader, is_finished, spool_files
-from sidecar.stats import QuotaStats
 
 log = structlog.get_logger("sidecar.quota")
 

@@ -12,7 +12,7 @@ import structlog
 from watchfiles import awatch
 
 from sidecar.clock import Clock, every
-from sidecar.settings import SpoolSettings
+from sidecar.config.settings import SpoolSettings
 
 log = structlog.get_logger("sidecar.spool")
 

@@ -39,7 +39,7 @@ from tests.support import PG_DSN, line, span
 
 
 def emulator_capacity(emu: OpikEmulator, n: int) -> float:
-    from sidecar.ids import to_v7
+    from sidecar.sinks.opik_ids import to_v7
 
     items = []
     for i in range(n):

@@ -31,9 +31,9 @@ from msgspec import Raw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sidecar.migrate import migrate
 from sidecar.records import SpanRecord, parse_line
-from sidecar.sinks.postgres import COLUMNS, span_row
+from sidecar.store.migrate import migrate
+from sidecar.store.table import COLUMNS, span_row
 from tests.bench import rsyslog_peer
 from tests.support import PG_DSN, line, span
 

@@ -27,9 +27,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from sidecar.config.settings import Settings
 from sidecar.policies import PolicyStage
 from sidecar.records import Rejected, parse_line
-from sidecar.settings import Settings
 from tests.bench.bench_pipeline import drop_schema
 from tests.support import PG_DSN, Daemon, line, row_count, span, wait_until
 

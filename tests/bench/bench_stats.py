@@ -33,13 +33,13 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sidecar.clock import SystemClock
-from sidecar.migrate import migrate
-from sidecar.partitions import ensure_partitions
-from sidecar.pg import LazyPool
-from sidecar.read_side import ReadSide
+from sidecar.read.service import ReadSide
 from sidecar.records import SpanRecord, parse_line
-from sidecar.retention import Retention
 from sidecar.sinks.postgres import PostgresSink
+from sidecar.store.migrate import migrate
+from sidecar.store.partitions import ensure_partitions
+from sidecar.store.pool import LazyPool
+from sidecar.store.retention import Retention
 from tests.read.conftest import REDIS_URL, make_settings
 from tests.read.test_retention import migrate_to_0_1
 from tests.support import PG_DSN, line, span

@@ -70,7 +70,7 @@ def test_the_client_installs_alone_and_imports_nothing_of_the_daemon(tmp_path: P
         "daemon = sorted(m for m in sys.modules if m.startswith('sidecar.')\n"
         "                and not m.startswith('sidecar.client'))\n"
         "import importlib.util\n"
-        "print(heavy, daemon, importlib.util.find_spec('sidecar.settings') is None)\n"
+        "print(heavy, daemon, importlib.util.find_spec('sidecar.config') is None)\n"
     )
     # -I: isolated, so neither the repository nor PYTHONPATH can lend it a module
     out = run(python, "-I", "-c", code, cwd=tmp_path).strip()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.batching import Batcher
+from sidecar.pipeline.batching import Batcher
 from sidecar.records import SpanRecord, parse_line
 from tests.core.helpers import dumps, fake_file, fake_line, span
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.breaker import Backoff, CircuitBreaker
-from sidecar.settings import BreakerSettings
+from sidecar.config.settings import BreakerSettings
 
 SETTINGS = BreakerSettings(failure_threshold=3, reset_timeout_s=10.0, half_open_max_calls=2)
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from sidecar.drain import EXIT_DRAIN_INCOMPLETE, DrainReport, SinkLeft, SpoolSnapshot
+from sidecar.pipeline.drain import EXIT_DRAIN_INCOMPLETE, DrainReport, SinkLeft, SpoolSnapshot
 from sidecar.records import Record
 from sidecar.sinks.base import Delivered, Outcome, Retry
 from sidecar.spool.tailer import Line

@@ -18,9 +18,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.clock import FakeClock, yield_to_loop
-from sidecar.pipeline import YIELD_EVERY_BATCHED, PipelineSettings, SinkPipeline, SinkSpool
+from sidecar.config.settings import BatchSettings, BreakerSettings, RetrySettings
+from sidecar.pipeline.sink_pipeline import (
+    YIELD_EVERY_BATCHED,
+    PipelineSettings,
+    SinkPipeline,
+    SinkSpool,
+)
 from sidecar.records import Record, SpanRecord
-from sidecar.settings import BatchSettings, BreakerSettings, RetrySettings
 from sidecar.sinks.base import Delivered, Outcome, PartlyRejected, Retry
 from sidecar.spool.checkpoints import CheckpointStore
 from sidecar.spool.quarantine import Quarantine
@@ -219,7 +224,7 @@ async def test_a_429_moves_the_backpressure_counter_not_the_failure_counter(
     from prometheus_client.parser import text_string_to_metric_families
 
     from sidecar.health.metrics import Metrics
-    from sidecar.stats import SpoolStats
+    from sidecar.snapshots import SpoolStats
 
     sink = FakeSink(Retry("429", after_s=1.0, failure=False), Retry("503"),
                     Retry("429", after_s=1.0, failure=False))

@@ -7,17 +7,17 @@ import json
 import uuid
 from pathlib import Path
 
-from sidecar.pipeline import MAX_AGENT_LABELS, OTHER_AGENTS, PipelineSettings
-from sidecar.policies import PolicyStage
-from sidecar.policies.sampling import trace_point
-from sidecar.records import SpanRecord
-from sidecar.settings import (
+from sidecar.config.settings import (
     BatchSettings,
     BreakerSettings,
     RetrySettings,
     SamplingSettings,
     Settings,
 )
+from sidecar.pipeline.sink_pipeline import MAX_AGENT_LABELS, OTHER_AGENTS, PipelineSettings
+from sidecar.policies import PolicyStage
+from sidecar.policies.sampling import trace_point
+from sidecar.records import SpanRecord
 from tests.core.helpers import span
 from tests.core.test_pipeline import FakeSink, Harness, StreamingFakeSink
 

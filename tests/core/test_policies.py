@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.config.settings import RedactionPattern, RedactionSettings, SamplingSettings, Settings
 from sidecar.policies import SAMPLED_OUT, PolicyStage
 from sidecar.policies.limits import truncate_json
 from sidecar.policies.redaction import Redactor, luhn
 from sidecar.policies.sampling import Sampler, trace_point
 from sidecar.records import ErrorInfo, Event, SpanRecord, TraceRecord, encode_json, parse_line
-from sidecar.settings import RedactionPattern, RedactionSettings, SamplingSettings, Settings
 from tests.core.secrets_corpus import LABELLED, NON_SECRETS, OPIK_KEY, SECRETS
 from tests.support import span
 

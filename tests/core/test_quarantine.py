@@ -8,9 +8,9 @@ import orjson
 from structlog.testing import capture_logs
 
 from sidecar.clock import SystemClock
-from sidecar.replay import replay
-from sidecar.settings import Settings
+from sidecar.config.settings import Settings
 from sidecar.spool.quarantine import MAX_RAW_BYTES, Quarantine, raw_of
+from sidecar.spool.replay import replay
 from sidecar.spool.state import StateDir
 from tests.core.helpers import append, span
 
@@ -63,7 +63,7 @@ def test_entries_are_appended_across_restarts(tmp_path: Path) -> None:
 def test_an_entry_after_the_file_was_taken_away_goes_to_a_new_file(tmp_path: Path) -> None:
     """replay-quarantine renames the file under the writer's lock: the next entry
     lands in a fresh file at the same path, never in the taken one."""
-    from sidecar.replay import _take
+    from sidecar.spool.replay import _take
 
     q = Quarantine(StateDir(tmp_path), "postgres", SystemClock())
     q.put(b"first", "src", 0, "bad")
@@ -77,8 +77,8 @@ def test_an_entry_after_the_file_was_taken_away_goes_to_a_new_file(tmp_path: Pat
 
 def test_replay_finishes_a_file_an_interrupted_replay_left(tmp_path: Path) -> None:
     """A taken quarantine file that a crashed replay never finished is replayed next time."""
-    from sidecar.replay import _take, replay_sink
-    from sidecar.settings import Settings
+    from sidecar.config.settings import Settings
+    from sidecar.spool.replay import _take, replay_sink
 
     settings = Settings.model_validate(
         {"spool": {"dir": str(tmp_path / "spool"), "state_dir": str(tmp_path)}})

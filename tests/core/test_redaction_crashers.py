@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from sidecar.config.settings import Settings
 from sidecar.policies import PolicyStage, SampledOut
 from sidecar.records import Record, Rejected, SpanRecord, encode_json, parse_line
-from sidecar.settings import Settings
 from tests.core.crashers import crashers
 from tests.core.helpers import span
 from tests.core.test_pipeline import FakeSink, Harness, ids

@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
+from sidecar.config.settings import RedactionPattern, RedactionSettings, Settings
 from sidecar.policies import PolicyStage
 from sidecar.policies.redaction import MAX_NESTING, Redactor
 from sidecar.records import FeedbackRecord, SpanRecord, encode_json, parse_line
-from sidecar.settings import RedactionPattern, RedactionSettings, Settings
 from tests.support import span
 
 R = "[REDACTED]"

@@ -21,6 +21,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar.config.settings import Settings
 from sidecar.policies import PolicyStage
 from sidecar.records import (
     FeedbackRecord,
@@ -30,7 +31,6 @@ from sidecar.records import (
     encode_json,
     parse_line,
 )
-from sidecar.settings import Settings
 
 # (text planted, the part that must not survive). Each is a secret whatever
 # its neighbours, as long as a space separates them.
@@ -240,8 +240,8 @@ def test_what_the_gate_skips_holds_nothing_to_mask(tree: Any, texts: list[str],
                                                    rate: float) -> None:
     """For any JSON text (secrets, key names in any case, JSON held in strings, any
     escaping): when the raw gate says "nothing here", the full walk masks nothing."""
+    from sidecar.config.settings import RedactionPattern, RedactionSettings
     from sidecar.policies.redaction import Redactor
-    from sidecar.settings import RedactionPattern, RedactionSettings
 
     patterns = (RedactionPattern(name="t", regex=r"^x?TCK-\d+$"),
                 RedactionPattern(name="u", regex=r"tck-\d")) if user else ()

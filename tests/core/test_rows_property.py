@@ -21,13 +21,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from sidecar.config.settings import PostgresSettings
 from sidecar.records import Record, Rejected, SpanRecord, parse_line
-from sidecar.settings import PostgresSettings
-from sidecar.sinks import opik_payloads, postgres_rows
+from sidecar.sinks import opik_payloads
 from sidecar.sinks.base import Delivered, PartlyRejected
 from sidecar.sinks.opik_payloads import plan
 from sidecar.sinks.postgres import PostgresSink
-from sidecar.sinks.postgres_rows import build_row, duration_ms
+from sidecar.store import table
+from sidecar.store.table import build_row, duration_ms
 from tests.core.test_records import FEEDBACK, SPANS, TRACES
 from tests.support import PG_DSN
 
@@ -172,7 +173,7 @@ async def test_a_row_that_cannot_be_built_is_a_reject_the_rest_ships(
         pg_schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
     batch: list[Record] = [_span() for _ in range(5)]
     poisoned = batch[2].id
-    real = postgres_rows.build_row
+    real = table.build_row
 
     def build(span: SpanRecord, project: str) -> Any:
         if span.id == poisoned:

@@ -10,17 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar import secrets
-from sidecar import settings as settings_module
-from sidecar.settings import (
-    ConfigError,
-    Settings,
-    expand,
-    load_settings,
-    mask_url,
-    redacted,
-    scrub,
-)
+from sidecar.config import loader as loader_module
+from sidecar.config import secrets
+from sidecar.config.loader import ConfigError, expand, load_settings
+from sidecar.config.secrets import mask_url, redacted, scrub
+from sidecar.config.settings import Settings
 
 
 def config(tmp_path: Path, text: str) -> Path:
@@ -302,7 +296,7 @@ def test_keys_not_implemented_yet_are_refused_with_their_line(
     """Accepting them would be worse than refusing: a redaction key that did nothing
     would look like masking. (Every key of the contract is built today, so the test
     declares two that are not.)"""
-    monkeypatch.setattr(settings_module, "NOT_IMPLEMENTED", {
+    monkeypatch.setattr(loader_module, "NOT_IMPLEMENTED", {
         ("export",): "an exporter", ("spans", "sampler"): "a sampler"})
     path = config(tmp_path, """
         spans:

@@ -19,8 +19,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from sidecar.config.loader import load_settings
 from sidecar.health.http import parse_listen
-from sidecar.settings import load_settings
 
 from .tools import DEPLOY, REPO, tool
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from sidecar import config_reference
-from sidecar.settings import Settings
+from sidecar.config import reference as config_reference
+from sidecar.config.settings import Settings
 
 from .tools import REPO
 

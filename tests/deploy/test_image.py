@@ -104,7 +104,7 @@ def test_constraints_pin_exactly_the_runtime_dependencies() -> None:
 
 def test_the_image_config_listens_where_the_image_says() -> None:
     """The config the image ships, with the image's environment: 0.0.0.0:9477."""
-    from sidecar.settings import load_settings
+    from sidecar.config.loader import load_settings
 
     env: dict[str, str] = {}
     for value in values(stages()[-1], "ENV"):

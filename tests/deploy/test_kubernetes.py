@@ -18,8 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from sidecar.config.loader import load_config, load_settings
+from sidecar.config.settings import Settings
 from sidecar.health.http import parse_listen
-from sidecar.settings import Settings, load_config, load_settings
 
 from .tools import DEPLOY, tool
 

@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from sidecar.settings import Settings
+from sidecar.config.settings import Settings
 
 from .tools import DEPLOY, REPO, SPOOL_MODE, tool
 

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.ids import to_v7
 from sidecar.policies.sampling import trace_point
+from sidecar.sinks.opik_ids import to_v7
 from tests.core.secrets_corpus import NON_SECRETS, OPIK_KEY, SECRETS
 from tests.opik_emulator import OpikEmulator
 from tests.support import (

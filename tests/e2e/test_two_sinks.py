@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.ids import to_v7
+from sidecar.sinks.opik_ids import to_v7
 from tests.opik_emulator import OpikEmulator
 from tests.support import REPO, Daemon, SidecarEnv, span, wait_until, write_spans
 from tests.tcp_proxy import TcpProxy
@@ -222,7 +222,7 @@ def test_the_daemon_never_imports_the_opik_package(tmp_path: Path, emu: OpikEmul
 import asyncio, sys
 from pathlib import Path
 from sidecar.app import App
-from sidecar.settings import Settings
+from sidecar.config.settings import Settings
 s = Settings.model_validate({{
     "spool": {{"dir": "{tmp_path}/spool", "state_dir": "{tmp_path}/state"}},
     "postgres": {{"dsn": "postgresql://postgres@127.0.0.1/test", "schema": "{pg_schema}"}},

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from sidecar.clock import FakeClock
-from sidecar.settings import HealthSettings, HealthThresholds
-from sidecar.stats import BreakerStats, SinkStats
+from sidecar.config.settings import HealthSettings, HealthThresholds
+from sidecar.snapshots import BreakerStats, SinkStats
 
 SinkFactory = Callable[..., SinkStats]
 

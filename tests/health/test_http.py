@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 
 from sidecar.clock import FakeClock
+from sidecar.config.settings import HttpSettings, SpoolSettings
 from sidecar.health.http import HttpServer, readiness_check
 from sidecar.health.metrics import Metrics
-from sidecar.settings import HttpSettings, SpoolSettings
-from sidecar.stats import SpoolStats
+from sidecar.snapshots import SpoolStats
 
 from .conftest import SinkFactory
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import aiohttp
 
+from sidecar.config.settings import HttpSettings
 from sidecar.health.http import IDLE_TIMEOUT_S, HttpServer
-from sidecar.settings import HttpSettings
 
 LOOPBACK = HttpSettings(listen="127.0.0.1:0")
 PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "

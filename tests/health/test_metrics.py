@@ -7,12 +7,12 @@ import errno
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.clock import FakeClock
+from sidecar.config.settings import HealthSettings
 from sidecar.health.metrics import Metrics
 from sidecar.health.monitor import SelfMonitor
-from sidecar.settings import HealthSettings
+from sidecar.snapshots import SinkStats, SpoolStats
 from sidecar.spool.faults import FaultTracker
 from sidecar.spool.quarantine import QuarantineStats
-from sidecar.stats import SinkStats, SpoolStats
 
 from .conftest import SinkFactory
 

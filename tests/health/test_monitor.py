@@ -6,8 +6,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.clock import FakeClock
+from sidecar.config.settings import HealthSettings
 from sidecar.health.monitor import MAX_OPERATIONS, SelfMonitor, rss_bytes
-from sidecar.settings import HealthSettings
 
 from .conftest import SinkFactory
 

@@ -11,11 +11,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.clock import FakeClock
+from sidecar.config.settings import HealthSettings
 from sidecar.health.monitor import SelfMonitor
 from sidecar.health.report import HealthReporter
 from sidecar.records import SpanRecord, parse_line
-from sidecar.settings import HealthSettings
-from sidecar.stats import SinkStats, SpoolStats
+from sidecar.snapshots import SinkStats, SpoolStats
 from tests.clocking import drive
 
 from .conftest import SinkFactory

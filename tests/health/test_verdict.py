@@ -9,11 +9,11 @@ from typing import Any
 import aiohttp
 
 from sidecar.clock import FakeClock
+from sidecar.commands.status import render
+from sidecar.config.settings import HealthSettings, HttpSettings, SpoolSettings
 from sidecar.health.http import HttpServer, readiness_check
 from sidecar.health.monitor import SelfMonitor
 from sidecar.health.verdict import describe
-from sidecar.settings import HealthSettings, HttpSettings, SpoolSettings
-from sidecar.status import render
 
 from .conftest import SinkFactory
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from sidecar import __version__
-from sidecar.config_sources import example_config
+from sidecar.config.sources import example_config
 from tests.opik_emulator import OpikEmulator
 from tests.ops.helpers import cli, free_port
 from tests.support import PG_DSN, SidecarEnv

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config_sources import OPIK_CLOUD_URL, example_config, locate
-from sidecar.settings import ConfigError, load_config, load_settings
+from sidecar.config.loader import ConfigError, load_config, load_settings
+from sidecar.config.sources import OPIK_CLOUD_URL, example_config, locate
 
 
 def write(path: Path, text: str) -> Path:
@@ -132,7 +132,7 @@ def test_the_sdks_tls_variable_switches_verification_off(tmp_path: Path) -> None
 def test_the_redis_variable_waits_for_a_redis_section(tmp_path: Path) -> None:
     """Until the statistics cache lands, ``redis.*`` is refused; the variable
     alone must not make every config invalid."""
-    from sidecar.settings import Settings
+    from sidecar.config.settings import Settings
 
     s = load_settings(write(tmp_path / "e.yaml", ""), {"SIDECAR_REDIS_URL": "redis://r:6379/1"})
     if "redis" in Settings.model_fields:  # pragma: no cover - once the section exists

@@ -17,10 +17,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.clock import FakeClock
-from sidecar.disabled_sinks import disabled_file, forget
-from sidecar.janitor import Janitor
-from sidecar.settings import SpoolSettings
+from sidecar.config.settings import SpoolSettings
 from sidecar.spool.checkpoints import CheckpointStore, FileMark
+from sidecar.spool.disabled_sinks import disabled_file, forget
+from sidecar.spool.janitor import Janitor
 from sidecar.spool.state import StateDir
 from sidecar.spool.tailer import FilePosition
 from tests.ops.helpers import cli

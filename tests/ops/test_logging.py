@@ -10,9 +10,9 @@ import orjson
 import pytest
 import structlog
 
-from sidecar import secrets
+from sidecar.config import secrets
+from sidecar.config.settings import LoggingSettings
 from sidecar.logging import configure
-from sidecar.settings import LoggingSettings
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sidecar.settings import OpikSettings
+from sidecar.config.settings import OpikSettings
 from sidecar.sinks.base import Delivered, Retry
 from sidecar.sinks.opik import OpikSink
 from sidecar.sinks.opik_http import MIN_GZIP_BYTES, Compressor, is_loopback, tls_verify

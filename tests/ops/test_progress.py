@@ -8,8 +8,8 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from sidecar.clock import FakeClock
-from sidecar.progress import BEHIND_AFTER_S, LOG_EVERY_S, Progress
-from sidecar.stats import BreakerStats, SinkStats
+from sidecar.health.progress import BEHIND_AFTER_S, LOG_EVERY_S, Progress
+from sidecar.snapshots import BreakerStats, SinkStats
 from tests.clocking import drive
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from sidecar.status import SAMPLE_BYTES, count_lines, human_bytes, human_duration
+from sidecar.commands.status import SAMPLE_BYTES, count_lines, human_bytes, human_duration
 from tests.opik_emulator import OpikEmulator
 from tests.ops.helpers import cli, free_port
 from tests.support import SidecarEnv, span, wait_until, write_spans

@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.migrate import migrate
-from sidecar.settings import Settings
+from sidecar.config.settings import Settings
+from sidecar.store.migrate import migrate
 from tests.support import PG_DSN
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

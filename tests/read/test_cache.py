@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.cache import MetricsCache
 from sidecar.clock import FakeClock
+from sidecar.config.settings import Settings
 from sidecar.health.metrics import Metrics
-from sidecar.read_side import ReadSide
+from sidecar.read.cache import MetricsCache
+from sidecar.read.service import ReadSide
 from sidecar.records import SpanRecord, parse_line
-from sidecar.settings import Settings
 from sidecar.sinks.base import Delivered
 from sidecar.sinks.postgres import PostgresSink
-from sidecar.stats import SpoolStats
+from sidecar.snapshots import SpoolStats
 from tests.read.conftest import REDIS_URL, RedisServer, connect, make_settings, seed
 from tests.support import line, span
 

@@ -21,8 +21,8 @@ from structlog.testing import capture_logs
 from sidecar.app import App
 from sidecar.clock import FakeClock
 from sidecar.health import report
-from sidecar.read_side import ReadSide
-from sidecar.repository import HEALTH_AGENT, HEALTH_SPAN
+from sidecar.read.repository import HEALTH_AGENT, HEALTH_SPAN
+from sidecar.read.service import ReadSide
 from tests.read.conftest import REDIS_URL, connect, make_settings, seed
 from tests.read.test_read_commands import now_span, until
 from tests.support import PG_DSN, REPO, write_spans

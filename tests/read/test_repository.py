@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 from msgspec.structs import replace
 
-from sidecar.pg import init_connection
+from sidecar.read.repository import SpanRepository, parse_window, tree_order
 from sidecar.records import SpanRecord, parse_line
-from sidecar.repository import SpanRepository, parse_window, tree_order
+from sidecar.store.pool import init_connection
 from tests.read.conftest import connect, seed
 from tests.support import PG_DSN, line, span
 
@@ -151,7 +151,7 @@ def test_tree_order_survives_a_cycle_of_parents() -> None:
     a, b = record(), record()
     a = replace(a, parent_span_id=b.id)
     b = replace(b, parent_span_id=a.id)
-    from sidecar.repository import StoredSpan, TokenUsage
+    from sidecar.read.repository import StoredSpan, TokenUsage
 
     def stored(r: SpanRecord) -> StoredSpan:
         return StoredSpan(span_id=r.id, trace_id=r.trace_id, parent_span_id=r.parent_span_id,

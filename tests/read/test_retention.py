@@ -8,11 +8,11 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 
 from sidecar.clock import FakeClock
-from sidecar.migrate import TABLE as MIGRATIONS
-from sidecar.migrate import migrate, migrations, quote_ident
-from sidecar.partitions import day_partitions, lock_key, partition_name
-from sidecar.pg import LazyPool
-from sidecar.retention import Retention
+from sidecar.store.migrate import TABLE as MIGRATIONS
+from sidecar.store.migrate import migrate, migrations, quote_ident
+from sidecar.store.partitions import day_partitions, lock_key, partition_name
+from sidecar.store.pool import LazyPool
+from sidecar.store.retention import Retention
 from tests.read.conftest import connect, make_settings, seed
 from tests.support import PG_DSN
 
@@ -70,7 +70,7 @@ async def test_partitions_are_created_ahead_and_old_ones_dropped(pg_schema: str)
 
 
 async def ret_days(conn: asyncpg.Connection, schema: str, day: date) -> None:
-    from sidecar.partitions import _create_day
+    from sidecar.store.partitions import _create_day
 
     await _create_day(conn, schema, day)
 

@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from sidecar.cache import ALL_AGENTS, agent_key
 from sidecar.clock import SystemClock
+from sidecar.config.settings import HttpSettings
 from sidecar.health.http import HttpServer
-from sidecar.read_side import ReadSide
-from sidecar.settings import HttpSettings
+from sidecar.read.cache import ALL_AGENTS, agent_key
+from sidecar.read.service import ReadSide
 from tests.read.conftest import REDIS_URL, connect, make_settings, seed
 from tests.support import PG_DSN, REPO
 

@@ -31,9 +31,10 @@ from redis.backoff import NoBackoff
 
 from sidecar.breaker import CircuitBreaker
 from sidecar.clock import Clock
-from sidecar.repository import HEALTH_AGENT, parse_window
-from sidecar.settings import BreakerSettings, CacheSettings, RedisSettings, mask_url
-from sidecar.stats import CacheStats
+from sidecar.config.secrets import mask_url
+from sidecar.config.settings import BreakerSettings, CacheSettings, RedisSettings
+from sidecar.read.repository import HEALTH_AGENT, parse_window
+from sidecar.snapshots import CacheStats
 
 log = structlog.get_logger("sidecar.cache")
 

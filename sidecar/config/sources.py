@@ -13,7 +13,7 @@ unset, as ``${VAR:-default}`` does. With an Opik API key and no Opik URL
 anywhere, the URL is Opik Cloud's, as in the Opik SDK.
 
 Everything here works on plain data (the YAML tree before validation), so
-that ``settings.py`` can use it without an import cycle.
+that the models in ``settings.py`` know nothing of it (``loader.py`` joins them).
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ import orjson
 import structlog
 from msgspec import Raw
 
-from sidecar.migrate import is_current, migrate
-from sidecar.settings import PostgresSettings
+from sidecar.config.settings import PostgresSettings
+from sidecar.store.migrate import is_current, migrate
 
 log = structlog.get_logger("sidecar.pg")
 

@@ -30,7 +30,7 @@ import orjson
 import structlog
 
 from sidecar.clock import Clock
-from sidecar.settings import Settings, SpoolSettings
+from sidecar.config.settings import Settings, SpoolSettings
 from sidecar.sinks.registry import enabled_sinks, sink_sections
 from sidecar.spool.checkpoints import FileMark, read_marks
 from sidecar.spool.state import StateDir

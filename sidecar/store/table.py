@@ -1,4 +1,7 @@
-"""A span as a row of ``ml_observability_spans``, and what Postgres cannot store.
+"""The spans table: its name, its columns, a span as a row, and what Postgres cannot store.
+
+The sink writes these rows; the read side, partitions and retention learn the
+table from here, never from the sink.
 
 PostgreSQL's text and jsonb refuse U+0000 (text: "invalid byte sequence";
 jsonb: "\\u0000 cannot be converted to text"), while JSON, the spool format
@@ -23,6 +26,7 @@ from msgspec import Raw
 
 from sidecar.records import SpanRecord, encode_json
 
+TABLE = "ml_observability_spans"
 Row = tuple[Any, ...]
 COLUMNS = (
     "span_id", "trace_id", "parent_span_id", "name", "type", "agent_name", "agent_tier",

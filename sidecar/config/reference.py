@@ -1,7 +1,7 @@
 """The configuration reference, generated from the settings models.
 
-``python -m sidecar.config_reference > docs/configuration.md`` writes every
-key of ``sidecar.settings.Settings`` with its type, default, limits and the
+``python -m sidecar.config.reference > docs/configuration.md`` writes every
+key of ``sidecar.config.settings.Settings`` with its type, default, limits and the
 comment written beside it in the code, so the reference cannot drift from
 what the daemon accepts (a test regenerates it and compares).
 """
@@ -22,13 +22,13 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from sidecar.settings import Settings
+from sidecar.config.settings import Settings
 
-COMMAND = "python -m sidecar.config_reference > docs/configuration.md"
+COMMAND = "python -m sidecar.config.reference > docs/configuration.md"
 INTRO = f"""\
 # Configuration reference
 
-Generated from the settings models (`sidecar/settings.py`) by
+Generated from the settings models (`sidecar/config/settings.py`) by
 `{COMMAND}`; edit the models and their comments, not this file.
 
 The configuration is one YAML file (`span-sidecar run --config FILE`). Every

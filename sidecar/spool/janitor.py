@@ -5,7 +5,7 @@ writer died) that every sink acknowledged to their end are deleted, or moved
 to ``spool.archive_dir``. Nothing another sink still needs is touched, and
 that includes a sink that is disabled now but left a checkpoint: its backlog
 is held for ``spool.disabled_sink_keep_s`` or until ``forget-sink``
-(``sidecar.disabled_sinks``). The janitor reads the readers' snapshots
+(``sidecar.spool.disabled_sinks``). The janitor reads the readers' snapshots
 (``positions``) and the disabled sinks' checkpoints, never the readers' insides.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import structlog
 
 from sidecar.clock import Clock, every
-from sidecar.disabled_sinks import DisabledSinks, covers
-from sidecar.settings import SpoolSettings
+from sidecar.config.settings import SpoolSettings
+from sidecar.spool.disabled_sinks import DisabledSinks, covers
 from sidecar.spool.tailer import FilePosition
 
 log = structlog.get_logger("sidecar.janitor")

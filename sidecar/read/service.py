@@ -13,13 +13,13 @@ import logging
 from types import TracebackType
 from typing import Any
 
-from sidecar.cache import MetricsCache, Observe
 from sidecar.clock import Clock
-from sidecar.pg import LazyPool
-from sidecar.retention import Retention
-from sidecar.settings import Settings
-from sidecar.stats import CacheStats
-from sidecar.stats_view import StatsService
+from sidecar.config.settings import Settings
+from sidecar.read.cache import MetricsCache, Observe
+from sidecar.read.stats import StatsService
+from sidecar.snapshots import CacheStats
+from sidecar.store.pool import LazyPool
+from sidecar.store.retention import Retention
 
 
 class ReadSide:

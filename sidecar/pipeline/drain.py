@@ -14,11 +14,15 @@ reads, but are never waited for), ships them, and reports what it could not:
 - a drain cut short by ``shutdown.drain_timeout_s`` reports what each sink
   was left, and the process exits with ``EXIT_DRAIN_INCOMPLETE`` so that the
   platform sees it (the contract's "exit non-zero").
+
+``drain()`` is the bounded wait for tasks at a stop, shared by the app and
+the daemon shell.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -145,3 +149,21 @@ class DrainReport:
         return {"drained": self.drained, "exit_code": self.exit_code,
                 "seconds": round(self.seconds, 3),
                 "left": [s.fields() for s in self.sinks if s.reason is not None]}
+
+
+async def drain(tasks: Collection[asyncio.Task[Any]], timeout_s: float,
+                grace_s: float = 0.0) -> bool:
+    """Wait up to ``timeout_s`` for ``tasks`` to finish; True when they all did.
+
+    The ones still running are cancelled and given ``grace_s`` more to
+    unwind. That wait is bounded too: a task stuck in a driver's cleanup is
+    left behind (the process exit tears it down).
+    """
+    if not tasks:
+        return True
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    if pending and grace_s > 0:
+        await asyncio.wait(pending, timeout=grace_s)
+    return not pending

@@ -21,10 +21,10 @@ from typing import Any
 
 import orjson
 
+from sidecar.client.fsutil import fsync_dir
 from sidecar.clock import SystemClock
-from sidecar.fsutil import fsync_dir
+from sidecar.config.settings import Settings
 from sidecar.records import Rejected, parse_line
-from sidecar.settings import Settings
 from sidecar.spool.quarantine import Quarantine, raw_of
 from sidecar.spool.state import StateDir
 

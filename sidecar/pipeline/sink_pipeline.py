@@ -18,19 +18,19 @@ from typing import Any
 
 import structlog
 
-from sidecar.batching import Batch, Batcher
 from sidecar.breaker import Backoff, CircuitBreaker
 from sidecar.clock import Clock, yield_to_loop
-from sidecar.drain import SinkLeft, SpoolSnapshot
+from sidecar.config.settings import BatchSettings, BreakerSettings, RetrySettings
+from sidecar.pipeline.batching import Batch, Batcher
+from sidecar.pipeline.drain import SinkLeft, SpoolSnapshot
 from sidecar.policies import PolicyStage, SampledOut
 from sidecar.records import Record, Rejected, SpanRecord, parse_line
-from sidecar.settings import BatchSettings, BreakerSettings, RetrySettings
 from sidecar.sinks.base import Delivered, Outcome, PartlyRejected, Retry, Sink, StreamingSink
+from sidecar.snapshots import SinkStats
 from sidecar.spool.checkpoints import CheckpointStore
 from sidecar.spool.quarantine import Quarantine
 from sidecar.spool.state import StateDir
 from sidecar.spool.tailer import Line, SpoolReader
-from sidecar.stats import SinkStats
 
 log = structlog.get_logger("sidecar.pipeline")
 
@@ -97,7 +97,7 @@ class SinkPipeline:
         self.bytes_total = 0  # of shipped lines: the catch-up rate in bytes (progress.py)
         self.sampled_out: dict[str, int] = {}
         self._recorded_state = ""
-        # The drain (sidecar/drain.py): the spool at the stop, and why this
+        # The drain (sidecar/pipeline/drain.py): the spool at the stop, and why this
         # sink was skipped (unreachable) if it was.
         self._stop = asyncio.Event()
         self.snapshot: SpoolSnapshot | None = None

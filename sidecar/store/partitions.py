@@ -21,8 +21,8 @@ from datetime import UTC, date, datetime, time, timedelta
 import asyncpg
 import structlog
 
-from sidecar.migrate import quote_ident
-from sidecar.sinks.postgres import TABLE
+from sidecar.store.migrate import quote_ident
+from sidecar.store.table import TABLE
 
 log = structlog.get_logger("sidecar.partitions")
 

@@ -5,7 +5,7 @@ Like Filebeat's ``test output``: Postgres (connect and ``SELECT 1``), Opik
 (``PING``, only when the config has a Redis URL). Disabled sinks are skipped.
 Targets are shown with their credentials masked (``mask_url``: userinfo
 password, secret-named query parameters) and errors pass through the one
-scrub of ``sidecar.secrets`` (the configured secrets registered at start,
+scrub of ``sidecar.config.secrets`` (the configured secrets registered at start,
 and anything shaped like a credential) before they are shown.
 """
 
@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.settings import Settings, mask_url, scrub
+from sidecar.config.secrets import mask_url, scrub
+from sidecar.config.settings import Settings
 
 TIMEOUT_S = 5.0
 

@@ -16,9 +16,9 @@ import asyncpg
 import structlog
 
 from sidecar.clock import Clock
-from sidecar.partitions import Expiry, ensure_partitions, expire, is_partitioned, lock_key
-from sidecar.pg import LazyPool
-from sidecar.settings import PostgresSettings, RetentionSettings
+from sidecar.config.settings import PostgresSettings, RetentionSettings
+from sidecar.store.partitions import Expiry, ensure_partitions, expire, is_partitioned, lock_key
+from sidecar.store.pool import LazyPool
 
 log = structlog.get_logger("sidecar.retention")
 # A pass that failed (Postgres down) is tried again this soon, not an interval later.

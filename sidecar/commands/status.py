@@ -19,7 +19,7 @@ more precisely and its figure is shown when it runs).
 
 A sink that is disabled now but left a checkpoint gets a row too: what it
 never received, and how long the janitor keeps those files for it
-(``sidecar.disabled_sinks``). With the daemon running, the health verdict's
+(``sidecar.spool.disabled_sinks``). With the daemon running, the health verdict's
 reasons are listed under it, each with when it clears.
 """
 
@@ -33,10 +33,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sidecar.disabled_sinks import first_seen, with_checkpoint
-from sidecar.settings import Settings
+from sidecar.config.settings import Settings
 from sidecar.sinks.registry import enabled_sinks
 from sidecar.spool.checkpoints import FileMark, read_marks
+from sidecar.spool.disabled_sinks import first_seen, with_checkpoint
 from sidecar.spool.state import StateDir
 from sidecar.spool.tailer import spool_files
 
@@ -100,7 +100,7 @@ def _sink_report(name: str, files: list[tuple[Path, os.stat_result]],
 def _disabled_reports(settings: Settings, files: list[tuple[Path, os.stat_result]],
                       state: StateDir, enabled: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A row for each disabled sink that left a checkpoint: what it never got,
-    and until when the janitor keeps it (``sidecar.disabled_sinks``)."""
+    and until when the janitor keeps it (``sidecar.spool.disabled_sinks``)."""
     rows = []
     for name in with_checkpoint(state, [r["sink"] for r in enabled]):
         report = _sink_report(name, files, read_marks(state, name), state)

@@ -21,9 +21,9 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, ConfigDict
 
-from sidecar.migrate import quote_ident
 from sidecar.records import SpanRecord
-from sidecar.sinks.postgres import COLUMNS, TABLE, span_row
+from sidecar.store.migrate import quote_ident
+from sidecar.store.table import COLUMNS, TABLE, span_row
 
 _WINDOW = re.compile(r"([1-9][0-9]{0,5})([mhd])")
 _UNIT_S = {"m": 60, "h": 3600, "d": 86400}
@@ -225,7 +225,7 @@ class SpanRepository:
 
         This does no locking of its own: ``Retention`` runs it under the fleet's lock.
         """
-        from sidecar.partitions import expire
+        from sidecar.store.partitions import expire
 
         async with self._pool.acquire() as conn:
             report = await expire(conn, self.schema, cutoff, batch_rows, dry_run=False)

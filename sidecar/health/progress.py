@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from sidecar.clock import Clock, every
-from sidecar.stats import SinkStats
+from sidecar.snapshots import SinkStats
 
 log = structlog.get_logger("sidecar.progress")
 

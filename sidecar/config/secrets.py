@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from pydantic import SecretStr
 
 if TYPE_CHECKING:
-    from sidecar.settings import Settings
+    from sidecar.config.settings import Settings
 
 MASK = "***"
 MIN_SECRET_CHARS = 4
@@ -206,3 +206,28 @@ def scrub_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> di
     """structlog processor, last before rendering: every field of the event scrubbed
     (``exception`` included: place it after the exception formatter)."""
     return {k: v if k in _OURS else scrub_value(v, k) for k, v in event.items()}
+
+
+def mask_url(url: str) -> str:
+    """A URL/DSN with the password of its userinfo and its secret-named query
+    parameters masked (``postgresql://u:***@h/db?api_key=***``, ``password=***``)."""
+    return scrub(url)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective config as plain data with every secret masked: each value
+    of a key named like a secret, and the credentials in every URL and DSN."""
+    masked: dict[str, Any] = _redact(settings.model_dump(mode="json", by_alias=True))
+    return masked
+
+
+def _redact(node: Any, key: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: _redact(v, str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact(v, key) for v in node]
+    if isinstance(node, str) and is_secret_name(key):
+        return "***"
+    if isinstance(node, str) and (key in ("url", "dsn") or "://" in node):
+        return mask_url(node)
+    return node

@@ -10,16 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sidecar.cache import MetricsCache
 from sidecar.clock import Clock
-from sidecar.pg import LazyPool
-from sidecar.repository import (
-    SpanRepository,
-    StatsReport,
-    TraceSpan,
-    check_window,
-    since_for,
-)
+from sidecar.read.cache import MetricsCache
+from sidecar.read.repository import SpanRepository, StatsReport, TraceSpan, check_window, since_for
+from sidecar.store.pool import LazyPool
 
 MAX_AGENT_CHARS = 512
 

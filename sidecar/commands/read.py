@@ -12,11 +12,11 @@ import sys
 from uuid import UUID
 
 from sidecar.clock import SystemClock
-from sidecar.read_side import ReadSide
-from sidecar.repository import SpanRepository, check_window
-from sidecar.retention import RetentionResult
-from sidecar.settings import Settings
-from sidecar.stats_view import check_agent, render_stats, render_trace
+from sidecar.config.settings import Settings
+from sidecar.read.repository import SpanRepository, check_window
+from sidecar.read.service import ReadSide
+from sidecar.read.stats import check_agent, render_stats, render_trace
+from sidecar.store.retention import RetentionResult
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 

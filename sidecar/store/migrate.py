@@ -36,7 +36,7 @@ class Migration:
 def migrations() -> list[Migration]:
     """Every migration shipped with the package, in order."""
     found = []
-    for entry in resources.files("sidecar.migrations").iterdir():
+    for entry in resources.files("sidecar.store.migrations").iterdir():
         m = _NAME.match(entry.name)
         if m:
             found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))

@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 import structlog
 
+from sidecar.config.loader import ConfigError, load_settings
+from sidecar.config.settings import Settings
 from sidecar.logging import set_level
-from sidecar.settings import ConfigError, Settings, load_settings
 
 log = structlog.get_logger("sidecar.reload")
 
