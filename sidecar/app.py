@@ -29,6 +29,7 @@ from sidecar.config.secrets import mask_url
 from sidecar.config.settings import Settings
 from sidecar.health import HealthReporter, Metrics, Notifier, SelfMonitor
 from sidecar.health.progress import Progress
+from sidecar.logging import set_level
 from sidecar.pipeline.drain import DrainReport, drain
 from sidecar.pipeline.sink_pipeline import PipelineSettings, SinkPipeline, SinkSpool
 from sidecar.policies import PolicyStage
@@ -139,6 +140,7 @@ class App:
         for p in self.pipelines:
             p.reconfigure(self._pipeline_settings())
         self.quota.settings = effective.spool
+        set_level(effective.logging.level)
         return restart
 
     async def run(self, stop: asyncio.Event) -> None:

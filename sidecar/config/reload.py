@@ -18,7 +18,6 @@ import structlog
 
 from sidecar.config.loader import ConfigError, load_settings
 from sidecar.config.settings import Settings
-from sidecar.logging import set_level
 
 log = structlog.get_logger("sidecar.reload")
 
@@ -85,7 +84,6 @@ def reload_config(app: Reloadable, path: Path | None,
         return False
     changed = [k for k in changed_keys(app.settings, new) if _is_live(k)]
     restart = app.reload(new)
-    set_level(app.settings.logging.level)
     if restart:
         log.warning("config.reload.needs_restart", keys=restart,
                     note="these keys are read at start only; the running values stay")
