@@ -19,6 +19,7 @@ privileges, and it writes no file of its own (no ``logfile``, no
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import csv
 import io
 import os
@@ -27,9 +28,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -55,6 +57,16 @@ def with_address(dsn: str, host: str, port: int, database: str | None = None) ->
     user = parts.username or "postgres"
     path = f"/{database}" if database is not None else parts.path
     return urlunsplit((parts.scheme, f"{user}@{host}:{port}", path, parts.query, ""))
+
+
+def _run(coro: Coroutine[Any, Any, bool]) -> bool:
+    """Run ``coro`` to the end, also when called from a running event loop (own thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 class PgBouncer:
@@ -135,7 +147,7 @@ class PgBouncer:
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 return False
-            if asyncio.run(self._answers()):
+            if _run(self._answers()):
                 return True
             time.sleep(0.05)  # polling interval of a condition wait
         return False
