@@ -127,7 +127,12 @@ class PgBouncer:
             self.port = free_port()
             self._write_config()
             self._spawn()
-            if self._wait_ready():
+            try:
+                ready = self._wait_ready()
+            except BaseException:
+                self.stop()  # never leave it running behind a failed start
+                raise
+            if ready:
                 return self
             self.stop()
             if b"Address already in use" not in self.log.read_bytes():
