@@ -25,7 +25,6 @@ import sidecar.schema  # noqa: F401
 from sidecar import __version__
 from sidecar.clock import Clock, SystemClock, every
 from sidecar.config.reload import live_settings
-from sidecar.config.secrets import mask_url
 from sidecar.config.settings import Settings
 from sidecar.health import HealthReporter, Metrics, Notifier, SelfMonitor
 from sidecar.health.progress import Progress
@@ -35,7 +34,7 @@ from sidecar.pipeline.sink_pipeline import PipelineSettings, SinkPipeline, SinkS
 from sidecar.policies import PolicyStage
 from sidecar.read.service import ReadSide
 from sidecar.sinks.base import Sink, SinkContext
-from sidecar.sinks.registry import build_sink, enabled_sinks
+from sidecar.sinks.registry import build_sink, enabled_sinks, sink_sections
 from sidecar.snapshots import SinkStats, SpoolStats
 from sidecar.spool.checkpoints import CheckpointStore
 from sidecar.spool.faults import FaultTracker
@@ -94,7 +93,8 @@ class App:
     async def _open_sinks(self, stack: AsyncExitStack) -> list[Sink]:
         names = enabled_sinks(self.settings)
         if not names:
-            log.warning("app.sinks.none", hint="enable postgres or opik; spans stay in the spool")
+            hint = " or ".join(sink_sections(self.settings))
+            log.warning("app.sinks.none", hint=f"enable {hint}; spans stay in the spool")
         context = SinkContext(self.clock, on_stored=self._on_stored)
         return [await stack.enter_async_context(build_sink(name, self.settings, context))
                 for name in names]
@@ -170,9 +170,9 @@ class App:
                 if self.read is not None:
                     self.http.set_stats_handler(self.read.stats_http)
             log.info("app.started", spool_dir=str(s.spool.dir), state_dir=str(s.spool.state_dir),
-                     sinks=[p.sink.name for p in pipelines], postgres=mask_url(s.postgres.dsn)
-                     if s.postgres.enabled else None, opik=mask_url(s.opik.url)
-                     if s.opik.enabled else None)
+                     sinks=[p.sink.name for p in pipelines], **{
+                         name: section.target() if section.enabled else None
+                         for name, section in sink_sections(s).items()})
             await self._supervise(stop, sinks, watcher, self._reporter(stack))
 
     def _reporter(self, stack: AsyncExitStack) -> HealthReporter | None:

@@ -28,13 +28,10 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from pydantic import SecretStr
-
-if TYPE_CHECKING:
-    from sidecar.config.settings import Settings
+from pydantic import BaseModel, SecretStr
 
 MASK = "***"
 MIN_SECRET_CHARS = 4
@@ -149,7 +146,7 @@ def _walk(node: Any, key: str = "") -> Iterator[str]:
             yield from url_secrets(node)
 
 
-def register_settings(settings: Settings, env: Mapping[str, str] | None = None) -> None:
+def register_settings(settings: BaseModel, env: Mapping[str, str] | None = None) -> None:
     """Register every secret the settings (and libpq's variables) hold."""
     env = os.environ if env is None else env
     register([*_walk(settings.model_dump(mode="python")), *(env.get(v) for v in _ENV_SECRETS)])
@@ -214,7 +211,7 @@ def mask_url(url: str) -> str:
     return scrub(url)
 
 
-def redacted(settings: Settings) -> dict[str, Any]:
+def redacted(settings: BaseModel) -> dict[str, Any]:
     """The effective config as plain data with every secret masked: each value
     of a key named like a secret, and the credentials in every URL and DSN."""
     masked: dict[str, Any] = _redact(settings.model_dump(mode="json", by_alias=True))

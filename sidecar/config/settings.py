@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from sidecar.config.secrets import mask_url
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -63,11 +65,16 @@ class SinkSection(Section):
     """A section that configures a sink: the registry finds sinks by it.
 
     ``SINK`` names the module that builds the sink (a ``build(settings,
-    clock)`` function); adding a sink is that module plus one such section.
+    context)`` function); adding a sink is that module plus one such section.
+    ``target()`` is where the sink ships to, for logs and ``check-config``,
+    with its credentials masked.
     """
 
     SINK: ClassVar[str]
     enabled: bool | None = True
+
+    def target(self) -> str:
+        return ""
 
 
 class PostgresSettings(SinkSection):
@@ -84,6 +91,9 @@ class PostgresSettings(SinkSection):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     command_timeout_s: float = Field(default=60.0, gt=0)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def target(self) -> str:
+        return mask_url(self.dsn)
 
 
 class OpikSettings(SinkSection):
@@ -108,6 +118,9 @@ class OpikSettings(SinkSection):
     # TLS: the system's trust store; a CA bundle (PEM) instead; or no check.
     ca_bundle: Path | None = None
     verify_tls: bool = True
+
+    def target(self) -> str:
+        return mask_url(self.url)
 
 
 class RedisSettings(Section):

@@ -25,7 +25,15 @@ from sidecar.pipeline.batching import Batch, Batcher
 from sidecar.pipeline.drain import SinkLeft, SpoolSnapshot
 from sidecar.policies import PolicyStage, SampledOut
 from sidecar.records import Record, Rejected, SpanRecord, parse_line
-from sidecar.sinks.base import Delivered, Outcome, PartlyRejected, Retry, Sink, StreamingSink
+from sidecar.sinks.base import (
+    Delivered,
+    Outcome,
+    PartlyRejected,
+    Retry,
+    Sink,
+    StreamingSink,
+    batches_in_flight,
+)
 from sidecar.snapshots import SinkStats
 from sidecar.spool.checkpoints import CheckpointStore
 from sidecar.spool.quarantine import Quarantine
@@ -247,7 +255,7 @@ class SinkPipeline:
         whose round trips are long keeps the backend busy while the next one
         is encoded and sent), and commit them strictly in order: the
         checkpoint never passes a batch that is not acknowledged."""
-        limit = 1 if self.streaming is not None else max(1, self.sink.batches_in_flight)
+        limit = 1 if self.streaming is not None else batches_in_flight(self.sink)
         in_flight: deque[InFlight] = deque()
         getter: asyncio.Future[Batch | None] | None = None
         try:

@@ -55,14 +55,15 @@ class Sink(Protocol):
     needs the backend up), calls ``check`` once in its TaskGroup (connect
     early, log whether the backend answers), ``send``s batches from one
     pipeline, and exits it on shutdown (release within a bounded time).
-    ``max_batch_records`` is the largest batch the sink wants;
-    ``batches_in_flight`` how many it takes at once (1 for a streaming sink).
+    ``max_batch_records`` is the largest batch the sink wants. A sink may
+    also have ``batches_in_flight``, how many batches the pipeline may have
+    at it at once (committed in order); without one it gets one at a time
+    (``batches_in_flight()`` below reads it). A sink is built by its module's
+    ``build(settings, context)`` (``sidecar/sinks/registry.py``).
     """
 
     name: str
     max_batch_records: int
-    # Batches the pipeline may have at this sink at once (committed in order).
-    batches_in_flight: int
 
     async def __aenter__(self) -> Self: ...
 
@@ -89,6 +90,15 @@ class StreamingSink(Sink, Protocol):
     """
 
     async def send_stream(self, records: AsyncIterator[Record]) -> Outcome: ...
+
+
+DEFAULT_BATCHES_IN_FLIGHT = 1
+
+
+def batches_in_flight(sink: Sink) -> int:
+    """How many batches the pipeline may have at ``sink`` at once: its own
+    ``batches_in_flight`` when it has one (at least 1), else one at a time."""
+    return max(1, int(getattr(sink, "batches_in_flight", DEFAULT_BATCHES_IN_FLIGHT)))
 
 
 # Called by a sink after it stored spans, with their agents' names (the
