@@ -100,6 +100,9 @@ class App:
                 for name in names]
 
     async def _open_read_side(self, stack: AsyncExitStack) -> ReadSide | None:
+        # Not a sink spelled by name: the read side reads the table the
+        # Postgres sink writes (its statistics, retention, partitions), so
+        # it lives and goes with that sink's section.
         if not self.settings.postgres.enabled:
             return None
         read = await stack.enter_async_context(

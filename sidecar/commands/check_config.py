@@ -1,12 +1,20 @@
 """``span-sidecar check-config --connect``: can each backend be reached?
 
-Like Filebeat's ``test output``: Postgres (connect and ``SELECT 1``), Opik
-(the ping endpoint, with the sink's own TLS settings and headers) and Redis
-(``PING``, only when the config has a Redis URL). Disabled sinks are skipped.
-Targets are shown with their credentials masked (``mask_url``: userinfo
-password, secret-named query parameters) and errors pass through the one
-scrub of ``sidecar.config.secrets`` (the configured secrets registered at start,
-and anything shaped like a credential) before they are shown.
+Like Filebeat's ``test output``: every enabled sink is built through the
+registry (``sidecar/sinks/registry.py``), entered, and asked its own
+``check()``, the probe the daemon runs at start; so a sink added by its
+module and its settings section is checked with nothing changed here. The
+check is the daemon's, side effects included: the Postgres sink's connects
+and, when the schema is missing or old and ``postgres.auto_migrate`` allows,
+migrates it, as ``run`` would at start. The statistics cache's Redis gets a
+``PING`` whenever the cache uses it (``cache.backend: redis``, the default).
+Disabled sinks are listed as skipped.
+
+Targets are shown as each section's ``target()`` (credentials masked) and
+errors pass through the one scrub of ``sidecar.config.secrets`` (the
+configured secrets registered at start, and anything shaped like a
+credential) before they are shown; a sink's own log line says why its check
+failed.
 """
 
 from __future__ import annotations
@@ -15,10 +23,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from sidecar.clock import SystemClock
 from sidecar.config.secrets import mask_url, scrub
 from sidecar.config.settings import Settings
+from sidecar.sinks.base import SinkContext
+from sidecar.sinks.registry import build_sink, sink_sections
 
 TIMEOUT_S = 5.0
 
@@ -27,11 +39,12 @@ TIMEOUT_S = 5.0
 class CheckResult:
     name: str
     target: str  # masked
-    ok: bool | None  # None: not checked (disabled or not configured)
+    ok: bool | None  # None: not checked (disabled or not used)
     detail: str
 
 
-async def _timed(name: str, target: str, probe: Callable[[], Awaitable[str]]) -> CheckResult:
+async def _timed(name: str, target: str, probe: Callable[[], Awaitable[str | None]]) -> CheckResult:
+    """``probe`` answers a detail when the backend answered, None when it did not."""
     started = time.monotonic()
     try:
         async with asyncio.timeout(TIMEOUT_S):
@@ -40,30 +53,17 @@ async def _timed(name: str, target: str, probe: Callable[[], Awaitable[str]]) ->
         return CheckResult(name, target, False, f"no answer within {TIMEOUT_S:g} s")
     except Exception as exc:
         return CheckResult(name, target, False, scrub(f"{type(exc).__name__}: {exc}")[:300])
+    if detail is None:
+        return CheckResult(name, target, False, "its check failed")
     ms = (time.monotonic() - started) * 1000
     return CheckResult(name, target, True, f"{detail} in {ms:.0f} ms")
 
 
-async def _postgres(settings: Settings) -> str:
-    import asyncpg
-
-    pg = settings.postgres
-    password = pg.password.get_secret_value() if pg.password else None
-    conn = await asyncpg.connect(pg.dsn, timeout=min(pg.connect_timeout_s, TIMEOUT_S),
-                                 password=password or None)
-    try:
-        version = await conn.fetchval("SHOW server_version")
-    finally:
-        await conn.close()
-    return f"connected, PostgreSQL {version}"
-
-
-async def _opik(settings: Settings) -> str:
-    from sidecar.sinks.opik_http import client_for
-
-    async with client_for(settings.opik) as client:
-        response = await client.get("is-alive/ping", timeout=TIMEOUT_S)
-    return f"HTTP {response.status_code} from is-alive/ping"
+async def _sink(name: str, settings: Settings) -> str | None:
+    """The sink's own ``check()``, with the sink built and entered as the app does."""
+    context = SinkContext(SystemClock())
+    async with build_sink(name, settings, context) as sink:
+        return "check passed" if await sink.check() else None
 
 
 async def _redis(url: str) -> str:
@@ -77,30 +77,18 @@ async def _redis(url: str) -> str:
     return "PING answered"
 
 
-def _redis_url(settings: Settings) -> str | None:
-    """The Redis URL when the config has a ``redis`` section (it arrives with
-    the statistics cache)."""
-    section = getattr(settings, "redis", None)
-    url = getattr(section, "url", None)
-    return str(url) if url else None
-
-
 async def check_all(settings: Settings) -> list[CheckResult]:
-    """Try every configured backend at once; never raises."""
-    checks: list[Awaitable[CheckResult]] = []
-    pg, opik = settings.postgres, settings.opik
-    if pg.enabled:
-        checks.append(_timed("postgres", mask_url(pg.dsn), lambda: _postgres(settings)))
-    if opik.enabled:
-        checks.append(_timed("opik", mask_url(opik.url), lambda: _opik(settings)))
-    url = _redis_url(settings)
-    if url:
+    """Check every enabled sink and the cache at once; never raises."""
+    sections = sink_sections(settings)
+    checks: list[Awaitable[CheckResult]] = [
+        _timed(name, section.target(), partial(_sink, name, settings))
+        for name, section in sections.items() if section.enabled]
+    if settings.cache.backend == "redis":
+        url = settings.redis.url
         checks.append(_timed("redis", mask_url(url), lambda: _redis(url)))
     results = list(await asyncio.gather(*checks))
-    if not pg.enabled:
-        results.append(CheckResult("postgres", mask_url(pg.dsn), None, "disabled"))
-    if not opik.enabled:
-        results.append(CheckResult("opik", mask_url(opik.url), None, "disabled"))
+    results += [CheckResult(name, section.target(), None, "disabled")
+                for name, section in sections.items() if not section.enabled]
     return results
 
 

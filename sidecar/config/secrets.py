@@ -2,11 +2,12 @@
 
 Two layers, because neither is enough alone:
 
-- the configured secret values themselves (the Postgres password, the one
-  inside the DSN, the Opik API key, the Redis URL's password, any key named
-  like a secret), registered at start from the settings (``register_settings``)
-  and masked wherever they appear, whatever surrounds them: a traceback's
-  exception text, a library's message, a ``repr``;
+- the configured secret values themselves (every ``SecretStr`` of the
+  settings, such as the Postgres password and the Opik API key, and the
+  credentials inside every ``SecretUrl``, such as the DSN's and the Redis
+  URL's password), registered at start from the settings
+  (``register_settings``) and masked wherever they appear, whatever
+  surrounds them: a traceback's exception text, a library's message, a ``repr``;
 - credentials by their shape, for what nobody registered: a URL's userinfo
   password (``scheme://user:***@host``; the whole userinfo of an http(s) URL,
   where a lone user name is the token), and ``name=value`` / ``name: value``
@@ -28,7 +29,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from pydantic import BaseModel, SecretStr
@@ -54,8 +55,6 @@ _PAIR = re.compile(
 # inside a password is common enough in hand-written DSNs).
 _USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^\s/?#]*)@", re.IGNORECASE)
 _HTTP = ("http://", "https://", "ws://", "wss://")
-# Settings keys that hold a URL or a DSN (a libpq key=value DSN has no "://").
-_URL_KEYS = ("url", "dsn", "endpoint")
 
 # Fields the log pipeline itself adds: nothing of the caller's is in them.
 _OURS = frozenset(("level", "logger", "timestamp"))
@@ -128,28 +127,48 @@ def url_secrets(text: str) -> list[str]:
     return [s for s in found if s and s != MASK]
 
 
-def _walk(node: Any, key: str = "") -> Iterator[str]:
-    """Every secret in a settings dump: values of secret-named keys, and the
-    credentials inside any string that holds a URL or a DSN."""
-    if isinstance(node, Mapping):
-        for k, v in node.items():
-            yield from _walk(v, str(k))
-    elif isinstance(node, list | tuple):
-        for v in node:
-            yield from _walk(v, key)
-    elif isinstance(node, SecretStr):
-        yield node.get_secret_value()
-    elif isinstance(node, str):
-        if is_secret_name(key):
-            yield node
-        elif key.endswith(_URL_KEYS) or "://" in node:
-            yield from url_secrets(node)
+class _UrlSecret:
+    """The marker of ``SecretUrl``: the field holds a URL or DSN whose
+    credentials are secrets (its userinfo password, secret-named parameters)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "URL_SECRET"
+
+
+URL_SECRET = _UrlSecret()
+# A settings field that holds a URL or a DSN (a libpq ``key=value`` one
+# included, which has no "://"): check-config prints it with its credentials
+# masked, and they are registered for the scrub. A ``SecretStr`` is masked
+# whole. Any other string is masked only where it holds a "://" URL.
+SecretUrl = Annotated[str, URL_SECRET]
+
+
+def _secrets_in(value: Any, url: bool = False) -> Iterator[str]:
+    """Every secret a settings model holds, by the type of its fields: each
+    ``SecretStr``, and the credentials of each ``SecretUrl`` (and of any
+    string that holds a "://" URL)."""
+    if isinstance(value, BaseModel):
+        for name, field in type(value).model_fields.items():
+            yield from _secrets_in(getattr(value, name), URL_SECRET in field.metadata)
+    elif isinstance(value, SecretStr):
+        yield value.get_secret_value()
+    elif isinstance(value, str):
+        if url or "://" in value:
+            yield from url_secrets(value)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _secrets_in(v, url)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _secrets_in(v, url)
 
 
 def register_settings(settings: BaseModel, env: Mapping[str, str] | None = None) -> None:
     """Register every secret the settings (and libpq's variables) hold."""
     env = os.environ if env is None else env
-    register([*_walk(settings.model_dump(mode="python")), *(env.get(v) for v in _ENV_SECRETS)])
+    register([*_secrets_in(settings), *(env.get(v) for v in _ENV_SECRETS)])
 
 
 def _mask_pair(m: re.Match[str]) -> str:
@@ -212,19 +231,30 @@ def mask_url(url: str) -> str:
 
 
 def redacted(settings: BaseModel) -> dict[str, Any]:
-    """The effective config as plain data with every secret masked: each value
-    of a key named like a secret, and the credentials in every URL and DSN."""
-    masked: dict[str, Any] = _redact(settings.model_dump(mode="json", by_alias=True))
+    """The effective config as plain data with every secret masked, by type:
+    each ``SecretStr`` whole, the credentials of each ``SecretUrl`` (and of
+    any string that holds a "://" URL). A new section's secrets are masked
+    by declaring them so, whatever their names."""
+    masked: dict[str, Any] = _redact(settings, settings.model_dump(mode="json", by_alias=True))
     return masked
 
 
-def _redact(node: Any, key: str = "") -> Any:
-    if isinstance(node, dict):
-        return {k: _redact(v, str(k)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_redact(v, key) for v in node]
-    if isinstance(node, str) and is_secret_name(key):
-        return "***"
-    if isinstance(node, str) and (key in ("url", "dsn") or "://" in node):
-        return mask_url(node)
-    return node
+def _redact(value: Any, dumped: Any, url: bool = False) -> Any:
+    """``dumped`` (``value`` as JSON data) with the secrets ``value`` holds masked."""
+    if isinstance(value, BaseModel) and isinstance(dumped, dict):
+        out = dict(dumped)
+        for name, field in type(value).model_fields.items():
+            key = field.serialization_alias or field.alias or name
+            if key in out:
+                out[key] = _redact(getattr(value, name), out[key], URL_SECRET in field.metadata)
+        return out
+    if isinstance(value, SecretStr):
+        return MASK
+    if isinstance(value, str) and isinstance(dumped, str):
+        return mask_url(dumped) if url or "://" in dumped else dumped
+    if isinstance(value, Mapping) and isinstance(dumped, dict):
+        return {k: _redact(v, d, url) for (k, d), v in zip(dumped.items(), value.values(),
+                                                           strict=True)}
+    if isinstance(value, list | tuple) and isinstance(dumped, list):
+        return [_redact(v, d, url) for v, d in zip(value, dumped, strict=True)]
+    return dumped

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from sidecar.config.secrets import mask_url
+from sidecar.config.secrets import SecretUrl, mask_url
 
 
 class Section(BaseModel):
@@ -80,7 +80,7 @@ class SinkSection(Section):
 class PostgresSettings(SinkSection):
     SINK: ClassVar[str] = "sidecar.sinks.postgres"
     enabled: bool = True
-    dsn: str = "postgresql://localhost/postgres"
+    dsn: SecretUrl = "postgresql://localhost/postgres"
     # Kept apart from the DSN so that it can come from a secret; never printed.
     password: SecretStr | None = None
     db_schema: str = Field(default="public", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -100,7 +100,7 @@ class OpikSettings(SinkSection):
     SINK: ClassVar[str] = "sidecar.sinks.opik"
     # null: on when OPIK_URL_OVERRIDE or OPIK_API_KEY is set (see Settings).
     enabled: bool | None = None
-    url: str = "http://localhost:5173/api"
+    url: SecretUrl = "http://localhost:5173/api"
     api_key: SecretStr | None = None
     workspace: str = "default"
     project_name: str = "Default Project"
@@ -126,7 +126,7 @@ class OpikSettings(SinkSection):
 class RedisSettings(Section):
     """Redis for the statistics cache; the URL may carry a password (never logged)."""
 
-    url: str = "redis://localhost:6379/0"
+    url: SecretUrl = "redis://localhost:6379/0"
     # Connect and command timeout: the longest a dead Redis can delay one
     # request before the cache's breaker takes it out of the path.
     timeout_s: float = Field(default=0.25, gt=0)
