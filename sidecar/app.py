@@ -24,7 +24,7 @@ import structlog
 import sidecar.schema  # noqa: F401
 from sidecar import __version__
 from sidecar.clock import Clock, SystemClock, every
-from sidecar.config.reload import live_settings
+from sidecar.config.reload import Reload, live_settings
 from sidecar.config.settings import Settings
 from sidecar.health import HealthReporter, Metrics, Notifier, SelfMonitor
 from sidecar.health.progress import Progress
@@ -65,8 +65,10 @@ class App:
         self.notifier = notifier or Notifier(clock=self.clock)
         # One stage for every sink: sample, redact, truncate (sidecar/policies).
         env = os.environ.get("SIDECAR_ENV", "") if environment is None else environment
-        self.policies = PolicyStage(settings, env)
-        self.quota = SpoolQuota(settings.spool, [], self.clock, faults=self.faults)
+        self.policies = PolicyStage(settings.sampling, settings.spans, env,
+                                    opik_api_key=settings.opik.api_key)
+        self.quota = SpoolQuota(settings.spool, lambda: [p.reader for p in self.pipelines],
+                                self.clock, faults=self.faults)
         self.metrics = Metrics(sinks=self.sink_stats, spool=self.spool_stats,
                                status=lambda: self.monitor.status.status,
                                policies=self.policies.stats, quota=self.quota.stats)
@@ -133,18 +135,18 @@ class App:
         s = self.settings
         return PipelineSettings(s.batch, s.breaker, s.retry, s.spans.max_line_bytes)
 
-    def reload(self, new: Settings) -> list[str]:
-        """Apply what can change live (policies, batch, breaker, retry, logging,
-        the spool quota) to what happens from now on; return the changed keys
-        that need a restart, which are ignored. In-flight batches carry on."""
-        effective, restart = live_settings(self.settings, new)
-        self.settings = effective
-        self.policies.configure(effective)
+    def reload(self, new: Settings) -> Reload:
+        """Apply what can change live (``sidecar/config/reload.py: LIVE``) to
+        what happens from now on; the changed keys that need a restart are
+        ignored. In-flight batches carry on."""
+        change = live_settings(self.settings, new)
+        effective = self.settings = change.settings
+        self.policies.configure(effective.sampling, effective.spans)
         for p in self.pipelines:
             p.reconfigure(self._pipeline_settings())
-        self.quota.settings = effective.spool
+        self.quota.reconfigure(effective.spool)
         set_level(effective.logging.level)
-        return restart
+        return change
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and return."""
@@ -159,7 +161,6 @@ class App:
             for sink in sinks:
                 self.pipelines.append(self._pipeline(sink, watcher))
             pipelines = self.pipelines
-            self.quota.readers = [p.reader for p in pipelines]
             for p in pipelines:
                 stack.callback(p.reader.close)
                 stack.callback(p.quarantine.close)

@@ -118,13 +118,32 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
 
     ``path`` is ``--config`` (None: the lookup order of ``config_sources.locate``).
     A missing file that was named is an error; a fallback that is absent is not.
+    Every problem is collected before any is raised, so all are reported at once.
     """
     env = os.environ if env is None else env
     found = locate(path, env, cwd)
     source = str(found.path) if found.path else "(no config file)"
     raw, lines = _read_yaml(found, source)
-    environments = raw.pop("environments", None) or {}
     chosen = env.get("SIDECAR_ENV", "")
+    environments, problems = _environments(raw, lines, chosen)
+    problems += _unbuilt_keys(raw, environments, lines)
+    tree = expand(_overlay(raw, environments.get(chosen) or {}), env)
+    origins = _environment_origins(tree, env)
+    try:
+        settings = Settings.model_validate(tree, context={"env": env})
+    except ValidationError as exc:
+        raise ConfigError(source, [*problems, *_problems(exc, lines, chosen, origins)]) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return LoadedConfig(settings, found, origins, lines, chosen)
+
+
+def _environments(raw: dict[str, Any], lines: KeyLines,
+                  chosen: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The ``environments:`` overlays (taken out of ``raw``), each a mapping,
+    and a problem for each that is not, is unknown, or for an unknown
+    ``SIDECAR_ENV``."""
+    environments = raw.pop("environments", None) or {}
     problems: list[str] = []
     if not isinstance(environments, dict):
         problems.append(f"{_line_of(lines, ('environments',))}environments: "
@@ -140,26 +159,27 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
     if chosen and chosen not in ENVIRONMENTS:
         problems.append(f"SIDECAR_ENV={chosen!r}: unknown environment "
                         f"(use {', '.join(ENVIRONMENTS)})")
-    problems.extend(_not_implemented(raw, lines))
+    return {str(k): v for k, v in environments.items() if isinstance(v, dict)}, problems
+
+
+def _unbuilt_keys(raw: dict[str, Any], environments: dict[str, dict[str, Any]],
+                  lines: KeyLines) -> list[str]:
+    """``NOT_IMPLEMENTED`` keys, at the top and in every overlay (removed)."""
+    problems = _not_implemented(raw, lines)
     for name, section in environments.items():
-        if isinstance(section, dict):
-            problems.extend(_not_implemented(section, lines, ("environments", str(name))))
-    if chosen and isinstance(environments.get(chosen), dict):
-        raw = _overlay(raw, environments[chosen])
-    tree = expand(raw, env)
+        problems.extend(_not_implemented(section, lines, ("environments", name)))
+    return problems
+
+
+def _environment_origins(tree: dict[str, Any], env: Mapping[str, str]) -> dict[Key, str]:
+    """Apply the variables of ``ENV_KEYS`` to ``tree``; where each value came
+    from that is not the file (``opik.enabled``'s default says what it follows)."""
     origins = apply_environment(tree, env, Settings.model_fields)
     opik_tree = tree.get("opik")
     if not (isinstance(opik_tree, dict) and opik_tree.get("enabled") is not None):
         origins.setdefault(("opik", "enabled"),
                            "default: on when OPIK_URL_OVERRIDE or OPIK_API_KEY is set")
-    try:
-        settings = Settings.model_validate(tree, context={"env": env})
-    except ValidationError as exc:
-        problems.extend(_problems(exc, lines, chosen, origins))
-        raise ConfigError(source, problems) from None
-    if problems:
-        raise ConfigError(source, problems)
-    return LoadedConfig(settings, found, origins, lines, chosen)
+    return origins
 
 
 KeyLines = dict[tuple[str, ...], int]

@@ -11,34 +11,57 @@ needing a restart and ignored.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 import structlog
+from pydantic import BaseModel
 
 from sidecar.config.loader import ConfigError, load_settings
 from sidecar.config.settings import Settings
+from sidecar.config.sources import flatten
 
 log = structlog.get_logger("sidecar.reload")
 
+# The one list of what a reload applies: a key, or a section ending in ".",
+# and the keys under a live section that stay as they are.
 LIVE = ("sampling.", "spans.", "batch.", "breaker.", "retry.", "logging.level",
         "spool.max_bytes", "spool.on_full")
 NOT_LIVE = ("spans.max_line_bytes", "batch.queue_batches")
+M = TypeVar("M", bound=BaseModel)
 
 
-def live_settings(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
-    """``old`` with the live keys of ``new``; and the changed keys that need a restart."""
-    effective = old.model_copy(update={
-        "sampling": new.sampling,
-        "spans": new.spans.model_copy(update={"max_line_bytes": old.spans.max_line_bytes}),
-        "batch": new.batch.model_copy(update={"queue_batches": old.batch.queue_batches}),
-        "breaker": new.breaker, "retry": new.retry,
-        "logging": old.logging.model_copy(update={"level": new.logging.level}),
-        "spool": old.spool.model_copy(update={"max_bytes": new.spool.max_bytes,
-                                               "on_full": new.spool.on_full}),
-    })
-    restart = [key for key in changed_keys(old, new) if not _is_live(key)]
-    return effective, restart
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """What a new config changes: the settings to run with (the old ones with
+    the new live values), the live keys that changed, and the changed keys
+    that need a restart (their old values stay)."""
+
+    settings: Settings
+    applied: list[str]
+    restart: list[str]
+
+
+def live_settings(old: Settings, new: Settings) -> Reload:
+    """``old`` with the live keys of ``new``, and which keys changed."""
+    changed = changed_keys(old, new)
+    applied = [key for key in changed if _is_live(key)]
+    effective = old
+    for key in applied:
+        effective = _with(effective, new, key.split("."))
+    return Reload(effective, applied, [key for key in changed if key not in applied])
+
+
+def _with(old: M, new: BaseModel, path: list[str]) -> M:
+    """``old`` with ``new``'s value at ``path`` (a whole mapping where the path
+    goes into one: a sampling override is a key of a dict, not a field)."""
+    head, rest = path[0], path[1:]
+    value = getattr(new, head)
+    inner = getattr(old, head)
+    if rest and isinstance(inner, BaseModel):
+        value = _with(inner, value, rest)
+    return old.model_copy(update={head: value})
 
 
 def _is_live(key: str) -> bool:
@@ -47,24 +70,14 @@ def _is_live(key: str) -> bool:
 
 def changed_keys(old: Settings, new: Settings) -> list[str]:
     """Dotted names of the keys whose values differ (values are never returned)."""
-    a, b = _flat(old.model_dump()), _flat(new.model_dump())
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    a, b = flatten(old.model_dump()), flatten(new.model_dump())
+    return sorted(".".join(k) for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 class Reloadable(Protocol):
     settings: Settings
 
-    def reload(self, new: Settings) -> list[str]: ...
+    def reload(self, new: Settings) -> Reload: ...
 
 
 def reload_config(app: Reloadable, path: Path | None,
@@ -82,10 +95,9 @@ def reload_config(app: Reloadable, path: Path | None,
     except Exception as exc:  # a reload must never take the daemon down
         log.error("config.reload.refused", error_type=type(exc).__name__)
         return False
-    changed = [k for k in changed_keys(app.settings, new) if _is_live(k)]
-    restart = app.reload(new)
-    if restart:
-        log.warning("config.reload.needs_restart", keys=restart,
+    change = app.reload(new)
+    if change.restart:
+        log.warning("config.reload.needs_restart", keys=change.restart,
                     note="these keys are read at start only; the running values stay")
-    log.info("config.reload.applied", changed=changed)
+    log.info("config.reload.applied", changed=change.applied)
     return True

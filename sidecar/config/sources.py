@@ -124,11 +124,12 @@ def apply_environment(tree: dict[str, Any], env: Mapping[str, str],
 
 
 def flatten(tree: Mapping[str, Any], prefix: Key = ()) -> dict[Key, Any]:
-    """Every leaf of a nested mapping by its key path."""
+    """Every leaf of a nested mapping by its key path; a mapping whose keys are
+    not all strings (``sampling.tiers``) is one leaf."""
     out: dict[Key, Any] = {}
     for name, value in tree.items():
         key = (*prefix, str(name))
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping) and value and all(isinstance(k, str) for k in value):
             out.update(flatten(value, key))
         else:
             out[key] = value

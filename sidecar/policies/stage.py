@@ -20,8 +20,9 @@ from typing import Any, Final
 import msgspec
 from msgspec import Raw
 from msgspec.structs import replace
+from pydantic import SecretStr
 
-from sidecar.config.settings import Settings
+from sidecar.config.settings import SamplingSettings, SpansSettings
 from sidecar.policies.limits import truncate_json
 from sidecar.policies.redaction import Counts, Redactor
 from sidecar.policies.sampling import Sampler
@@ -60,23 +61,28 @@ class Policies:
     max_field_bytes: int
 
     @classmethod
-    def from_settings(cls, settings: Settings, environment: str) -> Policies:
-        r = settings.spans.redaction
-        key = settings.opik.api_key.get_secret_value() if settings.opik.api_key else None
-        return cls(Sampler(settings.sampling, environment),
-                   Redactor(r, key) if r.enabled else None, settings.spans.max_field_bytes)
+    def compile(cls, sampling: SamplingSettings, spans: SpansSettings, environment: str,
+                opik_api_key: str | None) -> Policies:
+        r = spans.redaction
+        return cls(Sampler(sampling, environment),
+                   Redactor(r, opik_api_key) if r.enabled else None, spans.max_field_bytes)
 
 
 class PolicyStage:
-    def __init__(self, settings: Settings, environment: str = "") -> None:
-        self.policies = Policies.from_settings(settings, environment)
+    """The stage of the ``sampling`` and ``spans`` sections; ``opik_api_key``
+    (the Opik sink's key, read once at start) is always redacted from spans."""
+
+    def __init__(self, sampling: SamplingSettings, spans: SpansSettings, environment: str = "",
+                 *, opik_api_key: SecretStr | None = None) -> None:
         self.environment = environment
+        self._opik_api_key = opik_api_key.get_secret_value() if opik_api_key else None
+        self.policies = Policies.compile(sampling, spans, environment, self._opik_api_key)
         self._redactions: Counts = {}
         self._truncated: Counts = {}
 
-    def configure(self, settings: Settings) -> None:
-        """Use ``settings``' policies for every record handled from now on."""
-        self.policies = Policies.from_settings(settings, self.environment)
+    def configure(self, sampling: SamplingSettings, spans: SpansSettings) -> None:
+        """Use these sections' policies for every record handled from now on."""
+        self.policies = Policies.compile(sampling, spans, self.environment, self._opik_api_key)
 
     def apply(self, record: Record, raw: bytes | None = None,
               count: bool = True) -> Record | SampledOut:

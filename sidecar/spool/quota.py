@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -33,7 +33,10 @@ log = structlog.get_logger("sidecar.quota")
 
 
 class SpoolQuota:
-    def __init__(self, settings: SpoolSettings, readers: Sequence[SpoolReader],
+    """``readers`` answers every sink's reader (the app's pipelines, built
+    after the quota); ``reconfigure`` takes a reloaded ``spool`` section."""
+
+    def __init__(self, settings: SpoolSettings, readers: Callable[[], Sequence[SpoolReader]],
                  clock: Clock, faults: FaultTracker | None = None) -> None:
         self.settings = settings
         self.faults = faults
@@ -42,6 +45,10 @@ class SpoolQuota:
         self.bytes = 0
         self.dropped_files = self.dropped_records = 0
         self._over = False
+
+    def reconfigure(self, settings: SpoolSettings) -> None:
+        """Check against this quota (``spool.max_bytes``, ``spool.on_full``) from now on."""
+        self.settings = settings
 
     async def run(self, stop: asyncio.Event) -> None:
         await every(self.clock, self.settings.rescan_interval_s, stop, self.checked)
@@ -84,11 +91,12 @@ class SpoolQuota:
 
     def _drop(self, path: str, key: tuple[int, int]) -> bool:
         """Delete one file; count the records that some sink had not read yet."""
-        read = [r.files[key].read_pos if key in r.files else 0 for r in self.readers]
+        readers = self.readers()
+        read = [r.files[key].read_pos if key in r.files else 0 for r in readers]
         try:
             # Counted first: a resource fault here leaves the readers untouched.
             records = _records_from(path, min(read, default=0))
-            for r in self.readers:
+            for r in readers:
                 r.forget(key)
             os.unlink(path)
         except FileNotFoundError:

@@ -45,7 +45,8 @@ def corpus(n: int, secret_share: float) -> list[bytes]:
 
 
 def in_process(lines: list[bytes], redaction: bool) -> float:
-    stage = PolicyStage(Settings(spans={"redaction": {"enabled": redaction}}))
+    settings = Settings(spans={"redaction": {"enabled": redaction}})
+    stage = PolicyStage(settings.sampling, settings.spans)
     t0 = time.perf_counter()
     for raw in lines:
         rec = parse_line(raw)

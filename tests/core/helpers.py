@@ -11,11 +11,19 @@ from typing import Any
 import orjson
 
 from sidecar.clock import Clock, SystemClock
+from sidecar.config.settings import Settings
+from sidecar.policies import PolicyStage
 from sidecar.spool.checkpoints import FileMark
 from sidecar.spool.tailer import Line, SpoolReader, TrackedFile
 from tests.support import append  # noqa: F401  (re-exported for the core tests)
 
 PATTERNS = ("*.jsonl", "*.jsonl.done")
+
+
+def stage_of(settings: Settings, environment: str = "") -> PolicyStage:
+    """The policy stage of these settings, as the app builds it."""
+    return PolicyStage(settings.sampling, settings.spans, environment,
+                       opik_api_key=settings.opik.api_key)
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 

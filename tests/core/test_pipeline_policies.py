@@ -15,10 +15,9 @@ from sidecar.config.settings import (
     Settings,
 )
 from sidecar.pipeline.sink_pipeline import MAX_AGENT_LABELS, OTHER_AGENTS, PipelineSettings
-from sidecar.policies import PolicyStage
 from sidecar.policies.sampling import trace_point
 from sidecar.records import SpanRecord
-from tests.core.helpers import span
+from tests.core.helpers import span, stage_of
 from tests.core.test_pipeline import FakeSink, Harness, StreamingFakeSink
 
 
@@ -26,7 +25,7 @@ async def test_sampled_out_records_are_acknowledged_and_counted_per_agent(
         tmp_path: Path) -> None:
     sink = StreamingFakeSink()
     h = Harness(tmp_path, sink)
-    h.pipeline.policies = PolicyStage(Settings(sampling=SamplingSettings(default_rate=0.5)))
+    h.pipeline.policies = stage_of(Settings(sampling=SamplingSettings(default_rate=0.5)))
     spans = [span(i, agent_name=f"agent-{i % 2}") for i in range(60)]
     kept = [s["id"] for s in spans if trace_point(uuid.UUID(s["trace_id"])) < 0.5]
     assert 0 < len(kept) < 60
@@ -46,7 +45,7 @@ async def test_sampled_out_records_are_acknowledged_and_counted_per_agent(
 async def test_a_batch_of_only_sampled_out_records_still_moves_the_checkpoint(
         tmp_path: Path) -> None:
     h = Harness(tmp_path, FakeSink())
-    h.pipeline.policies = PolicyStage(Settings(sampling=SamplingSettings(default_rate=0.0)))
+    h.pipeline.policies = stage_of(Settings(sampling=SamplingSettings(default_rate=0.0)))
     h.write([span(i) for i in range(5)])
     h.start()
     await h.until(lambda: h.checkpoint() == h.file.stat().st_size)
@@ -56,7 +55,7 @@ async def test_a_batch_of_only_sampled_out_records_still_moves_the_checkpoint(
 
 async def test_agent_labels_are_bounded(tmp_path: Path) -> None:
     h = Harness(tmp_path, FakeSink(), max_records=500)
-    h.pipeline.policies = PolicyStage(Settings(sampling=SamplingSettings(default_rate=0.0)))
+    h.pipeline.policies = stage_of(Settings(sampling=SamplingSettings(default_rate=0.0)))
     h.write([span(i, agent_name=f"a{i}") for i in range(MAX_AGENT_LABELS + 10)])
     h.start()
     await h.until(lambda: h.checkpoint() == h.file.stat().st_size)
@@ -67,7 +66,7 @@ async def test_agent_labels_are_bounded(tmp_path: Path) -> None:
 
 async def test_secrets_are_masked_before_the_sink_sees_them(tmp_path: Path) -> None:
     h = Harness(tmp_path, FakeSink())
-    h.pipeline.policies = PolicyStage(Settings())
+    h.pipeline.policies = stage_of(Settings())
     h.write([span(0, input={"key": "AKIAIOSFODNN7EXAMPLE"}, tags=["jane@example.com"])])
     h.start()
     await h.until(lambda: len(h.sink.stored) == 1)

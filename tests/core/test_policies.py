@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.config.settings import RedactionPattern, RedactionSettings, SamplingSettings, Settings
-from sidecar.policies import SAMPLED_OUT, PolicyStage
+from sidecar.policies import SAMPLED_OUT
 from sidecar.policies.limits import truncate_json
 from sidecar.policies.redaction import Redactor, luhn
 from sidecar.policies.sampling import Sampler, trace_point
 from sidecar.records import ErrorInfo, Event, SpanRecord, TraceRecord, encode_json, parse_line
+from tests.core.helpers import stage_of
 from tests.core.secrets_corpus import LABELLED, NON_SECRETS, OPIK_KEY, SECRETS
 from tests.support import span
 
@@ -60,7 +61,7 @@ def test_rate_is_agent_override_then_tier_then_environment() -> None:
 
 
 def test_every_span_of_a_trace_gets_the_same_decision_and_errors_are_kept() -> None:
-    stage = PolicyStage(Settings(sampling=SamplingSettings(default_rate=0.3)))
+    stage = stage_of(Settings(sampling=SamplingSettings(default_rate=0.3)))
     for _ in range(200):
         trace = str(uuid.uuid4())
         outs = [stage.apply(_span(trace_id=trace, agent_name=f"a{i}")) for i in range(3)]
@@ -71,7 +72,7 @@ def test_every_span_of_a_trace_gets_the_same_decision_and_errors_are_kept() -> N
 
 def test_trace_records_are_kept_when_any_rate_could_keep_their_spans() -> None:
     s = SamplingSettings(default_rate=0.0, agent_overrides={"checkout": 0.5})
-    stage = PolicyStage(Settings(sampling=s))
+    stage = stage_of(Settings(sampling=s))
     for _ in range(200):
         tid = uuid.uuid4()
         trace = parse_line(orjson.dumps({"kind": "trace", "id": str(tid), "name": "t",
@@ -137,7 +138,7 @@ def test_builtin_off_and_disabled_redaction() -> None:
     raw = orjson.dumps({"k": "AKIAIOSFODNN7EXAMPLE", "password": "p"})
     out, counts = Redactor(RedactionSettings(builtin=False)).redact_json(raw)
     assert counts == {"key:password": 1} and b"AKIAIOSFODNN7EXAMPLE" in out
-    stage = PolicyStage(Settings(spans={"redaction": {"enabled": False}}))
+    stage = stage_of(Settings(spans={"redaction": {"enabled": False}}))
     rec = _span(input={"password": "p"})
     assert stage.apply(rec) is rec
 
@@ -174,7 +175,7 @@ def test_stage_redacts_every_field_of_a_span_and_counts_once() -> None:
                 tags=[secret, "ok"], error_info={"exception_type": "E", "message": secret,
                                                  "traceback": secret},
                 events=[{"name": secret, "attributes": {"a": secret}}])
-    stage = PolicyStage(Settings())
+    stage = stage_of(Settings())
     out = stage.apply(rec, encode_json(rec))
     assert isinstance(out, SpanRecord)
     assert secret not in encode_json(out).decode()
@@ -185,7 +186,7 @@ def test_stage_redacts_every_field_of_a_span_and_counts_once() -> None:
 
 def test_a_clean_line_is_returned_as_it_is() -> None:
     rec = _span()
-    stage = PolicyStage(Settings())
+    stage = stage_of(Settings())
     assert stage.apply(rec, encode_json(rec)) is rec
 
 
@@ -219,7 +220,7 @@ def test_truncation_marker_is_valid_json_within_the_limit(field: str) -> None:
 def test_stage_truncates_after_redacting_and_the_record_ships() -> None:
     secret = "AKIAIOSFODNN7EXAMPLE"
     rec = _span(input={"p": secret + " " + "x" * 5000}, output={"o": "short"})
-    stage = PolicyStage(Settings(spans={"max_field_bytes": 1024}))
+    stage = stage_of(Settings(spans={"max_field_bytes": 1024}))
     line = encode_json(rec)
     out = stage.apply(rec, line)
     assert isinstance(out, SpanRecord) and out.input is not None
@@ -232,11 +233,12 @@ def test_stage_truncates_after_redacting_and_the_record_ships() -> None:
 
 
 def test_reconfigure_swaps_policies_for_later_records() -> None:
-    stage = PolicyStage(Settings())
+    stage = stage_of(Settings())
     rec = _span(input={"t": "TCK-123456"})
     assert stage.apply(rec) is rec
-    stage.configure(Settings(spans={"redaction": {"patterns": [
-        {"name": "ticket", "regex": "TCK-[0-9]{6}"}]}}))
+    new = Settings(spans={"redaction": {"patterns": [
+        {"name": "ticket", "regex": "TCK-[0-9]{6}"}]}})
+    stage.configure(new.sampling, new.spans)
     out = stage.apply(rec)
     assert isinstance(out, SpanRecord) and js(out.input) == {"t": R}
 

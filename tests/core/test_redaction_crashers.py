@@ -13,7 +13,7 @@ from sidecar.config.settings import Settings
 from sidecar.policies import PolicyStage, SampledOut
 from sidecar.records import Record, Rejected, SpanRecord, encode_json, parse_line
 from tests.core.crashers import crashers
-from tests.core.helpers import span
+from tests.core.helpers import span, stage_of
 from tests.core.test_pipeline import FakeSink, Harness, ids
 
 
@@ -23,7 +23,7 @@ def test_a_crasher_goes_through_the_policy_stage(name: str, line: bytes) -> None
     the rest (deep brackets, a 5,000-digit integer) kept as written."""
     rec = parse_line(line)
     assert isinstance(rec, SpanRecord), rec
-    out = PolicyStage(Settings()).apply(rec, line)
+    out = stage_of(Settings()).apply(rec, line)
     assert isinstance(out, SpanRecord)
     text = encode_json(out)
     assert b"jane@example.com" not in text and b"a@b.io" not in text
@@ -35,7 +35,7 @@ async def test_crashers_are_shipped_between_good_lines(tmp_path: Path) -> None:
     """Each crasher is shipped once (redacted), the good lines around it too, and
     the checkpoint reaches the end: nothing quarantined, nothing twice."""
     h = Harness(tmp_path, FakeSink(), max_records=4)
-    h.pipeline.policies = PolicyStage(Settings())
+    h.pipeline.policies = stage_of(Settings())
     lines: list[dict[str, object] | bytes] = []
     for i, (_, crasher) in enumerate(crashers()):
         lines += [span(100 + i), crasher + b"\n"]
@@ -60,7 +60,7 @@ class _Exploding(PolicyStage):
 async def test_a_line_the_policy_stage_raises_on_is_quarantined_and_the_pipeline_goes_on(
         tmp_path: Path) -> None:
     h = Harness(tmp_path, FakeSink(), max_records=3)
-    h.pipeline.policies = _Exploding(Settings())
+    h.pipeline.policies = _Exploding(Settings().sampling, Settings().spans)
     good = [span(i) for i in range(6)]
     bad = [span(50 + i, input={"x": "EXPLODE"}) for i in range(2)]
     h.write([good[0], bad[0], *good[1:4], bad[1], *good[4:]])

@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from sidecar.config.settings import RedactionPattern, RedactionSettings, Settings
-from sidecar.policies import PolicyStage
 from sidecar.policies.redaction import MAX_NESTING, Redactor
 from sidecar.records import FeedbackRecord, SpanRecord, encode_json, parse_line
+from tests.core.helpers import stage_of
 from tests.support import span
 
 R = "[REDACTED]"
@@ -26,7 +26,7 @@ def shipped(line: bytes, settings: Settings | None = None) -> bytes:
     """What the sinks get for a spool line: parse, then the policy stage."""
     rec = parse_line(line)
     assert isinstance(rec, SpanRecord | FeedbackRecord), rec
-    out = PolicyStage(settings or Settings()).apply(rec, line)
+    out = stage_of(settings or Settings()).apply(rec, line)
     assert isinstance(out, SpanRecord | FeedbackRecord)
     return encode_json(out)
 

@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.config.settings import Settings
-from sidecar.policies import PolicyStage
 from sidecar.records import (
     FeedbackRecord,
     Rejected,
@@ -31,6 +30,7 @@ from sidecar.records import (
     encode_json,
     parse_line,
 )
+from tests.core.helpers import stage_of
 
 # (text planted, the part that must not survive). Each is a secret whatever
 # its neighbours, as long as a space separates them.
@@ -126,7 +126,7 @@ def shipped(line: bytes) -> bytes | None:
     rec = parse_line(line)
     if isinstance(rec, Rejected):
         return None
-    out = PolicyStage(Settings()).apply(rec, line)
+    out = stage_of(Settings()).apply(rec, line)
     assert isinstance(out, SpanRecord | TraceRecord | FeedbackRecord)
     return encode_json(out)
 
