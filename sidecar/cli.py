@@ -1,6 +1,5 @@
 """The ``span-sidecar`` command: the only place that turns errors into exit codes.
 
-Exit codes: 0 success, 2 bad usage or invalid config, 1 anything else.
 Commands other than ``run`` log at warning and above unless ``-v`` (their
 output is what they print); the daemon logs at ``logging.level``.
 """
@@ -26,10 +25,9 @@ from sidecar.config.loader import ConfigError, LoadedConfig, load_config
 from sidecar.config.secrets import redacted, scrub
 from sidecar.config.settings import Settings
 from sidecar.config.sources import example_config
+from sidecar.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_USAGE, HELP
 
 log = structlog.get_logger("sidecar.cli")
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 CONFIG_HELP = ("YAML config file (default: $SIDECAR_CONFIG, else ./config/sidecar.yaml, "
@@ -45,7 +43,7 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="span-sidecar", description=__doc__)
+    p = argparse.ArgumentParser(prog="span-sidecar", description=__doc__, epilog=HELP)
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
@@ -63,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     cmd("migrate", "create or upgrade the Postgres schema (idempotent)")
     cc = cmd("check-config", "validate and print the effective config, secrets masked")
     cc.add_argument("--connect", action="store_true",
-                    help="also try to reach Postgres, Opik (and Redis when configured)")
+                    help="also run each enabled sink's own check, and PING the cache's "
+                         "Redis when cache.backend is redis")
     cc.add_argument("--example", action="store_true",
                     help="print the example config shipped with the package, and exit")
     st = cmd("status", "spool files and lag per sink, breaker states, quarantine counts")
@@ -190,8 +189,9 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     async def go() -> list[str]:
         pg = settings.postgres
         password = pg.password.get_secret_value() if pg.password else None
+        # No statement cache: named statements break behind PgBouncer (store/pool.py).
         conn = await asyncpg.connect(pg.dsn, timeout=pg.connect_timeout_s,
-                                     password=password or None)
+                                     password=password or None, statement_cache_size=0)
         try:
             return await migrate(conn, pg.db_schema)
         finally:

@@ -10,7 +10,7 @@ trail what the sinks stored.
 Exit status: 0 after a drain in which every reachable sink got every
 complete line the spool held at the signal (a sink found unreachable is
 skipped and its backlog logged, ``app.drain.finished``); 3
-(``EXIT_DRAIN_INCOMPLETE``) when the drain timeout cut it short, since in
+(``sidecar/exit_codes.py: EXIT_DRAIN_INCOMPLETE``) when the drain timeout cut it short, since in
 Kubernetes what a drain leaves dies with the pod; 1 after a second signal or
 a crash.
 """
@@ -33,7 +33,8 @@ import structlog
 from sidecar.app import App
 from sidecar.config.reload import reload_config
 from sidecar.config.settings import Settings
-from sidecar.pipeline.drain import EXIT_DRAIN_INCOMPLETE, drain
+from sidecar.exit_codes import EXIT_DRAIN_INCOMPLETE
+from sidecar.pipeline.drain import drain
 
 log = structlog.get_logger("sidecar.daemon")
 
@@ -48,7 +49,11 @@ def _exit_now(code: int, event: str) -> None:
 
 
 def raise_open_files_limit() -> None:
-    """Each sink holds every tracked spool file open: take the hard limit."""
+    """Take the hard limit, as headroom: a sink's reader holds few spool files
+    open (up to 8 new ones, the one it reads, deleted ones it still reads;
+    ``sidecar/spool/discovery.py``), but sockets and the state directory
+    need descriptors too, and running out is only waited out
+    (``sidecar/spool/faults.py``)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft != resource.RLIM_INFINITY and soft < want:

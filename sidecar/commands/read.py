@@ -13,12 +13,11 @@ from uuid import UUID
 
 from sidecar.clock import SystemClock
 from sidecar.config.settings import Settings
+from sidecar.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from sidecar.read.repository import SpanRepository, check_window
 from sidecar.read.service import ReadSide
 from sidecar.read.stats import check_agent, render_stats, render_trace
 from sidecar.store.retention import RetentionResult
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def _usage(command: str, message: str) -> int:

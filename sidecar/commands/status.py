@@ -37,6 +37,7 @@ from sidecar.config.settings import Settings
 from sidecar.sinks.registry import enabled_sinks
 from sidecar.spool.checkpoints import FileMark, read_marks
 from sidecar.spool.disabled_sinks import first_seen, with_checkpoint
+from sidecar.spool.files import count_newlines
 from sidecar.spool.state import StateDir
 from sidecar.spool.tailer import spool_files
 
@@ -58,8 +59,7 @@ def count_lines(path: Path, start: int, end: int) -> tuple[int, bool]:
     try:
         with path.open("rb") as fh:
             if size <= 2 * SAMPLE_BYTES:
-                fh.seek(start)
-                return fh.read(size).count(b"\n"), False
+                return count_newlines(fh.fileno(), start, end)[0], False
             fh.seek(start)
             head = fh.read(SAMPLE_BYTES)
             fh.seek(end - SAMPLE_BYTES)

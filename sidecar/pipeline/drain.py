@@ -26,11 +26,8 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sidecar.exit_codes import EXIT_DRAIN_INCOMPLETE, EXIT_OK
 from sidecar.spool.tailer import Line, SpoolReader
-
-# The process exit status of a drain cut short by its timeout (1 is a crash
-# or a second signal, 2 an invalid configuration).
-EXIT_DRAIN_INCOMPLETE = 3
 
 LeftReason = Literal["unreachable", "timeout"]
 
@@ -64,7 +61,7 @@ class SpoolSnapshot:
         return sum(min(files[key].read_pos, size) if key in files else size
                    for key, size in self.targets.items())
 
-    async def read(self, reader: SpoolReader, read: Callable[[], Awaitable[list[Line]]],
+    async def read(self, reader: SpoolReader, read: Callable[[], list[Line]],
                    take: Callable[[list[Line]], Awaitable[None]],
                    skipped: Callable[[], bool]) -> None:
         """``read`` lines and ``take`` them until every complete line up to the
@@ -76,7 +73,7 @@ class SpoolSnapshot:
             before = self.progress(reader)
             if before >= self.total:
                 break
-            lines = await read()
+            lines = read()
             if not lines:
                 break  # what is left of the sizes is no complete line
             await take(lines)
@@ -142,7 +139,7 @@ class DrainReport:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.drained else EXIT_DRAIN_INCOMPLETE
+        return EXIT_OK if self.drained else EXIT_DRAIN_INCOMPLETE
 
     def fields(self) -> dict[str, Any]:
         """The ``app.drain.finished`` log fields."""

@@ -147,7 +147,7 @@ class SinkPipeline:
             if self.spool.changed.is_set():
                 self.spool.changed.clear()
                 self.reader.scan()
-            lines = await self._read()
+            lines = self._read()
             await self._take(lines, queue)
             left = self.batcher.time_left(self.clock.monotonic())
             if left == 0.0:
@@ -159,9 +159,9 @@ class SinkPipeline:
             await self._hand_over(queue)
         await queue.put(None)
 
-    async def _read(self) -> list[Line]:
+    def _read(self) -> list[Line]:
         budget = max(self.batcher.max_records, 256)
-        return await self.reader.read(budget, self.settings.batch.max_bytes)
+        return self.reader.read(budget, self.settings.batch.max_bytes)
 
     async def _read_to_snapshot(self, queue: asyncio.Queue[Batch | None]) -> None:
         """The drain's reading: rescan once, then read every complete line up to

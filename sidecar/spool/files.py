@@ -131,3 +131,21 @@ def is_finished(path: str, mtime: float, now: float, idle_done_after_s: float | 
 
 def fingerprint(fd: int, length: int) -> str:
     return hashlib.blake2b(os.pread(fd, length, 0), digest_size=16).hexdigest()
+
+
+COUNT_CHUNK = 1 << 20
+
+
+def count_newlines(fd: int, start: int = 0, end: int | None = None) -> tuple[int, bool]:
+    """The newlines of an open file between two offsets (to its end without
+    ``end``), read a chunk at a time; and whether the range ends inside a
+    line (its last byte is not a newline). Used wherever lines are counted:
+    the quota's dropped records, the quarantine's trimmed entries, ``status``."""
+    count, last, at = 0, b"\n", start
+    while end is None or at < end:
+        chunk = os.pread(fd, COUNT_CHUNK if end is None else min(COUNT_CHUNK, end - at), at)
+        if not chunk:
+            break
+        count += chunk.count(b"\n")
+        last, at = chunk[-1:], at + len(chunk)
+    return count, last != b"\n"

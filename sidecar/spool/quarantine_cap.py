@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.client.fsutil import fsync_dir
+from sidecar.spool.files import count_newlines
 
 CHUNK = 1 << 20
 KEEP_FRACTION = (3, 4)
@@ -48,7 +49,7 @@ def trim(fd: int, path: Path, max_bytes: int, newest: int) -> Dropped:
         cut = min(_line_start_from(rfd, size - keep, size), size - newest)
         if cut <= 0:
             return Dropped(0, 0)
-        entries = _count_lines(rfd, cut)
+        entries, _ = count_newlines(rfd, 0, cut)
         _replace_with_tail(rfd, path, cut, size)
     finally:
         os.close(rfd)
@@ -67,17 +68,6 @@ def _line_start_from(fd: int, pos: int, size: int) -> int:
             return at + nl + 1
         at += len(chunk)
     return size
-
-
-def _count_lines(fd: int, end: int) -> int:
-    count, at = 0, 0
-    while at < end:
-        chunk = os.pread(fd, min(CHUNK, end - at), at)
-        if not chunk:
-            break
-        count += chunk.count(b"\n")
-        at += len(chunk)
-    return count
 
 
 def _replace_with_tail(fd: int, path: Path, start: int, end: int) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import structlog
 
@@ -27,6 +26,7 @@ from sidecar.clock import Clock, every
 from sidecar.config.settings import SpoolSettings
 from sidecar.snapshots import QuotaStats
 from sidecar.spool.faults import FaultTracker, is_resource_error
+from sidecar.spool.files import count_newlines
 from sidecar.spool.tailer import SpoolReader, is_finished, spool_files
 
 log = structlog.get_logger("sidecar.quota")
@@ -119,10 +119,9 @@ class SpoolQuota:
 
 def _records_from(path: str, offset: int) -> int:
     """Lines (a last one without its newline included) from ``offset`` to the end."""
-    count, last = 0, b"\n"
-    with Path(path).open("rb") as f:
-        f.seek(offset)
-        while chunk := f.read(1 << 20):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (last != b"\n")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        count, unfinished = count_newlines(fd, offset)
+    finally:
+        os.close(fd)
+    return count + unfinished

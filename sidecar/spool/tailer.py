@@ -44,7 +44,7 @@ class SpoolReader(SpoolFiles):
     """Tracks the spool's files for one sink and hands out complete lines."""
 
     # -- reading -------------------------------------------------------------
-    async def read(self, max_lines: int, max_bytes: int = 1 << 62) -> list[Line]:
+    def read(self, max_lines: int, max_bytes: int = 1 << 62) -> list[Line]:
         """Complete lines, fairly across files: at most one chunk of each file,
         visiting files (in turn from call to call) until ``max_lines`` lines or
         ``max_bytes`` bytes were taken. A closed file is visited only when scan
@@ -63,7 +63,7 @@ class SpoolReader(SpoolFiles):
             if f.key not in self.files or not self._ready(f):
                 continue
             try:
-                lines = await self._read_file(f)
+                lines = self._read_file(f)
                 self._release(f)
             except OSError as exc:
                 self._read_failed(f, exc)
@@ -80,7 +80,7 @@ class SpoolReader(SpoolFiles):
         due = f.read_pos < f.size and self.finished(f)
         return (f.stale or due) and self._open(f)
 
-    async def _read_file(self, f: TrackedFile) -> list[Line]:
+    def _read_file(self, f: TrackedFile) -> list[Line]:
         # An over-long line is skipped a chunk at a time within this call: an
         # empty answer must mean "nothing complete yet", or the caller idles.
         while True:

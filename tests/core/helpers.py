@@ -73,7 +73,7 @@ async def read_all(reader: SpoolReader, max_lines: int = 10_000, *,
     if scan:
         reader.scan()
     out: list[Line] = []
-    while batch := await reader.read(max_lines):
+    while batch := reader.read(max_lines):
         out.extend(batch)
     return out
 

@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from sidecar.pipeline.drain import EXIT_DRAIN_INCOMPLETE, DrainReport, SinkLeft, SpoolSnapshot
+from sidecar.exit_codes import EXIT_DRAIN_INCOMPLETE
+from sidecar.pipeline.drain import DrainReport, SinkLeft, SpoolSnapshot
 from sidecar.records import Record
 from sidecar.sinks.base import Delivered, Outcome, Retry
 from sidecar.spool.tailer import Line
@@ -270,8 +271,8 @@ async def _drain_read(spool: Path, paths: list[Path], appended: int) -> dict[str
     snap = SpoolSnapshot.take(reader)
     taken: dict[str, list[bytes]] = {}
 
-    async def read() -> list[Line]:
-        return await reader.read(3, 1 << 20)
+    def read() -> list[Line]:
+        return reader.read(3, 1 << 20)
 
     async def take(lines: list[Line]) -> None:
         for line in lines:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.spool import files
+from sidecar.spool.files import count_newlines
 from sidecar.spool.lines import split_lines
 
 PROPERTY = settings(max_examples=300, deadline=None)
@@ -54,3 +58,22 @@ def test_splitting_a_stream_in_two_reads_gives_the_same_lines_as_one_read(a: byt
 ])
 def test_examples(chunk: bytes, lines: list[bytes], tail: bytes) -> None:
     assert split_lines(chunk) == (lines, tail)
+
+
+@PROPERTY
+@given(data=CHUNKS, cut=st.data())
+def test_count_newlines_agrees_with_the_bytes_at_any_range_and_chunk_size(
+        data: bytes, cut: st.DataObject) -> None:
+    start = cut.draw(st.integers(0, len(data)))
+    end = cut.draw(st.none() | st.integers(start, len(data)))
+    chunk = cut.draw(st.integers(1, 64))
+    part = data[start:end]
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        saved, files.COUNT_CHUNK = files.COUNT_CHUNK, chunk
+        try:
+            assert count_newlines(f.fileno(), start, end) == (
+                part.count(b"\n"), part[-1:] not in (b"", b"\n"))
+        finally:
+            files.COUNT_CHUNK = saved

@@ -343,7 +343,7 @@ async def test_checkpoint_survives_a_restart_without_reshipping(tmp_path: Path,
     reader = SpoolReader(h.spool_dir, PATTERNS, 1 << 20, 1 << 16, store.load(), sink.name,
                          h.clock)
     reader.scan()
-    assert await reader.read(100) == []  # nothing left to ship
+    assert reader.read(100) == []  # nothing left to ship
     reader.close()
 
 

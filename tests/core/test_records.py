@@ -332,7 +332,7 @@ def test_the_schema_refuses_invalid_records_as_the_parser_does(rec: dict[str, An
 def test_the_published_schema_file_matches_the_models() -> None:
     published = json.loads(SCHEMA_FILE.read_text()) if SCHEMA_FILE.exists() else None
     assert published == json_schema(), (
-        f"{SCHEMA_FILE} is out of date with sidecar/records.py; regenerate it with: {REGENERATE}")
+        f"{SCHEMA_FILE} is out of date with sidecar/schema.py; regenerate it with: {REGENERATE}")
 
 
 def test_the_published_schema_is_a_valid_draft_2020_12_schema() -> None:

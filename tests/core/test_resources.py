@@ -245,7 +245,7 @@ async def test_a_rename_to_done_between_scan_and_open_is_not_a_warning(spool: Pa
     reader.scan()
     path.rename(spool / "a.jsonl.done")
     with capture_logs() as logs:
-        assert await reader.read(100) == []
+        assert reader.read(100) == []
         got = await read_all(reader)  # the next scan finds the new name
     assert [x.raw + b"\n" for x in got] == lines
     assert not [e for e in logs if e["log_level"] in ("warning", "error")]

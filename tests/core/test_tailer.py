@@ -313,7 +313,7 @@ async def test_a_read_skips_an_over_long_line_whole_instead_of_returning_nothing
     append(spool / "a.jsonl", long + after[0])
     reader = make_reader(spool, max_line=MiB, chunk=MiB)
     reader.scan()
-    first = await reader.read(100)  # the old reader answered [] four times here
+    first = reader.read(100)  # the old reader answered [] four times here
     assert [ln.too_long for ln in first] == [len(long) - 1]
     lines = first + await read_all(reader, scan=False)
     assert offsets(lines) == expected_offsets([long, after[0]])
@@ -434,7 +434,7 @@ async def test_reads_rotate_across_files_so_none_is_starved(spool: Path) -> None
     reader.scan()
     firsts = []
     for _ in range(len(names)):
-        lines = await reader.read(10)
+        lines = reader.read(10)
         firsts.append(Path(lines[0].file.path).name)
     assert sorted(firsts) == names
 
@@ -444,7 +444,7 @@ async def test_a_large_backlog_in_one_file_does_not_delay_another(spool: Path) -
     append(spool / "small.jsonl", numbered(1)[0])
     reader = make_reader(spool, chunk=64 << 10)
     reader.scan()
-    seen = [ln.file.path for _ in range(2) for ln in await reader.read(100)]
+    seen = [ln.file.path for _ in range(2) for ln in reader.read(100)]
     assert str(spool / "small.jsonl") in seen
 
 
@@ -455,10 +455,10 @@ async def test_a_read_takes_one_chunk_a_file_and_stops_visiting_files_at_max_lin
         append(spool / f"w-{i}.jsonl", b"".join(numbered(1000, pad=20)))
     reader = make_reader(spool, max_line=1024, chunk=chunk)
     reader.scan()
-    one = await reader.read(1)
+    one = reader.read(1)
     assert len({ln.file.path for ln in one}) == 1 and len(one) > 1  # a whole chunk of lines
     assert sum(ln.end - ln.offset for ln in one) <= chunk
-    every = await reader.read(10**6)
+    every = reader.read(10**6)
     assert len({ln.file.path for ln in every}) == 5
     assert sum(ln.end - ln.offset for ln in every) <= 5 * chunk
 
@@ -471,7 +471,7 @@ async def test_a_large_backlog_is_read_one_chunk_per_file_per_read(spool: Path) 
     reader = make_reader(spool, max_line=4096, chunk=chunk)
     reader.scan()
     total, reads = 0, 0
-    while lines := await reader.read(100_000):
+    while lines := reader.read(100_000):
         size = sum(ln.end - ln.offset for ln in lines)
         assert size <= chunk
         total, reads = total + size, reads + 1

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.pipeline.drain import EXIT_DRAIN_INCOMPLETE
+from sidecar.exit_codes import EXIT_DRAIN_INCOMPLETE
 from tests.e2e.test_two_sinks import opik_ids, two_sinks
 from tests.opik_emulator import OpikEmulator
 from tests.support import Daemon, SidecarEnv, span, span_ids, wait_until, write_spans
