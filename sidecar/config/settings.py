@@ -87,7 +87,10 @@ class PostgresSettings(SinkSection):
     auto_migrate: bool = True
     # Postgres is fastest with thousands of rows per COPY (a few ms fixed cost each).
     max_batch_records: int = Field(default=5000, ge=1)
-    pool_size: int = Field(default=2, ge=1, le=32)
+    # One pool per daemon, shared by the sink and the read side (store/pool.py):
+    # at most this many connections while shipping, none after idle_timeout_s.
+    pool_size: int = Field(default=1, ge=1, le=32)
+    idle_timeout_s: float = Field(default=60.0, gt=0)  # an unused connection is closed after it
     connect_timeout_s: float = Field(default=10.0, gt=0)
     command_timeout_s: float = Field(default=60.0, gt=0)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -80,7 +80,8 @@ class PostgresSink:
         self.batches_in_flight = 1  # streamed, one COPY at a time
         self.default_project = default_project
         self.schema = settings.db_schema
-        self._pool = LazyPool(settings, max_size=settings.pool_size)
+        # Shared with the read side of the same settings (store/pool.py): one budget.
+        self._pool = LazyPool(settings)
         self._table = f"{quote_ident(self.schema)}.{TABLE}"
         self.nul_replaced_total = 0  # U+0000 stored as U+FFFD (store/table.py)
 
@@ -196,9 +197,11 @@ class PostgresSink:
     async def _merge(self, conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         try:
             async with conn.transaction():
+                # Dropped at commit: behind a pooler the server session (and a
+                # table kept in it) goes to another client next, maybe another schema.
                 await conn.execute(
                     f"CREATE TEMP TABLE IF NOT EXISTS span_sidecar_stage "
-                    f"(LIKE {self._table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+                    f"(LIKE {self._table} INCLUDING DEFAULTS) ON COMMIT DROP")
                 await conn.copy_records_to_table("span_sidecar_stage", records=rows,
                                                  columns=COLUMNS)
                 await conn.execute(

@@ -1,7 +1,12 @@
 """Schema migrations: ordered SQL files applied once, under an advisory lock.
 
-Safe to run from many sidecars at once: the transaction-scoped advisory lock
-serialises them, and each sees the versions the others recorded. Each applied
+Safe to run from many sidecars at once, also behind PgBouncer in transaction
+mode: the lock is transaction-scoped (``pg_advisory_xact_lock``, waited for,
+taken first in the one transaction that applies everything), so the first
+sidecar migrates while the others wait, then each reads the versions recorded
+under the lock and finds nothing left to do. The bookkeeping tables
+(``span_sidecar_migrations``, and ``span_sidecar_leases`` for the fleet's
+one-at-a-time passes, ``store/lease.py``) are created here, before any file. Each applied
 file's checksum is recorded and compared on every run: a migration edited
 after it was applied is refused, by name, rather than silently skipped.
 """
@@ -20,6 +25,7 @@ log = structlog.get_logger("sidecar.migrate")
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 TABLE = "span_sidecar_migrations"
+LEASES = "span_sidecar_leases"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,9 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {TABLE} (version integer PRIMARY KEY, name text NOT NULL,"
             " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {LEASES} (name text PRIMARY KEY, holder text NOT NULL,"
+            " expires_at timestamptz NOT NULL)")
         done = _check_applied(await conn.fetch(f"SELECT version, checksum FROM {TABLE}"))
         for mig in migrations():
             if mig.version in done:
@@ -92,8 +101,11 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
 async def is_current(conn: asyncpg.Connection, schema: str) -> bool:
     """Whether every shipped migration is recorded in ``schema`` (raises
     ``MigrationError`` for an edited one)."""
-    exists = await conn.fetchval("SELECT to_regclass($1)", f"{quote_ident(schema)}.{TABLE}")
-    if exists is None:
+    q = quote_ident(schema)
+    exists = await conn.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+        f"{q}.{TABLE}", f"{q}.{LEASES}")
+    if not exists:
         return False
     done = _check_applied(await conn.fetch(
         f"SELECT version, checksum FROM {quote_ident(schema)}.{TABLE}"))

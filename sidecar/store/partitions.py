@@ -5,7 +5,9 @@ that started on that UTC day; ``ml_observability_spans_default`` holds
 whatever no day partition covers. Expiring spans older than a cutoff drops
 every day partition that ends at or before it (a catalog operation, no row
 deletes) and deletes the older rows of the default partition and of the day
-the cutoff falls in, in batches, one short transaction each.
+the cutoff falls in, in batches, one short transaction each. A caller that
+holds the fleet's retention lease (``store/lease.py``) passes ``renew``,
+called before each step: nothing here spans more than one step's transaction.
 
 DDL cannot take bind parameters: partition names and bounds are formatted
 from ``date`` values computed here, never from input.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -31,6 +34,11 @@ _DAY_NAME = re.compile(rf"^{TABLE}_p(\d{{8}})$")
 # DDL on the parent waits for in-flight COPYs; past this it gives up until the
 # next run rather than queue every writer behind it.
 LOCK_TIMEOUT = "2s"
+Renew = Callable[[], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
 
 
 def lock_key(purpose: str, schema: str) -> int:
@@ -138,22 +146,26 @@ async def _create_day(conn: asyncpg.Connection, schema: str, day: date) -> bool:
 
 
 async def expire(conn: asyncpg.Connection, schema: str, cutoff: datetime, batch_rows: int,
-                 dry_run: bool, trim_partial_day: bool = True) -> Expiry:
-    """Remove (or with ``dry_run`` count) the spans that started before ``cutoff``."""
+                 dry_run: bool, trim_partial_day: bool = True,
+                 renew: Renew = _nothing) -> Expiry:
+    """Remove (or with ``dry_run`` count) the spans that started before ``cutoff``;
+    ``renew`` is awaited before each drop and each batch of deletes."""
     plan = await _plan(conn, schema, cutoff, trim_partial_day)
     q = quote_ident(schema)
     dropped, deleted = [], []
     for name in plan.drop:
         rows = int(await conn.fetchval(f"SELECT count(*) FROM {q}.{quote_ident(name)}"))
         if not dry_run:
+            await renew()
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                 await conn.execute(f"DROP TABLE {q}.{quote_ident(name)}")
             log.info("retention.partition.dropped", schema=schema, partition=name, rows=rows)
         dropped.append((name, rows))
     for name in plan.trim:
-        rows = await (_count_before if dry_run else _delete_before)(
-            conn, f"{q}.{quote_ident(name)}", cutoff, batch_rows)
+        table = f"{q}.{quote_ident(name)}"
+        rows = (await _count_before(conn, table, cutoff) if dry_run
+                else await _delete_before(conn, table, cutoff, batch_rows, renew))
         if rows:
             deleted.append((name, rows))
             if not dry_run:
@@ -176,17 +188,17 @@ async def _plan(conn: asyncpg.Connection, schema: str, cutoff: datetime,
     return plan
 
 
-async def _count_before(conn: asyncpg.Connection, table: str, cutoff: datetime,
-                        batch_rows: int) -> int:
+async def _count_before(conn: asyncpg.Connection, table: str, cutoff: datetime) -> int:
     return int(await conn.fetchval(f"SELECT count(*) FROM {table} WHERE start_time < $1",
                                    cutoff))
 
 
 async def _delete_before(conn: asyncpg.Connection, table: str, cutoff: datetime,
-                         batch_rows: int) -> int:
+                         batch_rows: int, renew: Renew) -> int:
     """Delete in batches of ``batch_rows``, each its own short transaction."""
     total = 0
     while True:
+        await renew()
         status = await conn.execute(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
             f"SELECT ctid FROM {table} WHERE start_time < $1 LIMIT $2))", cutoff, batch_rows)

@@ -1,8 +1,12 @@
 """Retention: day partitions kept ahead, and spans older than ``retention.ttl_days`` removed.
 
-One sidecar of a fleet applies the TTL at a time: the pass holds a session
-advisory lock, taken with ``pg_try_advisory_lock``, so a second sidecar (or a
-``span-sidecar retention`` run) finds it taken and says so instead of waiting.
+One sidecar of a fleet applies the TTL at a time: the pass holds the
+``retention`` lease (``store/lease.py``: a row, taken, renewed before each
+drop and delete batch, and given back, each its own short transaction; no
+session state, so it works behind PgBouncer in transaction mode), so a second
+sidecar (or a ``span-sidecar retention`` run) finds it taken and says so
+instead of waiting. Creating partitions ahead needs no lease: each day is
+created under a transaction advisory lock (``store/partitions.py``).
 The running daemon calls ``Retention.run`` every ``retention.interval_s``.
 """
 
@@ -17,7 +21,8 @@ import structlog
 
 from sidecar.clock import Clock
 from sidecar.config.settings import PostgresSettings, RetentionSettings
-from sidecar.store.partitions import Expiry, ensure_partitions, expire, is_partitioned, lock_key
+from sidecar.store.lease import Lease
+from sidecar.store.partitions import Expiry, ensure_partitions, expire, is_partitioned
 from sidecar.store.pool import LazyPool
 
 log = structlog.get_logger("sidecar.retention")
@@ -41,6 +46,7 @@ class Retention:
         self.schema = postgres.db_schema
         self.clock = clock
         self.pool = pool
+        self.lease = Lease(self.schema, "retention")
         self.passes = 0
         self.passed = asyncio.Event()  # set after each pass of ``run``, failed or not
 
@@ -66,16 +72,16 @@ class Retention:
 
     async def _expire_locked(self, conn: asyncpg.Connection, cutoff: datetime,
                              created: tuple[str, ...], dry_run: bool) -> RetentionResult:
-        key = lock_key("retention", self.schema)
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        if not await self.lease.acquire(conn):
             log.info("retention.run.skipped", schema=self.schema,
                      reason="another sidecar is applying retention")
             return RetentionResult(created, None, locked_out=True)
         try:
             expiry = await expire(conn, self.schema, cutoff, self.settings.delete_batch_rows,
-                                  dry_run, self.settings.trim_partial_day)
+                                  dry_run, self.settings.trim_partial_day,
+                                  renew=lambda: self.lease.renew(conn))
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+            await self.lease.release(conn)
         if not dry_run:
             log.info("retention.run.completed", schema=self.schema, cutoff=cutoff.isoformat(),
                      partitions_dropped=len(expiry.dropped), rows_removed=expiry.rows)

@@ -160,5 +160,5 @@ async def test_the_daemon_leaves_its_health_spans_out_and_says_its_pool_opened_o
             stop.set()
             await asyncio.wait_for(task, 30)
     opened = [(e["log_level"], e.get("pool")) for e in logs if e["event"] == "pg.pool.opened"]
-    assert opened == [("info", "sink"), ("debug", "read")] or \
-        opened == [("debug", "read"), ("info", "sink")]
+    # one pool for the sink and the read side (store/pool.py), opened by either
+    assert opened in ([("info", "sink")], [("debug", "read")])

@@ -8,9 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 
 from sidecar.clock import FakeClock
+from sidecar.store.lease import Lease
 from sidecar.store.migrate import TABLE as MIGRATIONS
 from sidecar.store.migrate import migrate, migrations, quote_ident
-from sidecar.store.partitions import day_partitions, lock_key, partition_name
+from sidecar.store.partitions import day_partitions, partition_name
 from sidecar.store.pool import LazyPool
 from sidecar.store.retention import Retention
 from tests.read.conftest import connect, make_settings, seed
@@ -108,12 +109,13 @@ async def test_two_retention_runs_at_once_one_works_the_other_says_so(pg_schema:
     holder = await asyncpg.connect(PG_DSN)
     try:
         await seed(conn, pg_schema, "alpha", NOON - timedelta(days=10), 10, 60.0)
-        # another sidecar holds the lock: this run says so and removes nothing
-        await holder.fetchval("SELECT pg_advisory_lock($1)", lock_key("retention", pg_schema))
+        # another sidecar holds the lease: this run says so and removes nothing
+        other_sidecar = Lease(pg_schema, "retention", holder="other-pod")
+        assert await other_sidecar.acquire(holder)
         blocked = await ret.apply()
         assert blocked.locked_out and blocked.expiry is None
         assert await count(conn, pg_schema) == 10
-        await holder.fetchval("SELECT pg_advisory_unlock($1)", lock_key("retention", pg_schema))
+        await other_sidecar.release(holder)
         # two at once, for real: exactly one of them removes the rows
         other, pool2 = retention_for(pg_schema, NOON)
         try:
@@ -159,7 +161,8 @@ async def test_0_1_table_migrates_to_partitions_keeping_every_row(pg_schema: str
         digest = (f'SELECT count(*), md5(string_agg(t::text, \',\' ORDER BY span_id)) '
                   f'FROM "{pg_schema}".ml_observability_spans t')
         before = await conn.fetchrow(digest)
-        assert [m.split("_")[0] for m in await migrate(conn, pg_schema)] == ["0003", "0004"]
+        assert [m.split("_")[0] for m in await migrate(conn, pg_schema)] == [
+            f"{m.version:04d}" for m in migrations() if m.version >= 3]  # 0003 on
         after = await conn.fetchrow(digest)
         assert tuple(after) == tuple(before) and after[0] == 2010
         assert await conn.fetchval(
@@ -203,3 +206,33 @@ async def test_retention_loop_applies_every_interval_until_stopped(pg_schema: st
                 assert NOON.date() + timedelta(days=3) in await day_partitions(conn, pg_schema)
             finally:
                 await conn.close()
+
+
+async def test_a_lease_left_by_a_dead_sidecar_is_taken_once_it_expires(pg_schema: str) -> None:
+    """A sidecar that died mid-pass never gives its lease back: it runs out after
+    its TTL and the next pass takes it; a holder whose lease was taken over
+    stops at its next step (``LeaseLost``)."""
+    from sidecar.store.lease import LeaseLost
+
+    conn = await connect(pg_schema)
+    ret, pool = retention_for(pg_schema, NOON)
+    try:
+        await pool.get()  # migrated
+        dead = Lease(pg_schema, "retention", holder="dead-pod", ttl_s=0)
+        assert await dead.acquire(conn)  # expired by the next statement
+        alive = Lease(pg_schema, "retention", holder="alive-pod")
+        assert await alive.acquire(conn)
+        try:
+            await dead.renew(conn)
+        except LeaseLost:
+            pass
+        else:
+            raise AssertionError("a lease that ran out was renewed over its new holder")
+        await alive.release(conn)
+        assert await dead.acquire(conn)  # and dies again, holding it
+        await seed(conn, pg_schema, "alpha", NOON - timedelta(days=10), 5, 60.0)
+        done = await ret.apply()
+        assert not done.locked_out and done.expiry is not None and done.expiry.rows == 5
+    finally:
+        await pool.close()
+        await conn.close()
