@@ -223,6 +223,13 @@ class RetentionSettings(Section):
     # false: a partly expired day stays until all of it has expired (up to a
     # day past ttl_days), so retention never deletes from day partitions.
     trim_partial_day: bool = True
+    # Daily rollups (stats, v_agent_latency_summary) are kept this long, and never
+    # less than ttl_days: a 90-day trend survives 7 days of raw spans. null: forever.
+    rollup_ttl_days: int | None = Field(default=400, ge=1)
+    # Hourly rollups (a window's first partial day): keep >= stats.max_window. null: forever.
+    rollup_hourly_ttl_days: int | None = Field(default=35, ge=1)
+    # How often a running daemon merges the pending rollup deltas (one sidecar at a time).
+    rollup_interval_s: float = Field(default=10.0, gt=0)
 
 
 _WINDOW = r"^[1-9][0-9]{0,5}[mhd]$"

@@ -2,8 +2,9 @@
 
 Every query is parameterised; only identifiers of our own (the schema, the
 table) are formatted into the SQL, quoted. Statistics are computed in one
-pass per window: ``percentile_cont`` over ``duration_ms`` per agent, so they
-equal a direct ``percentile_cont`` over the same rows. The daemon's own
+pass per window from the rollups (``read/rollup_stats.py``: counts, sums,
+min and max exact, quantiles within 1 % of ``percentile_cont``), or, for a
+window of few rows, ``percentile_cont`` over ``duration_ms`` per agent. The daemon's own
 health spans (agent ``span-sidecar``, name ``span-sidecar.health``, ~60 s
 each) are left out of the all-agents statistics, as they are of
 ``v_agent_latency_summary`` (migration 0004): they would skew every figure.
@@ -21,6 +22,7 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, ConfigDict
 
+from sidecar.read.rollup_stats import EXACT_MAX_ROWS, backfill_done_sql, rollup_stats_sql
 from sidecar.records import SpanRecord
 from sidecar.store.migrate import quote_ident
 from sidecar.store.table import COLUMNS, TABLE, span_row
@@ -153,8 +155,10 @@ _INSERT = ("INSERT INTO {table} (" + ", ".join(COLUMNS) + ") VALUES ("
 class SpanRepository:
     """Reads (and, for tools and tests, writes) spans in one schema."""
 
-    def __init__(self, pool: asyncpg.Pool, schema: str, default_project: str = "") -> None:
+    def __init__(self, pool: asyncpg.Pool, schema: str, default_project: str = "",
+                 exact_max_rows: int = EXACT_MAX_ROWS) -> None:
         self._pool = pool
+        self.exact_max_rows = exact_max_rows
         self.schema = schema
         self.table = f"{quote_ident(schema)}.{TABLE}"
         self._default_project = default_project
@@ -200,15 +204,24 @@ class SpanRepository:
 
     async def agent_stats(self, since: datetime, agent: str | None = None) -> list[AgentStats]:
         """Latency and quality per agent over spans started at or after ``since``;
-        for all agents (None), without the daemon's health spans."""
-        if agent is None:
-            sql = _STATS_SELECT.format(
-                table=self.table,
-                agent_filter="(agent_name IS DISTINCT FROM $2 OR name <> $3)")
-            rows = await self._pool.fetch(sql, since, HEALTH_AGENT, HEALTH_SPAN)
-        else:
-            sql = _STATS_SELECT.format(table=self.table, agent_filter="agent_name = $2")
-            rows = await self._pool.fetch(sql, since, agent)
+        for all agents (None), without the daemon's health spans. From the
+        rollups (``read/rollup_stats.py``), but exactly from the raw rows when
+        the window holds at most ``exact_max_rows`` spans or the rollups of
+        rows stored before migration 0005 are still being built."""
+        args: tuple[Any, ...] = (since, agent) if agent else (since, HEALTH_AGENT, HEALTH_SPAN)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL jit = off")
+            if await conn.fetchval(backfill_done_sql(self.schema)):
+                rows = await conn.fetch(rollup_stats_sql(self.schema, agent is None), *args)
+                if sum(r["span_count"] for r in rows) > self.exact_max_rows:
+                    return [_agent_stats(r) for r in rows]
+            if agent is None:
+                sql = _STATS_SELECT.format(
+                    table=self.table,
+                    agent_filter="(agent_name IS DISTINCT FROM $2 OR name <> $3)")
+            else:
+                sql = _STATS_SELECT.format(table=self.table, agent_filter="agent_name = $2")
+            rows = await conn.fetch(sql, *args)
         return [_agent_stats(r) for r in rows]
 
     async def latency_stats(self, since: datetime, agent: str | None = None,

@@ -2,7 +2,7 @@
 
 The app enters it on its exit stack, passes ``on_stored`` to the Postgres
 sink, ``stats_http`` to the HTTP server and ``cache_stats`` to the metrics,
-and starts ``run`` (partitions ahead and retention) in its TaskGroup. The
+and starts ``run`` (partitions ahead, retention, the rollup pass) in its TaskGroup. The
 CLI's ``stats``, ``trace`` and ``retention`` build the same pieces.
 """
 
@@ -20,6 +20,7 @@ from sidecar.read.stats import StatsService
 from sidecar.snapshots import CacheStats
 from sidecar.store.pool import LazyPool
 from sidecar.store.retention import Retention
+from sidecar.store.rollup_pass import RollupPass
 
 
 class ReadSide:
@@ -31,6 +32,7 @@ class ReadSide:
         self.stats = StatsService(self.pool, settings.postgres.db_schema, self.cache, clock,
                                   settings.stats.max_window)
         self.retention = Retention(settings.retention, settings.postgres, clock, self.pool)
+        self.rollups = RollupPass(settings.retention, settings.postgres, clock, self.pool)
 
     async def __aenter__(self) -> ReadSide:
         return self
@@ -53,5 +55,8 @@ class ReadSide:
         return self.cache.stats()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Partitions ahead and, with ``retention.ttl_days`` set, the TTL, every interval."""
-        await self.retention.run(stop)
+        """Partitions ahead and, with ``retention.ttl_days`` set, the TTL, every
+        interval; the rollup pass every ``retention.rollup_interval_s``."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.retention.run(stop))
+            tg.create_task(self.rollups.run(stop))

@@ -13,6 +13,7 @@ from typing import Any
 from sidecar.clock import Clock
 from sidecar.read.cache import MetricsCache
 from sidecar.read.repository import SpanRepository, StatsReport, TraceSpan, check_window, since_for
+from sidecar.read.rollup_stats import EXACT_MAX_ROWS
 from sidecar.store.pool import LazyPool
 
 MAX_AGENT_CHARS = 512
@@ -34,8 +35,9 @@ def check_agent(agent: str | None) -> None:
 
 class StatsService:
     def __init__(self, pool: LazyPool, schema: str, cache: MetricsCache, clock: Clock,
-                 max_window: str = "31d") -> None:
+                 max_window: str = "31d", exact_max_rows: int = EXACT_MAX_ROWS) -> None:
         self._pool = pool
+        self.exact_max_rows = exact_max_rows
         self._schema = schema
         self.cache = cache
         self.clock = clock
@@ -50,7 +52,8 @@ class StatsService:
 
         async def compute() -> bytes:
             since = since_for(window, self.clock.wall())
-            repo = SpanRepository(await self._pool.get(), self._schema)
+            repo = SpanRepository(await self._pool.get(), self._schema,
+                                  exact_max_rows=self.exact_max_rows)
             agents = await repo.agent_stats(since, agent)
             report = StatsReport(window=window, since=since, agent=agent, agents=tuple(agents))
             return report.model_dump_json().encode()

@@ -24,6 +24,7 @@ from sidecar.config.settings import PostgresSettings, RetentionSettings
 from sidecar.store.lease import Lease
 from sidecar.store.partitions import Expiry, ensure_partitions, expire, is_partitioned
 from sidecar.store.pool import LazyPool
+from sidecar.store.rollups import expire_rollups, rollup_cutoffs
 
 log = structlog.get_logger("sidecar.retention")
 # A pass that failed (Postgres down) is tried again this soon, not an interval later.
@@ -80,6 +81,8 @@ class Retention:
             expiry = await expire(conn, self.schema, cutoff, self.settings.delete_batch_rows,
                                   dry_run, self.settings.trim_partial_day,
                                   renew=lambda: self.lease.renew(conn))
+            if not dry_run:  # rollups outlive the raw rows (store/rollups.py)
+                await expire_rollups(conn, self.schema, *rollup_cutoffs(self.settings, self.now()))
         finally:
             await self.lease.release(conn)
         if not dry_run:

@@ -37,10 +37,14 @@ async def seed_with_health(schema: str) -> None:
     conn = await connect(schema)
     now = datetime.now(UTC)
     await seed(conn, schema, "alpha", now, 120, 1.0)
-    await seed(conn, schema, HEALTH_AGENT, now, 30, 60.0)
-    await conn.execute(f'UPDATE "{schema}".ml_observability_spans SET name = $1, '
-                       "duration_ms = 60000, status = 'ok' WHERE agent_name = $2",
-                       HEALTH_SPAN, HEALTH_AGENT)
+    # Inserted as health spans (not updated into them): rollups follow inserts only.
+    await conn.execute(
+        f'INSERT INTO "{schema}".ml_observability_spans (span_id, trace_id, name, type, '
+        "agent_name, start_time, end_time, duration_ms, status) "
+        "SELECT gen_random_uuid(), gen_random_uuid(), $1, 'health', $2, "
+        "$3::timestamptz - g * interval '60 seconds', "
+        "$3::timestamptz - g * interval '60 seconds' + interval '60 seconds', 60000, 'ok' "
+        "FROM generate_series(1, 30) AS g", HEALTH_SPAN, HEALTH_AGENT, now)
     await conn.close()
 
 

@@ -1,0 +1,80 @@
+"""The daemon's rollup pass: merge pending deltas, backfill old rows, every few seconds.
+
+Every sidecar runs it; the transaction-scoped advisory lock in
+``store/rollups.py`` lets one of them work at a time (the others find it
+taken and skip that round). Stats never wait for it (they read pending
+deltas too), so its interval only bounds how many deltas pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+
+from sidecar.clock import Clock
+from sidecar.config.settings import PostgresSettings, RetentionSettings
+from sidecar.store.pool import LazyPool
+from sidecar.store.rollups import backfill_step, merge_pending
+
+log = structlog.get_logger("sidecar.rollups")
+# A pass that failed (Postgres down) is tried again no later than this.
+RETRY_AFTER_FAILURE_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RollupResult:
+    merged: int | None  # daily rows touched; None: another sidecar held the lock
+    backfilled_rows: int
+    backfill_done: bool
+
+
+class RollupPass:
+    def __init__(self, settings: RetentionSettings, postgres: PostgresSettings,
+                 clock: Clock, pool: LazyPool, backfill_budget_s: float = 2.0) -> None:
+        self.settings = settings
+        self.schema = postgres.db_schema
+        self.clock = clock
+        self.pool = pool
+        self.backfill_budget_s = backfill_budget_s
+        self._backfill_done = False
+        self.passes = 0
+        self.passed = asyncio.Event()
+
+    async def apply(self) -> RollupResult:
+        """Backfill chunks for up to ``backfill_budget_s`` (until done), then merge."""
+        pool = await self.pool.get()
+        rows = 0
+        async with pool.acquire() as conn:
+            start = self.clock.monotonic()
+            while not self._backfill_done:
+                step = await backfill_step(conn, self.schema)
+                rows += step.rows
+                self._backfill_done = step.done
+                if step.locked_out or self.clock.monotonic() - start > self.backfill_budget_s:
+                    break
+            if rows:
+                log.info("rollups.backfill.advanced", schema=self.schema, rows=rows,
+                         done=self._backfill_done)
+            merged = await merge_pending(conn, self.schema)
+        return RollupResult(merged, rows, self._backfill_done)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Apply now and every ``rollup_interval_s`` until ``stop``."""
+        while not stop.is_set():
+            wait_s = self.settings.rollup_interval_s
+            try:
+                result = await self.apply()
+                if result.backfilled_rows and not result.backfill_done:
+                    wait_s = 0.0  # keep going: each chunk is its own short transaction
+            except Exception as exc:  # the loop's boundary: log, retry
+                log.warning("rollups.run.failed", schema=self.schema,
+                            error_type=type(exc).__name__)
+                wait_s = min(wait_s, RETRY_AFTER_FAILURE_S)
+            self.passes += 1
+            self.passed.set()
+            try:
+                await asyncio.wait_for(stop.wait(), wait_s)
+            except TimeoutError:
+                pass
