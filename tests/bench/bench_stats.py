@@ -40,6 +40,7 @@ from sidecar.store.migrate import migrate
 from sidecar.store.partitions import ensure_partitions
 from sidecar.store.pool import LazyPool
 from sidecar.store.retention import Retention
+from tests.bench import bench_rollups
 from tests.read.conftest import REDIS_URL, make_settings
 from tests.read.test_retention import migrate_to_0_1
 from tests.support import PG_DSN, line, span
@@ -186,13 +187,41 @@ async def bench_migration(rows: int) -> None:
         await conn.close()
 
 
+async def fleet(rows: int, runs: int, ingest_s: float) -> None:
+    """Issue 19: stats from rollups over ``rows`` spans, and ingest with the
+    rollup trigger on vs off (alternating, 3 runs each)."""
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await migrate(conn, schema)
+        await ensure_partitions(conn, schema, datetime.now(UTC).date() - timedelta(days=8), 9)
+        await bench_rollups.generate(conn, schema, rows, datetime.now(UTC))
+        await bench_rollups.bench(schema, runs)
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        for enabled in (True, False) * 3:
+            await conn.execute(f'ALTER TABLE "{schema}".ml_observability_spans '
+                               f"{'ENABLE' if enabled else 'DISABLE'} TRIGGER span_rollup_capture")
+            rates[enabled].append((await ingest(schema, ingest_s, False))[0])
+        on, off = statistics.median(rates[True]), statistics.median(rates[False])
+        print(f"ingest with rollups {on:,.0f} spans/s, without {off:,.0f} spans/s "
+              f"({100 * (on / off - 1):+.1f} %); runs on {rates[True]}, off {rates[False]}")
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+
 async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--ingest-s", type=float, default=20.0)
     p.add_argument("--skip", nargs="*", default=[], choices=("stats", "ingest", "migration"))
+    p.add_argument("--only-rollups", action="store_true",
+                   help="the fleet bench: --rows spans of 20 agents, stats from rollups")
     args = p.parse_args()
+    if args.only_rollups:
+        await fleet(args.rows, args.runs, args.ingest_s)
+        return
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(PG_DSN)
     try:
