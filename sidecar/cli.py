@@ -182,18 +182,15 @@ def _bind_error(exc: BaseException) -> OSError | None:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncpg
-
     from sidecar.store.migrate import migrate
+    from sidecar.store.pool import connect
 
     async def go() -> list[str]:
-        pg = settings.postgres
-        password = pg.password.get_secret_value() if pg.password else None
-        # No statement cache: named statements break behind PgBouncer (store/pool.py).
-        conn = await asyncpg.connect(pg.dsn, timeout=pg.connect_timeout_s,
-                                     password=password or None, statement_cache_size=0)
+        # The store's one way to connect outside a pool (PgBouncer-safe, the
+        # password kept apart from the DSN), as the daemon's pool connects.
+        conn = await connect(settings.postgres)
         try:
-            return await migrate(conn, pg.db_schema)
+            return await migrate(conn, settings.postgres.db_schema)
         finally:
             await conn.close()
 
