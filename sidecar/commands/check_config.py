@@ -61,7 +61,7 @@ async def _timed(name: str, target: str, probe: Callable[[], Awaitable[str | Non
 
 async def _sink(name: str, settings: Settings) -> str | None:
     """The sink's own ``check()``, with the sink built and entered as the app does."""
-    context = SinkContext(SystemClock())
+    context = SinkContext(SystemClock(), probe_only=True)
     async with build_sink(name, settings, context) as sink:
         return "check passed" if await sink.check() else None
 

@@ -112,6 +112,9 @@ class SinkContext:
 
     clock: Clock
     on_stored: StoredHook | None = None
+    # A probe that must change nothing (``check-config --connect``): the sink
+    # reaches its backend but creates and migrates nothing there.
+    probe_only: bool = False
 
 
 class RejectError(Exception):

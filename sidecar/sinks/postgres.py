@@ -61,8 +61,10 @@ _COPY_LINE = re.compile(r"^COPY .*, line (\d+)", re.MULTILINE)
 
 def build(settings: Settings, context: SinkContext) -> PostgresSink:
     """The sink registry's entry point."""
-    return PostgresSink(settings.postgres, settings.opik.project_name,
-                        on_stored=context.on_stored)
+    pg = settings.postgres
+    if context.probe_only and pg.auto_migrate:
+        pg = pg.model_copy(update={"auto_migrate": False})  # a probe migrates nothing
+    return PostgresSink(pg, settings.opik.project_name, on_stored=context.on_stored)
 
 
 class PostgresSink:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import socket
@@ -14,7 +15,7 @@ from sidecar import __version__
 from sidecar.config.sources import example_config
 from tests.opik_emulator import OpikEmulator
 from tests.ops.helpers import cli, free_port
-from tests.support import PG_DSN, SidecarEnv
+from tests.support import PG_DSN, SidecarEnv, _fetch
 
 
 def test_version_is_printed() -> None:
@@ -76,9 +77,11 @@ def test_a_missing_sidecar_config_file_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_check_config_connect_names_the_backend_that_is_down(
-        tmp_path: Path, emu: OpikEmulator) -> None:
+        tmp_path: Path, emu: OpikEmulator, pg_schema: str) -> None:
     dead = free_port()  # nothing listens there
-    env = {"SIDECAR_PG_DSN": PG_DSN, "OPIK_URL_OVERRIDE": f"http://127.0.0.1:{dead}/api"}
+    env = {"SIDECAR_PG_DSN": PG_DSN, "OPIK_URL_OVERRIDE": f"http://127.0.0.1:{dead}/api",
+           "SIDECAR_CONFIG": str(_schema_config(tmp_path, pg_schema))}
+    assert cli("migrate", cwd=tmp_path, env=env).returncode == 0
     down = cli("check-config", "--connect", cwd=tmp_path, env=env)
     assert down.returncode == 1, down.stdout + down.stderr
     report = [line for line in down.stdout.splitlines() if line.startswith(("postgres ", "opik "))]
@@ -89,6 +92,24 @@ def test_check_config_connect_names_the_backend_that_is_down(
              env={**env, "OPIK_URL_OVERRIDE": emu.base_url})
     assert up.returncode == 0, up.stdout + up.stderr
     assert "opik      ok" in up.stdout
+
+
+def _schema_config(tmp_path: Path, schema: str) -> Path:
+    cfg = tmp_path / "schema.yaml"
+    cfg.write_text(f"postgres: {{schema: {schema}}}\n")
+    return cfg
+
+
+def test_check_config_connect_changes_nothing_in_an_unmigrated_database(
+        tmp_path: Path, pg_schema: str) -> None:
+    """A probe reaches Postgres but migrates nothing, even with auto_migrate on:
+    an unmigrated schema is reported, and it is still not there afterwards."""
+    env = {"SIDECAR_PG_DSN": PG_DSN, "SIDECAR_CONFIG": str(_schema_config(tmp_path, pg_schema))}
+    result = cli("check-config", "--connect", cwd=tmp_path, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "span-sidecar migrate" in result.stderr
+    rows = asyncio.run(_fetch("SELECT 1 FROM pg_namespace WHERE nspname = $1", pg_schema))
+    assert rows == [], "check-config --connect created the schema"
 
 
 def test_check_config_connect_names_postgres_when_it_is_down(tmp_path: Path) -> None:
