@@ -47,6 +47,7 @@ from sidecar.spool.watcher import SpoolWatcher
 
 if TYPE_CHECKING:
     from sidecar.health.http import HttpServer
+    from sidecar.receivers.server import ReceiverServer
 
 log = structlog.get_logger("sidecar.app")
 CANCEL_GRACE_S = 2.0
@@ -78,6 +79,7 @@ class App:
                                    quota=self.quota.stats, faults=self.faults.reasons)
         self.progress = Progress(self.sink_stats, self.clock)
         self.http: HttpServer | None = None
+        self.receivers: ReceiverServer | None = None
         self.read: ReadSide | None = None  # stats, cache and retention (with Postgres)
         self.drain_report: DrainReport | None = None  # once stopped
 
@@ -173,6 +175,11 @@ class App:
                     status=self.status_report))
                 if self.read is not None:
                     self.http.set_stats_handler(self.read.stats_http)
+            if s.receivers.enabled:  # agents' HTTP writes, appended to the spool
+                from sidecar.receivers.server import ReceiverServer
+
+                self.receivers = await stack.enter_async_context(
+                    ReceiverServer(s.receivers, s.spool.dir, self.quota.stats))
             log.info("app.started", spool_dir=str(s.spool.dir), state_dir=str(s.spool.state_dir),
                      sinks=[p.sink.name for p in pipelines], **{
                          name: section.target() if section.enabled else None

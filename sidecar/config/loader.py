@@ -35,9 +35,7 @@ ENVIRONMENTS = ("development", "staging", "production")
 # Keys of the public configuration whose feature is not built yet: setting one
 # is an error, never a silent no-op (an operator who sets a redaction key must
 # not believe that secrets are masked).
-NOT_IMPLEMENTED: dict[tuple[str, ...], str] = {
-    ("receivers",): "the Opik and OTLP HTTP receivers",
-}
+NOT_IMPLEMENTED: dict[tuple[str, ...], str] = {}
 
 
 def _not_implemented(raw: dict[str, Any], lines: KeyLines,

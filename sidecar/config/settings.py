@@ -284,6 +284,24 @@ class HttpSettings(Section):
     listen: str = Field(default="127.0.0.1:9464", pattern=r"^.+:\d{1,5}$")
 
 
+class ReceiversSettings(Section):
+    """Agents' HTTP writes (Opik's REST API, OTLP/HTTP), appended to the spool
+    before they are answered (sidecar/receivers/)."""
+
+    enabled: bool = False
+    # Loopback by default: the receiver takes prompts and outputs from anyone who reaches it.
+    listen: str = Field(default="127.0.0.1:4318", pattern=r"^.+:\d{1,5}$")
+    # When set, every request needs `Authorization: Bearer <token>` (else 401).
+    token: SecretStr | None = None
+    # A larger request body (after gzip) is answered 413.
+    max_request_bytes: int = Field(default=16 << 20, ge=64 << 10)
+    # Bodies being handled at once; past it a request is answered 503 with Retry-After.
+    max_inflight_bytes: int = Field(default=64 << 20, ge=64 << 10)
+    # Like the client's writer: "always" syncs each record before the answer,
+    # "interval" at most once a second (a crash of the host may lose that second).
+    fsync: Literal["never", "interval", "always"] = "always"
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -309,6 +327,7 @@ class Settings(Section):
     quarantine: QuarantineSettings = QuarantineSettings()
     health: HealthSettings = HealthSettings()
     http: HttpSettings = HttpSettings()
+    receivers: ReceiversSettings = ReceiversSettings()
     logging: LoggingSettings = LoggingSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
 

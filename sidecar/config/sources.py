@@ -49,6 +49,7 @@ ENV_KEYS: dict[str, Key] = {
     # and an ambient SIDECAR_REDIS_URL must not make every config invalid.
     "SIDECAR_REDIS_URL": ("redis", "url"),
     "SIDECAR_HTTP_LISTEN": ("http", "listen"),
+    "SIDECAR_RECEIVERS_LISTEN": ("receivers", "listen"),
     "OPIK_URL_OVERRIDE": ("opik", "url"),
     "OPIK_API_KEY": ("opik", "api_key"),
     "OPIK_WORKSPACE": ("opik", "workspace"),
