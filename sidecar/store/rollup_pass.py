@@ -74,7 +74,4 @@ class RollupPass:
                 wait_s = min(wait_s, RETRY_AFTER_FAILURE_S)
             self.passes += 1
             self.passed.set()
-            try:
-                await asyncio.wait_for(stop.wait(), wait_s)
-            except TimeoutError:
-                pass
+            await self.clock.wait(stop, wait_s)
