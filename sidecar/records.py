@@ -179,7 +179,65 @@ class FeedbackRecord(Struct, kw_only=True, gc=False):
     project_name: str | None = None
 
 
-Record = SpanRecord | TraceRecord | FeedbackRecord
+def _check_update(record: SpanUpdateRecord | TraceUpdateRecord) -> None:
+    _time(record.end_time, "end_time")
+    _time(record.last_updated_at, "last_updated_at")
+    record.input = _object(record.input, "input")
+    record.output = _object(record.output, "output")
+    record.metadata = _object(record.metadata, "metadata")
+
+
+class SpanUpdateRecord(Struct, kw_only=True, gc=False):
+    """Fields of a span written earlier (or later: the spool keeps no order
+    between writers), as Opik's span PATCH sets them; absent fields are kept."""
+
+    kind: Literal["span_update"]
+    v: Literal[1] = 1
+    id: UUID
+    trace_id: UUID | None = None
+    parent_span_id: UUID | None = None
+    name: NonEmpty | None = None
+    type: SpanType | None = None
+    end_time: datetime | None = None
+    input: OptRaw = None
+    output: OptRaw = None
+    metadata: OptRaw = None
+    tags: list[str] | None = None
+    model: str | None = None
+    provider: str | None = None
+    usage: dict[str, Int32] | None = None
+    total_estimated_cost: Cost | None = None
+    error_info: ErrorInfo | None = None
+    project_name: str | None = None
+    last_updated_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _check_update(self)
+
+
+class TraceUpdateRecord(Struct, kw_only=True, gc=False):
+    """Fields of a trace written earlier, as Opik's trace PATCH sets them."""
+
+    kind: Literal["trace_update"]
+    v: Literal[1] = 1
+    id: UUID
+    name: NonEmpty | None = None
+    end_time: datetime | None = None
+    input: OptRaw = None
+    output: OptRaw = None
+    metadata: OptRaw = None
+    tags: list[str] | None = None
+    error_info: ErrorInfo | None = None
+    thread_id: str | None = None
+    project_name: str | None = None
+    last_updated_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _check_update(self)
+
+
+Record = SpanRecord | TraceRecord | FeedbackRecord | SpanUpdateRecord | TraceUpdateRecord
+UpdateRecord = SpanUpdateRecord | TraceUpdateRecord
 
 
 class _Kind(Struct):
@@ -189,10 +247,13 @@ class _Kind(Struct):
 _SPAN = msgspec.json.Decoder(SpanRecord)
 _KIND = msgspec.json.Decoder(_Kind)
 _BY_KIND: dict[object, msgspec.json.Decoder[SpanRecord] | msgspec.json.Decoder[TraceRecord]
-               | msgspec.json.Decoder[FeedbackRecord]] = {
+               | msgspec.json.Decoder[FeedbackRecord] | msgspec.json.Decoder[SpanUpdateRecord]
+               | msgspec.json.Decoder[TraceUpdateRecord]] = {
     "span": _SPAN,
     "trace": msgspec.json.Decoder(TraceRecord),
     "feedback": msgspec.json.Decoder(FeedbackRecord),
+    "span_update": msgspec.json.Decoder(SpanUpdateRecord),
+    "trace_update": msgspec.json.Decoder(TraceUpdateRecord),
 }
 _ENCODER = msgspec.json.Encoder()
 

@@ -157,7 +157,50 @@ class FeedbackRecord(_Model):
     project_name: str | None = None
 
 
-Record = SpanRecord | TraceRecord | FeedbackRecord
+class SpanUpdateRecord(_Model):
+    """Fields of a span written before (or after: writers are not ordered), as
+    Opik's span PATCH sets them; the fields left out keep their values."""
+
+    kind: Literal["span_update"]
+    v: Version = 1
+    id: UUID
+    trace_id: UUID | None = None
+    parent_span_id: UUID | None = None
+    name: str | None = Field(default=None, min_length=1)
+    type: SpanType | None = None
+    end_time: Timestamp | None = None
+    input: JsonObject | None = None
+    output: JsonObject | None = None
+    metadata: JsonObject | None = None
+    tags: list[str] | None = None
+    model: str | None = None
+    provider: str | None = None
+    usage: dict[str, Int32] | None = None
+    total_estimated_cost: Number | None = Field(default=None, ge=0)
+    error_info: ErrorInfo | None = None
+    project_name: str | None = None
+    last_updated_at: Timestamp | None = None
+
+
+class TraceUpdateRecord(_Model):
+    """Fields of a trace written before, as Opik's trace PATCH sets them."""
+
+    kind: Literal["trace_update"]
+    v: Version = 1
+    id: UUID
+    name: str | None = Field(default=None, min_length=1)
+    end_time: Timestamp | None = None
+    input: JsonObject | None = None
+    output: JsonObject | None = None
+    metadata: JsonObject | None = None
+    tags: list[str] | None = None
+    error_info: ErrorInfo | None = None
+    thread_id: str | None = None
+    project_name: str | None = None
+    last_updated_at: Timestamp | None = None
+
+
+Record = SpanRecord | TraceRecord | FeedbackRecord | SpanUpdateRecord | TraceUpdateRecord
 
 
 def _kind_of(value: Any) -> str | None:
@@ -170,9 +213,12 @@ def _kind_of(value: Any) -> str | None:
 AnyRecord = Annotated[
     Annotated[SpanRecord, Tag("span")]
     | Annotated[TraceRecord, Tag("trace")]
-    | Annotated[FeedbackRecord, Tag("feedback")],
+    | Annotated[FeedbackRecord, Tag("feedback")]
+    | Annotated[SpanUpdateRecord, Tag("span_update")]
+    | Annotated[TraceUpdateRecord, Tag("trace_update")],
     Discriminator(_kind_of, custom_error_type="unknown_kind",
-                  custom_error_message="kind must be 'span', 'trace' or 'feedback'"),
+                  custom_error_message="kind must be 'span', 'trace', 'feedback', "
+                                       "'span_update' or 'trace_update'"),
 ]
 RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(AnyRecord)
 
@@ -220,7 +266,8 @@ def _not_utf8(line: bytes) -> str | None:
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False)[:5]:
-        tagged = err["loc"][:1] in (("span",), ("trace",), ("feedback",))  # the union's tag
+        tagged = err["loc"][:1] in (("span",), ("trace",), ("feedback",), ("span_update",),
+                                    ("trace_update",))  # the union's tag
         path = err["loc"][1:] if tagged else err["loc"]
         loc = ".".join(str(p) for p in path)
         if err["type"] in ("json_invalid", "json_type"):
@@ -228,7 +275,7 @@ def _describe(exc: ValidationError) -> str:
         if err["type"] in ("model_type", "model_attributes_type", "dict_type") and not loc:
             return "not a JSON object"
         if err["type"] == "unknown_kind":
-            return "unknown kind (expected span, trace or feedback)"
+            return "unknown kind (expected span, trace, feedback, span_update or trace_update)"
         parts.append(f"{loc or '<record>'}: {err['msg']}")
     more = exc.error_count() - len(parts)
     suffix = f" (+{more} more)" if more > 0 else ""

@@ -32,7 +32,9 @@ from sidecar.records import (
     FeedbackRecord,
     Record,
     SpanRecord,
+    SpanUpdateRecord,
     TraceRecord,
+    TraceUpdateRecord,
     encode_json,
 )
 from sidecar.snapshots import PolicyStats
@@ -121,7 +123,7 @@ def _add(total: Counts, more: Counts) -> None:
 # input/output/metadata and event attributes are raw JSON text (msgspec.Raw):
 # they are redacted and truncated as text, decoded only when something matches.
 
-Rec = SpanRecord | TraceRecord
+Rec = SpanRecord | TraceRecord | SpanUpdateRecord | TraceUpdateRecord
 
 
 def _redact(record: Record, redactor: Redactor, counts: Counts) -> Record:

@@ -15,6 +15,7 @@ not the default, is kept in ``metadata.opik_workspace``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.receivers.errors import BadRequest
@@ -80,6 +81,21 @@ def one_trace(body: Any, params: Mapping[str, str], workspace: str | None) -> li
     return [_trace(body, "trace", workspace)]
 
 
+def _update(kind: str, fields: tuple[str, ...]) -> Handler:
+    """A PATCH as an update record: the id from the path, the time it came
+    as its version (the SDK sends none), only the fields it sets."""
+    def update(body: Any, params: Mapping[str, str], workspace: str | None) -> list[Item]:
+        # the workspace goes with metadata the update sets, never alone (it would replace it)
+        out = _item(body, fields, "the body", None)
+        if "metadata" in out and workspace and workspace != DEFAULT_WORKSPACE:
+            out["metadata"] = {**out["metadata"], "opik_workspace": workspace}
+        out.pop("id", None)
+        out.pop("start_time", None)
+        out.setdefault("last_updated_at", datetime.now(UTC).isoformat())
+        return [{"kind": kind, "id": params["id"], **out}]
+    return update
+
+
 def _scores(target: str) -> Handler:
     def scores(body: Any, params: Mapping[str, str], workspace: str | None) -> list[Item]:
         out = []
@@ -101,4 +117,6 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/private/traces"): one_trace,
     ("PUT", "/v1/private/spans/feedback-scores"): _scores("span"),
     ("PUT", "/v1/private/traces/feedback-scores"): _scores("trace"),
+    ("PATCH", "/v1/private/spans/{id}"): _update("span_update", SPAN_FIELDS),
+    ("PATCH", "/v1/private/traces/{id}"): _update("trace_update", TRACE_FIELDS),
 }

@@ -206,6 +206,8 @@ class OpikSink:
     async def _request(self, group: Group, records: Sequence[Record]) -> None:
         """One request; raises RejectError (invalid data) or _RetryNow."""
         method, path, _ = ROUTES[group.endpoint]
+        if group.target is not None:  # an update: PATCH .../{id}
+            path = path.format(id=group.target)
         body, headers = self._compressor.encode(envelope(group.endpoint,
                                                          bodies_of(group, records)))
         try:

@@ -34,17 +34,24 @@ from sidecar.records import (
     FeedbackRecord,
     Record,
     SpanRecord,
+    SpanUpdateRecord,
     TraceRecord,
+    TraceUpdateRecord,
 )
 from sidecar.sinks.opik_ids import to_v7
+from sidecar.sinks.updates import fold
 
-Endpoint = Literal["spans", "traces", "trace_scores", "span_scores"]
+Endpoint = Literal["spans", "traces", "trace_scores", "span_scores", "span_update",
+                   "trace_update"]
 # endpoint -> (HTTP method, path under the base URL, key of the item list)
 ROUTES: dict[Endpoint, tuple[str, str, str]] = {
     "spans": ("POST", "v1/private/spans/batch", "spans"),
     "traces": ("POST", "v1/private/traces/batch", "traces"),
     "trace_scores": ("PUT", "v1/private/traces/feedback-scores", "scores"),
     "span_scores": ("PUT", "v1/private/spans/feedback-scores", "scores"),
+    # one update a request, its body unwrapped (sidecar/sinks/opik_updates.py)
+    "span_update": ("PATCH", "v1/private/spans/{id}", ""),
+    "trace_update": ("PATCH", "v1/private/traces/{id}", ""),
 }
 OPIK_MAX_ITEMS = 1000
 
@@ -260,6 +267,7 @@ class Group:
     # id(record) -> encoded item: what a sub-batch of ``records`` sends.
     bodies: dict[int, bytes] = field(default_factory=dict)
     size: int = 0
+    target: UUID | None = None  # the id an update's PATCH names in its path
 
     def add(self, record: Record, index: int, body: bytes) -> None:
         self.records.append(record)
@@ -290,6 +298,8 @@ def _payloads(record: Record, project: str, explicit: set[UUID],
         return items
     if isinstance(record, TraceRecord):
         return [("traces", trace_write(record, project, ids))]
+    if not isinstance(record, FeedbackRecord):
+        raise TypeError(f"no batch item for {type(record).__name__}")
     endpoint: Endpoint = "trace_scores" if record.target == "trace" else "span_scores"
     return [(endpoint, score_write(record, project, ids))]
 
@@ -325,9 +335,21 @@ def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_by
     rejects: dict[int, str] = {}
     explicit = {r.id for r in batch if isinstance(r, TraceRecord)}
     ids = IdMap()
+    batch, absorbed = fold(batch)  # updates into their creates in the batch
     for index, record in enumerate(batch):
         if index % slice_records == 0 and index:
             yield None
+        if index in absorbed:
+            continue
+        if isinstance(record, SpanUpdateRecord | TraceUpdateRecord):
+            from sidecar.sinks.opik_updates import update_group  # imports this module
+
+            update = update_group(record, index, project, ids)
+            if isinstance(update, str):
+                rejects[index] = update
+            else:
+                done.append(update)
+            continue
         items = _encoded(record, project, explicit, ids)
         if isinstance(items, str):  # all or nothing: none of its items go
             rejects[index] = items
@@ -346,8 +368,11 @@ def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_by
 
 
 def envelope(endpoint: Endpoint, bodies: Sequence[bytes]) -> bytes:
-    """The request body: ``{"spans": [...]}`` from already encoded items."""
+    """The request body: ``{"spans": [...]}`` from already encoded items
+    (an update's, which has no list, is its one item)."""
     key = ROUTES[endpoint][2]
+    if not key:
+        return b"".join(bodies)
     return b'{"' + key.encode() + b'":[' + b",".join(bodies) + b"]}"
 
 

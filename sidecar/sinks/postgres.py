@@ -27,7 +27,7 @@ import structlog
 
 from sidecar.config.secrets import scrub
 from sidecar.config.settings import PostgresSettings, Settings
-from sidecar.records import Record, SpanRecord
+from sidecar.records import Record, SpanRecord, SpanUpdateRecord
 from sidecar.sinks.base import (
     Delivered,
     Outcome,
@@ -38,6 +38,8 @@ from sidecar.sinks.base import (
     StoredHook,
     isolate_rejects,
 )
+from sidecar.sinks.postgres_updates import SpanUpdates
+from sidecar.sinks.updates import fold
 from sidecar.store.migrate import quote_ident
 from sidecar.store.pool import LazyPool
 from sidecar.store.table import COLUMNS, TABLE, Row, build_row, span_row
@@ -86,6 +88,7 @@ class PostgresSink:
         self._pool = LazyPool(settings)
         self._table = f"{quote_ident(self.schema)}.{TABLE}"
         self.nul_replaced_total = 0  # U+0000 stored as U+FFFD (store/table.py)
+        self.updates = SpanUpdates(quote_ident(self.schema), self._table)
 
     async def __aenter__(self) -> PostgresSink:
         return self
@@ -99,12 +102,18 @@ class PostgresSink:
         return await self._pool.get()
 
     async def send(self, batch: Sequence[Record]) -> Outcome:
+        batch, absorbed = fold(batch)  # updates into their creates (sinks/updates.py)
+        updates = [r for i, r in enumerate(batch)
+                   if isinstance(r, SpanUpdateRecord) and i not in absorbed]
         rows, unbuilt, nuls = self._rows(batch)
         rejects: dict[int, str] = {}
-        if rows:
+        if rows or updates:
             try:
                 pool = await self.pool()
                 refused = await isolate_rejects([r for _, r in rows], self._attempt(pool))
+                stored = [row[0] for n, (_, row) in enumerate(rows) if n not in refused]
+                async with pool.acquire() as conn:
+                    await self.updates.apply(conn, updates, stored)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
                     RuntimeError) as exc:
                 await self._reset_on_connection_error(exc)
@@ -150,6 +159,8 @@ class PostgresSink:
         agents: set[str | None] = set()
         nuls = 0
 
+        stored: list[Any] = []
+
         async def rows() -> AsyncIterator[Row]:
             nonlocal nuls
             async for record in records:
@@ -157,12 +168,16 @@ class PostgresSink:
                     agents.add(record.agent_name)
                     row, n = build_row(record, self.default_project)  # raises: falls back
                     nuls += n
+                    stored.append(record.id)
                     yield row
+                elif isinstance(record, SpanUpdateRecord):  # folded by send() instead
+                    raise ValueError("a span update: the batch goes through send()")
 
         try:
             pool = await self.pool()
             async with pool.acquire() as conn:
                 await self._copy(conn, rows())
+                await self.updates.apply(conn, (), stored)
         except Exception as exc:  # every failure falls back to the ordinary path
             return Retry(f"streamed COPY: {type(exc).__name__}: {_safe(exc)}")
         self._count_nuls(nuls)

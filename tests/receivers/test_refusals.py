@@ -137,11 +137,25 @@ async def test_a_full_spool_answers_503_with_retry_after_and_appends_nothing(
     assert spool_bytes(tmp_path) == b""
 
 
-async def test_updates_are_refused_with_501_naming_the_path_until_built(
+async def test_a_patch_is_appended_as_an_update_record(
         served: tuple[ReceiverServer, str], tmp_path: Path) -> None:
     _, base = served
-    path = f"/api/v1/private/spans/{span(1)['id']}"
-    status, answer, _ = await post(base + path, b'{"trace_id": "%s"}' % TRACE.encode(),
-                                   method="PATCH")
-    assert status == 501 and path in answer["errors"][0]
+    span_id = span(1)["id"]
+    body = orjson.dumps({"trace_id": TRACE, "end_time": T, "output": {"b": 2}, "source": "sdk"})
+    status, _, _ = await post(f"{base}/api/v1/private/spans/{span_id}", body,
+                              {"Comet-Workspace": "team-a"}, method="PATCH")
+    assert status == 204
+    (line,) = spool_bytes(tmp_path).splitlines()
+    record = orjson.loads(line)
+    assert record.pop("last_updated_at")  # the time it came: the SDK sends none
+    # no metadata: the workspace is not sent alone (it would replace the span's)
+    assert record == {"kind": "span_update", "id": span_id, "trace_id": TRACE,
+                      "end_time": T, "output": {"b": 2}}
+
+
+async def test_a_patch_of_an_id_that_is_no_uuid_is_refused(
+        served: tuple[ReceiverServer, str], tmp_path: Path) -> None:
+    _, base = served
+    status, answer, _ = await post(f"{base}/api/v1/private/traces/nope", b"{}", method="PATCH")
+    assert status == 400 and "id" in answer["errors"][0]
     assert spool_bytes(tmp_path) == b""
