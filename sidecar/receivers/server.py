@@ -16,7 +16,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -30,8 +30,26 @@ from sidecar.receivers.errors import BadRequest, Refused
 from sidecar.snapshots import QuotaStats
 
 log = structlog.get_logger("sidecar.receivers")
-# OTLP bytes and their content type -> spool records (sidecar/receivers/otlp.py).
-OtlpMapper = Callable[[bytes, str], list[dict[str, Any]]]
+
+
+class OtlpResult(Protocol):
+    """What ``sidecar/receivers/otlp.py: parse_otlp`` answers: 200 with the
+    records to append and the body to answer after, or a client error."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def records(self) -> list[dict[str, Any]]: ...
+    @property
+    def reason(self) -> str | None: ...
+
+
+# body, Content-Type, Content-Encoding still applying (None: aiohttp inflated it)
+OtlpParser = Callable[[bytes, str, str | None], OtlpResult]
 RETRY_INFLIGHT_S = 1
 _JSON = "application/json"
 
@@ -50,7 +68,7 @@ class ReceiverServer:
 
     def __init__(self, settings: ReceiversSettings, spool_dir: Path,
                  quota: Callable[[], QuotaStats] | None = None,
-                 otlp: OtlpMapper | None = None) -> None:
+                 otlp: OtlpParser | None = None) -> None:
         self.settings = settings
         self._host, self._wanted_port = parse_listen(settings.listen)
         self._token = settings.token.get_secret_value().encode() if settings.token else None
@@ -131,8 +149,9 @@ class ReceiverServer:
                                                                  self._token):
             raise Refused("a bearer token is required (Authorization: Bearer <token>)", 401)
 
-    async def _body(self, request: web.Request, types: tuple[str, ...]) -> bytes:
-        if request.content_type not in types:
+    async def _body(self, request: web.Request, types: tuple[str, ...] | None) -> bytes:
+        """The body, inflated; ``types``: the content types taken (None: any)."""
+        if types is not None and request.content_type not in types:
             raise Refused(f"content type {request.content_type or 'none'} is not "
                           f"accepted here; send {' or '.join(types)}", 415)
         try:
@@ -157,20 +176,19 @@ class ReceiverServer:
         return route
 
     async def _traces(self, request: web.Request) -> web.Response:
+        """OTLP/HTTP: the parser decides the answer; records are appended first."""
         if self._otlp is None:
             return await self._not_implemented(request)
-        raw = await self._body(request, ("application/x-protobuf", _JSON))
-        try:
-            items = self._otlp(raw, request.content_type)
-        except Refused:
-            raise
-        except Exception as exc:
-            raise BadRequest(f"not an OTLP ExportTraceServiceRequest: "
-                             f"{type(exc).__name__}") from None
-        await self._store(items, request.path)
-        if request.content_type == _JSON:
-            return _answer(200, {})
-        return web.Response(status=200, body=b"", content_type="application/x-protobuf")
+        raw = await self._body(request, None)
+        result = self._otlp(raw, request.headers.get("Content-Type", ""), None)
+        if result.status != 200:  # its body is the google.rpc.Status the exporters read
+            log.info("receivers.request.refused", method=request.method, path=request.path,
+                     status=result.status, reason=result.reason)
+            return web.Response(status=result.status, body=result.body,
+                                headers={"Content-Type": result.content_type})
+        await self._store(result.records, request.path)
+        return web.Response(status=200, body=result.body,
+                            headers={"Content-Type": result.content_type})
 
     async def _store(self, items: list[dict[str, Any]], path: str) -> None:
         lines = self.appender.lines(items, [f"item {i}" for i in range(len(items))])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,38 @@ async def test_a_patch_of_an_id_that_is_no_uuid_is_refused(
     status, answer, _ = await post(f"{base}/api/v1/private/traces/nope", b"{}", method="PATCH")
     assert status == 400 and "id" in answer["errors"][0]
     assert spool_bytes(tmp_path) == b""
+
+
+@dataclass
+class Parsed:
+    status: int
+    body: bytes
+    content_type: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    reason: str | None = None
+
+
+async def test_otlp_is_501_until_a_parser_is_mounted_then_appended_before_the_answer(
+        served: tuple[ReceiverServer, str], tmp_path: Path) -> None:
+    _, base = served
+    status, answer, _ = await post(base + "/v1/traces", b"x",
+                                   {"Content-Type": "application/x-protobuf"})
+    assert status == 501 and "POST /v1/traces" in answer["errors"][0]
+    seen: list[tuple[bytes, str, str | None]] = []
+
+    def parser(body: bytes, content_type: str, encoding: str | None) -> Parsed:
+        seen.append((body, content_type, encoding))
+        if body == b"bad":
+            return Parsed(400, b'{"message":"bad"}', "application/json", reason="bad")
+        return Parsed(200, b"", "application/x-protobuf", [span(7)])
+
+    settings = ReceiversSettings(enabled=True, listen="127.0.0.1:0")
+    async with ReceiverServer(settings, tmp_path, otlp=parser) as server:
+        url = f"http://127.0.0.1:{server.port}/v1/traces"
+        proto = {"Content-Type": "application/x-protobuf"}
+        assert (await post(url, b"bad", proto))[0] == 400
+        assert spool_bytes(tmp_path) == b""
+        got = await post(url, gzip.compress(b"good"), {**proto, "Content-Encoding": "gzip"})
+        assert got[0] == 200
+    assert seen[-1] == (b"good", "application/x-protobuf", None)  # inflated by the server
+    assert orjson.loads(spool_bytes(tmp_path))["id"] == span(7)["id"]
