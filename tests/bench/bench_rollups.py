@@ -5,6 +5,9 @@ writes their deltas, as for the sink's COPY), merged by ``merge_pending`` as
 the daemon's pass would; then ``stats`` cold (cache key deleted first) and
 cached for 1h / 24h / 7d, one agent and all; the worst percentile error
 against ``percentile_cont``; ingest through the sink with the trigger on and off.
+``bench_http``: ``GET /stats`` through the daemon's HTTP server on a loopback
+port, cold = the first call after the sink stored a span (the hook invalidated
+the cache, as in the daemon), then cached.
 """
 
 from __future__ import annotations
@@ -14,15 +17,19 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
 from sidecar.clock import SystemClock
+from sidecar.health.http import HttpServer
 from sidecar.read.repository import SpanRepository
 from sidecar.read.service import ReadSide
+from sidecar.records import SpanRecord, parse_line
+from sidecar.sinks.postgres import PostgresSink
 from sidecar.store.rollups import merge_pending
 from tests.read.conftest import REDIS_URL, make_settings
-from tests.support import PG_DSN
+from tests.support import PG_DSN, line, span
 
 FLEET = """
 INSERT INTO "{schema}".ml_observability_spans
@@ -97,3 +104,44 @@ async def bench(schema: str, runs: int) -> None:
                 [e.latency.p50_ms, e.latency.p95_ms, e.latency.p99_ms]))
     await pool.close()
     print(f"worst relative p50/p95/p99 error vs percentile_cont: {100 * worst:.3f} %")
+
+
+def one_span(agent: str) -> SpanRecord:
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    rec = parse_line(line(span(0, agent_name=agent, start_time=start.isoformat(),
+                               end_time=(start + timedelta(milliseconds=150)).isoformat())
+                          ).rstrip(b"\n"))
+    assert isinstance(rec, SpanRecord)
+    return rec
+
+
+async def bench_http(schema: str, runs: int, window: str = "7d") -> None:
+    """``GET /stats?window=`` all agents: cold right after a stored span, then cached."""
+    settings = make_settings(schema, f"bench-{uuid.uuid4().hex[:8]}:",
+                             http={"listen": "127.0.0.1:0"})
+    async with ReadSide(settings, SystemClock()) as read, \
+            HttpServer(settings.http, lambda: b"", lambda: (True, [])) as server, \
+            PostgresSink(settings.postgres, "p", on_stored=read.on_stored) as sink, \
+            aiohttp.ClientSession() as client:
+        server.set_stats_handler(read.stats_http)
+        url = f"http://127.0.0.1:{server.port}/stats?window={window}"
+
+        async def get() -> tuple[float, int]:
+            t0 = time.perf_counter()
+            async with client.get(url) as resp:
+                assert resp.status == 200, resp.status
+                body = await resp.json()
+            return time.perf_counter() - t0, sum(a["latency"]["span_count"]
+                                                 for a in body["agents"])
+
+        await get()  # connect the pool and the client, warm the plan cache
+        cold, warm, spans = [], [], 0
+        misses = read.cache.stats().misses
+        for _ in range(runs):
+            await sink.send([one_span("agent-03")])  # invalidates, as the daemon's sink does
+            took, spans = await get()
+            cold.append(took)
+            warm.append((await get())[0])
+        assert read.cache.stats().misses - misses == runs, "a cold call was served cached"
+    print(f"GET /stats?window={window} all agents ({spans:>8} spans) over HTTP: "
+          f"cold (after a stored span) {ms(cold)}; cached {ms(warm)}")

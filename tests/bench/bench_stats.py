@@ -13,6 +13,14 @@ Run on demand (not part of the test suite):
    alone, then during a retention pass that drops 10 day partitions of 50k
    rows and deletes 200k rows of the default partition in batches;
 3. migration: the same rows in an unpartitioned 0.1 table, then ``migrate``.
+
+``--only-rollups`` (issue 19) runs ``bench_rollups`` instead: ``--rows`` spans
+of 20 agents over 7 days, stats from rollups, ingest with the rollup trigger on
+vs off (``--skip stats ingest`` leaves those out; ``--http`` adds GET /stats):
+
+    .venv/bin/python tests/bench/bench_stats.py --only-rollups --rows 10000000
+    .venv/bin/python tests/bench/bench_stats.py --only-rollups --rows 1000000 --http \\
+        --skip stats ingest
 """
 
 from __future__ import annotations
@@ -187,16 +195,22 @@ async def bench_migration(rows: int) -> None:
         await conn.close()
 
 
-async def fleet(rows: int, runs: int, ingest_s: float) -> None:
-    """Issue 19: stats from rollups over ``rows`` spans, and ingest with the
-    rollup trigger on vs off (alternating, 3 runs each)."""
+async def fleet(rows: int, runs: int, ingest_s: float, skip: list[str], http: bool) -> None:
+    """Issue 19: stats from rollups over ``rows`` spans (``--http``: also GET /stats
+    through the HTTP server), and ingest with the rollup trigger on vs off
+    (alternating, 3 runs each)."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(PG_DSN)
     try:
         await migrate(conn, schema)
         await ensure_partitions(conn, schema, datetime.now(UTC).date() - timedelta(days=8), 9)
         await bench_rollups.generate(conn, schema, rows, datetime.now(UTC))
-        await bench_rollups.bench(schema, runs)
+        if http:
+            await bench_rollups.bench_http(schema, runs)
+        if "stats" not in skip:
+            await bench_rollups.bench(schema, runs)
+        if "ingest" in skip:
+            return
         rates: dict[bool, list[float]] = {True: [], False: []}
         for enabled in (True, False) * 3:
             await conn.execute(f'ALTER TABLE "{schema}".ml_observability_spans '
@@ -218,9 +232,12 @@ async def main() -> None:
     p.add_argument("--skip", nargs="*", default=[], choices=("stats", "ingest", "migration"))
     p.add_argument("--only-rollups", action="store_true",
                    help="the fleet bench: --rows spans of 20 agents, stats from rollups")
+    p.add_argument("--http", action="store_true",
+                   help="with --only-rollups: also GET /stats?window=7d through the HTTP "
+                        "server on a loopback port, cold = right after a stored span")
     args = p.parse_args()
     if args.only_rollups:
-        await fleet(args.rows, args.runs, args.ingest_s)
+        await fleet(args.rows, args.runs, args.ingest_s, args.skip, args.http)
         return
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(PG_DSN)
