@@ -224,12 +224,18 @@ class App:
                 tg.create_task(reporter.run(background))
             if self.read is not None:
                 tg.create_task(self.read.run(background))
-            tasks = [tg.create_task(p.run(stop)) for p in self.pipelines]
+            # The pipelines stop (and drain) once the receiver answers no more:
+            # every record it answered is then in the drain's snapshot.
+            ship_until = asyncio.Event()
+            tasks = [tg.create_task(p.run(ship_until)) for p in self.pipelines]
             self.started.set()
             self.notifier.ready()
             self.notifier.status(f"shipping to {', '.join(p.sink.name for p in self.pipelines)}")
             await stop.wait()
             self.notifier.stopping()
+            if self.receivers is not None:
+                await self.receivers.close()
+            ship_until.set()
             report = await self._drain(tasks)
             for probe in probes:
                 probe.cancel()

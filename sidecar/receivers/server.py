@@ -110,9 +110,16 @@ class ReceiverServer:
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop listening, let the requests being handled finish (up to 5 s),
+        mark the spool file done. The app calls it at the stop, before the
+        drain takes its snapshot of the spool; again on exit, a no-op."""
         if self._runner is not None:
-            await self._runner.cleanup()  # lets requests being answered finish
-            self._runner = None
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+            log.info("receivers.server.stopped")
         self.appender.close()
 
     @web.middleware

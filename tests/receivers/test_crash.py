@@ -4,6 +4,7 @@ success is shipped after the restart, exactly once (issue 20's acceptance)."""
 from __future__ import annotations
 
 import http.client
+import signal
 import threading
 from typing import Any
 
@@ -69,3 +70,27 @@ def test_every_answered_request_is_shipped_once_after_kill_9(
     assert all(r["n"] == 1 for r in stored(sidecar_env.schema))
     wait_until(lambda: set(emu.spans()) >= acked, 20,
                "every answered span in Opik")
+
+
+def test_at_a_stop_the_drain_ships_every_answered_request(
+        sidecar_env: SidecarEnv, emu: OpikEmulator) -> None:
+    """SIGTERM: the receiver stops listening first, so every request it
+    answered is in the spool the drain ships before the daemon exits."""
+    daemon, url = receiver_daemon(sidecar_env, emu)
+    port = int(url.rsplit(":", 1)[1])
+    answered: list[list[str]] = [[] for _ in range(4)]
+    stop = threading.Event()
+    threads = [threading.Thread(target=sender, args=(port, a, stop)) for a in answered]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: sum(map(len, answered)) >= 400, 20, "requests answered")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    acked = {i for a in answered for i in a}
+    assert {r["id"] for r in stored(sidecar_env.schema)} >= acked  # no restart needed
+    assert acked <= set(emu.spans())
