@@ -297,8 +297,8 @@ class ReceiversSettings(Section):
     max_request_bytes: int = Field(default=16 << 20, ge=64 << 10)
     # Bodies being handled at once; past it a request is answered 503 with Retry-After.
     max_inflight_bytes: int = Field(default=64 << 20, ge=64 << 10)
-    # Like the client's writer: "always" syncs each record before the answer,
-    # "interval" at most once a second (a crash of the host may lose that second).
+    # "always": each request's records are synced (one fdatasync) before the
+    # answer; "interval": at most once a second (a host crash may lose that second).
     fsync: Literal["never", "interval", "always"] = "always"
 
 

@@ -9,13 +9,20 @@ than half appended and half quarantined; and nothing is appended while the
 spool is over its quota (503 with Retry-After), so a record is never accepted
 and then dropped.
 
-Writes run in a thread: with ``fsync: always`` each record's ``fdatasync``
-would otherwise stall the event loop every pipeline shares.
+``fsync: always`` syncs once per request, not per record: the writer runs
+with an endless sync interval (so it syncs a file it rotates away from and
+the directory after a create or a rename, but no single write), and after
+the request's last line its file gets one ``fdatasync`` under the writer's
+lock, before the answer. Per record, a 100-span batch cost 100 syncs (about
+1,700 spans/s here against 58,000 with none). Writes run in a thread, so
+that the sync never stalls the event loop every pipeline shares.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +45,9 @@ class Appender:
 
     def __init__(self, spool_dir: Path, fsync: FsyncPolicy,
                  quota: Callable[[], QuotaStats] | None = None) -> None:
-        self.writer = SpoolWriter(spool_dir, AGENT, fsync=fsync)
+        self._sync_each = fsync == "always"
+        self.writer = SpoolWriter(spool_dir, AGENT, fsync="interval" if self._sync_each else fsync,
+                                  fsync_interval_s=math.inf if self._sync_each else 1.0)
         self._quota = quota
         self._lock = asyncio.Lock()  # one request's lines stay together in the file
 
@@ -76,7 +85,27 @@ class Appender:
         for i, line in enumerate(lines):
             if not self.writer.write_line(line):
                 return i
+        if self._sync_each and not self._sync():
+            return 0  # written but maybe not durable: the client sends it again
         return len(lines)
+
+    def _sync(self) -> bool:
+        """One ``fdatasync`` of the current file (a file rotated away from
+        was synced by the writer then)."""
+        with self.writer.lock:
+            path = self.writer.stats().path
+            if path is None:
+                return True
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.error("receivers.spool.sync_failed", path=path, error=exc.strerror)
+                return False
+        return True
 
     def close(self) -> None:
         self.writer.close()
