@@ -176,10 +176,11 @@ class App:
                 if self.read is not None:
                     self.http.set_stats_handler(self.read.stats_http)
             if s.receivers.enabled:  # agents' HTTP writes, appended to the spool
+                from sidecar.receivers.otlp import parse_otlp
                 from sidecar.receivers.server import ReceiverServer
 
                 self.receivers = await stack.enter_async_context(
-                    ReceiverServer(s.receivers, s.spool.dir, self.quota.stats))
+                    ReceiverServer(s.receivers, s.spool.dir, self.quota.stats, otlp=parse_otlp))
             log.info("app.started", spool_dir=str(s.spool.dir), state_dir=str(s.spool.state_dir),
                      sinks=[p.sink.name for p in pipelines], **{
                          name: section.target() if section.enabled else None
