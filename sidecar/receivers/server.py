@@ -150,10 +150,11 @@ class ReceiverServer:
     def _authorize(self, request: web.Request) -> None:
         if self._token is None:
             return
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
-                                                                 self._token):
+        # "Bearer <token>", or the token alone: what the Opik SDK sends (OPIK_API_KEY)
+        given = request.headers.get("Authorization", "").strip()
+        scheme, _, rest = given.partition(" ")
+        value = rest.strip() if scheme.lower() == "bearer" else given
+        if not hmac.compare_digest(value.encode(), self._token):
             raise Refused("a bearer token is required (Authorization: Bearer <token>)", 401)
 
     async def _body(self, request: web.Request, types: tuple[str, ...] | None) -> bytes:

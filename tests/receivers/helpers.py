@@ -33,9 +33,14 @@ def receiver_port(daemon: Daemon) -> int:
     return int(daemon.events("receivers.server.started")[-1]["port"])
 
 
-def run_sdk_agent(base_url: str, *args: str, workspace: str = "team-a") -> dict[str, str]:
-    """The agent process: the Opik SDK, configured by its environment only."""
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+def run_sdk_agent(base_url: str, *args: str, workspace: str = "team-a",
+                  api_key: str | None = None) -> dict[str, str]:
+    """The agent process: the Opik SDK, configured by its environment only
+    (``api_key``: OPIK_API_KEY, which the SDK sends as ``Authorization``)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.lower().endswith("_proxy") and k != "OPIK_API_KEY"}
+    if api_key is not None:
+        env["OPIK_API_KEY"] = api_key
     env.update(OPIK_URL_OVERRIDE=f"{base_url}/api", OPIK_WORKSPACE=workspace,
                OPIK_SENTRY_ENABLE="false", OPIK_ANALYTICS_ENABLE="false",
                OPIK_CONFIG_PATH=os.devnull)

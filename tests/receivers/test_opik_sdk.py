@@ -31,8 +31,9 @@ def rows(schema: str) -> dict[str, dict[str, Any]]:
 
 def test_tracked_functions_traces_and_feedback_reach_both_sinks(
         sidecar_env: SidecarEnv, emu: OpikEmulator) -> None:
-    daemon, url = receiver_daemon(sidecar_env, emu)
-    ids = run_sdk_agent(url)
+    token = "agent-token-5e3f"  # the receiver's; the SDK sends its OPIK_API_KEY
+    daemon, url = receiver_daemon(sidecar_env, emu, token=token)
+    ids = run_sdk_agent(url, api_key=token)
     spans = {ids[k] for k in ("agent", "answer", "retrieve", "fails", "manual_span")}
     wait_until(lambda: set(rows(sidecar_env.schema)) == spans, 20, "five rows")
     wait_until(lambda: set(emu.spans()) >= spans and len(emu.traces()) == 3
@@ -65,6 +66,7 @@ def test_tracked_functions_traces_and_feedback_reach_both_sinks(
     assert (score["value"], score["reason"]) == (0.75, "good enough")
     assert emu.scores("span")[(ids["manual_span"], "accuracy")]["value"] == 1.0
     assert not daemon.events("receivers.path.not_implemented")
+    assert token.encode() not in daemon.log.read_bytes()
 
 
 @pytest.fixture

@@ -71,6 +71,7 @@ async def test_gzip_bodies_are_read(served: tuple[ReceiverServer, str], tmp_path
 @pytest.mark.parametrize(("case", "status", "reason"), [
     ("no token", 401, "bearer token"),
     ("wrong token", 401, "bearer token"),
+    ("token without bearer, wrong", 401, "bearer token"),
     ("not json", 400, "not JSON"),
     ("no list", 400, '"spans"'),
     ("one bad record", 400, "item 1"),
@@ -88,6 +89,8 @@ async def test_refused_requests_name_their_reason_and_change_nothing(
         headers = {"Authorization": ""}
     elif case == "wrong token":
         headers = {"Authorization": "Bearer nope"}
+    elif case == "token without bearer, wrong":
+        headers = {"Authorization": "s3cret-tokenX"}
     elif case == "not json":
         body = b'{"spans": ['
     elif case == "no list":
@@ -107,6 +110,14 @@ async def test_refused_requests_name_their_reason_and_change_nothing(
     assert got == status
     assert reason in answer["errors"][0]
     assert spool_bytes(tmp_path) == b""
+
+
+async def test_the_token_alone_is_taken_as_the_opik_sdk_sends_its_api_key(
+        served: tuple[ReceiverServer, str], tmp_path: Path) -> None:
+    _, base = served
+    status, _, _ = await post(base + SPANS, orjson.dumps({"spans": [span(1)]}),
+                              {"Authorization": "s3cret-token"})
+    assert status == 204
 
 
 async def test_the_token_never_appears_in_an_answer(served: tuple[ReceiverServer, str]) -> None:
