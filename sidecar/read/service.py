@@ -45,7 +45,9 @@ class ReadSide:
             await self.pool.close()
 
     async def on_stored(self, agents: frozenset[str]) -> None:
-        """The Postgres sink's hook: stored spans make their agents' statistics stale."""
+        """The Postgres sink's hook: stored spans make their agents' statistics
+        stale, and their deltas due for the rollup pass."""
+        self.rollups.poke()
         await self.cache.invalidate(agents)
 
     async def stats_http(self, query: Any) -> Any:

@@ -95,6 +95,7 @@ async def test_merges_the_pending_deltas_every_interval_and_not_before(pg_schema
         async with running(pg_schema, clock) as loop:
             await loop.next_pass()  # the first round runs at once
             await seed(conn, pg_schema, "agent-a", datetime.now(UTC), 500, 1.0)
+            loop.rollups.poke()  # as the sink's stored hook does
             assert await pending(conn, pg_schema) == 500
             await loop.idle_for(INTERVAL_S - 0.1)
             assert await pending(conn, pg_schema) == 500
@@ -104,6 +105,7 @@ async def test_merges_the_pending_deltas_every_interval_and_not_before(pg_schema
             assert await pending(conn, pg_schema) == 0
             assert await rolled_up(conn, pg_schema) == (500, 500)
             await seed(conn, pg_schema, "agent-b", datetime.now(UTC), 300, 1.0)
+            loop.rollups.poke()
             clock.advance(INTERVAL_S)
             await loop.next_pass()
             assert await pending(conn, pg_schema) == 0
@@ -132,6 +134,8 @@ async def test_two_sidecars_passes_never_count_a_delta_twice(pg_schema: str) -> 
             await one.next_pass(loops=2)
             await two.next_pass(loops=2)
             await seed(conn, pg_schema, "agent-a", datetime.now(UTC), 400, 1.0)
+            one.rollups.poke()
+            two.rollups.poke()
             tx = await hold_rollup_lock(holder, pg_schema)
             clock.advance(INTERVAL_S)  # both rounds start together and find the lock taken
             await one.next_pass(loops=2)
@@ -141,6 +145,8 @@ async def test_two_sidecars_passes_never_count_a_delta_twice(pg_schema: str) -> 
             await tx.rollback()
             await seed(conn, pg_schema, "agent-b", datetime.now(UTC), 250, 1.0)
             for _ in range(3):  # both at once, three times: each delta merged once
+                one.rollups.poke()  # both stored spans again
+                two.rollups.poke()
                 clock.advance(INTERVAL_S)
                 await one.next_pass(loops=2)
                 await two.next_pass(loops=2)
@@ -169,6 +175,7 @@ async def test_a_failed_round_is_logged_and_tried_again(pg_schema: str) -> None:
         async with running(pg_schema, clock, interval_s=interval_s) as loop:
             await loop.next_pass()
             await seed(conn, pg_schema, "agent-a", datetime.now(UTC), 200, 1.0)
+            loop.rollups.poke()
             # The round fails inside Postgres: the table it merges into is gone.
             await conn.execute(f'ALTER TABLE "{pg_schema}".span_rollup_hourly '
                                "RENAME TO span_rollup_hourly_away")
@@ -210,5 +217,27 @@ async def test_stop_ends_the_loop(pg_schema: str) -> None:
         await asyncio.wait_for(rollups.run(stopped), DEADLINE_S)
         assert rollups.passes == 0
         await pool.close()
+    finally:
+        await conn.close()
+
+
+async def test_an_idle_sidecar_runs_no_round_until_spans_are_stored(pg_schema: str) -> None:
+    """Nothing stored, nothing pending: the loop runs no round however long the
+    clock runs (so its pool can close the connection after postgres.idle_timeout_s);
+    the sink's stored hook (poke) brings the next round at once."""
+    conn = await connect(pg_schema)
+    clock = FakeClock()
+    try:
+        async with running(pg_schema, clock) as loop:
+            await loop.next_pass()
+            await loop.idle_for(INTERVAL_S)  # the interval after the round
+            for _ in range(5):
+                await loop.idle_for(INTERVAL_S)  # idle: no round, no clock sleeper
+            assert loop.rollups.passes == 1
+            await seed(conn, pg_schema, "agent-a", datetime.now(UTC), 120, 1.0)
+            loop.rollups.poke()
+            await asyncio.wait_for(loop.rollups.passed.wait(), DEADLINE_S)
+            assert loop.rollups.passes == 2
+            assert await rolled_up(conn, pg_schema) == (120, 120)
     finally:
         await conn.close()
