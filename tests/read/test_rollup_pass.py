@@ -20,6 +20,7 @@ from sidecar.clock import FakeClock, yield_to_loop
 from sidecar.store.partitions import lock_key
 from sidecar.store.pool import LazyPool
 from sidecar.store.rollup_pass import RETRY_AFTER_FAILURE_S, RollupPass
+from sidecar.store.rollups import summarize_start_index
 from tests.read.conftest import connect, make_settings, seed
 
 DEADLINE_S = 20.0
@@ -240,4 +241,26 @@ async def test_an_idle_sidecar_runs_no_round_until_spans_are_stored(pg_schema: s
             assert loop.rollups.passes == 2
             assert await rolled_up(conn, pg_schema) == (120, 120)
     finally:
+        await conn.close()
+
+
+async def test_a_round_summarizes_the_start_time_index(pg_schema: str) -> None:
+    """Ranges of the BRIN index filled since the last round are summarized by it
+    (unsummarized ranges match every window read): nothing is left to summarize."""
+    conn = await connect(pg_schema)
+    clock = FakeClock()
+    settings = make_settings(pg_schema)
+    pool = LazyPool(settings.postgres)
+    try:
+        rollups = RollupPass(settings.retention, settings.postgres, clock, pool)
+        await rollups.apply()  # migrated, backfill done
+        await seed(conn, pg_schema, "agent-a", datetime.now(UTC), 3000, 1.0)
+        await seed(conn, pg_schema, "agent-b", datetime.now(UTC), 3000, 1.0)
+        result = await rollups.apply()
+        assert result.merged is not None and result.merged > 0
+        assert await summarize_start_index(conn, pg_schema) == 0  # the round did them all
+        await seed(conn, pg_schema, "agent-a", datetime.now(UTC), 3000, 1.0)
+        assert await summarize_start_index(conn, pg_schema) > 0  # new rows: new ranges
+    finally:
+        await pool.close()
         await conn.close()
