@@ -106,6 +106,27 @@ class Heartbeat:
         await every(self._clock, self._interval_s, stop, self.tick)
 
 
+async def start_runner(app: web.Application, host: str, port: int, *,
+                       shutdown_timeout_s: float,
+                       idle_timeout_s: float = IDLE_TIMEOUT_S) -> web.AppRunner:
+    """Serve ``app`` on ``host:port``; cleaned up when the bind fails.
+
+    The keep-alive is short: aiohttp (>= 3.14) starts its timer when a
+    connection opens, so an idle client, or one that never finishes its request
+    head, is closed after ``idle_timeout_s`` instead of holding a descriptor for
+    an hour.
+    """
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=shutdown_timeout_s, keepalive_timeout=idle_timeout_s)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
 class HttpServer:
     """aiohttp server: entered as an async context manager (listen, stop
     listening); ``run(stop)`` keeps the heartbeat that ``/healthz`` reads,
@@ -149,15 +170,9 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/stats", self._stats_page)
         app.router.add_get("/status", self._status_page)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
-                               keepalive_timeout=self._idle_timeout_s)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self._host, self._wanted_port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        self._runner = await start_runner(app, self._host, self._wanted_port,
+                                          shutdown_timeout_s=2.0,
+                                          idle_timeout_s=self._idle_timeout_s)
         self.heartbeat.start()
         log.info("http.server.started", host=self._host, port=self.port)
         return self

@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 
 from sidecar.config.settings import ReceiversSettings
-from sidecar.health.http import parse_listen
+from sidecar.health.http import parse_listen, start_runner
 from sidecar.receivers import opik_api
 from sidecar.receivers.appender import Appender
 from sidecar.receivers.errors import BadRequest, Refused
@@ -95,15 +95,8 @@ class ReceiverServer:
         return app
 
     async def __aenter__(self) -> ReceiverServer:
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
-                               shutdown_timeout=5.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self._host, self._wanted_port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        self._runner = await start_runner(self.app(), self._host, self._wanted_port,
+                                          shutdown_timeout_s=5.0)
         log.info("receivers.server.started", host=self._host, port=self.port,
                  token=self._token is not None)
         return self

@@ -3,6 +3,7 @@ the spool is left as it was (nothing half appended)."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import orjson
 import pytest
 
 from sidecar.config.settings import ReceiversSettings
+from sidecar.health.http import IDLE_TIMEOUT_S
 from sidecar.receivers.server import ReceiverServer
 from sidecar.snapshots import QuotaStats
 
@@ -206,3 +208,25 @@ async def test_otlp_is_501_until_a_parser_is_mounted_then_appended_before_the_an
         assert got[0] == 200
     assert seen[-1] == (b"good", "application/x-protobuf", None)  # inflated by the server
     assert orjson.loads(spool_bytes(tmp_path))["id"] == span(7)["id"]
+
+
+async def test_a_client_that_never_finishes_its_request_head_is_closed(tmp_path: Path) -> None:
+    """The receiver's keep-alive is the probe server's short one: 50 connections
+    holding half a request head are closed by the timer, not kept for an hour."""
+    async with ReceiverServer(ReceiversSettings(listen="127.0.0.1:0"), tmp_path) as server:
+        conns = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(50)]
+        for _, writer in conns:
+            writer.write(b"POST " + SPANS.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        await asyncio.gather(*(writer.drain() for _, writer in conns))
+        async with asyncio.timeout(IDLE_TIMEOUT_S + 10):  # a failure bound; aiohttp's default: 1 h
+            closed = await asyncio.gather(*(_closed_by_server(r) for r, _ in conns))
+        assert all(closed)
+        for _, writer in conns:
+            writer.close()
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await reader.read(4096) == b""
+    except ConnectionResetError:
+        return True
