@@ -1,0 +1,287 @@
+"""Receivers benchmark (issue 20): OTLP exporter and Opik SDK into the daemon's receiver.
+
+Run on demand (not part of the test suite):
+
+    .venv/bin/python tests/bench/bench_receivers.py --spans 204800 --runs 3
+
+1. OTLP: a sender process with the real ``opentelemetry-exporter-otlp-proto-http``
+   exporter posts batches of 512 GenAI spans (bench_otlp's, ~0.9 KiB each) to
+   ``/v1/traces`` one after another, as a BatchSpanProcessor does. (a) no sink
+   enabled (the receiver appends to the spool only): spans/s from the first
+   export to the last answer; (b) Postgres and the Opik emulator (in this
+   process) shipping: spans/s until the last span is in both. The daemon's
+   CPU (user+sys from /proc) divided by the spans is its cost a span.
+2. Opik SDK: an agent process with ``@opik.track`` nested functions (a trace
+   of 2 spans per call), ``opik.flush_tracker()`` at the end, pointed at the
+   receiver (both sinks on) and then straight at the emulator: spans/s and the
+   agent's CPU a span (getrusage in the agent, from the first call to the end
+   of the flush; the import and the client's start are left out).
+
+The median run of each is reported, with min and max; the load average is
+printed with each figure (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench.bench_opik import wait
+from tests.bench.bench_pipeline import count, daemon_cmd, drop_schema, make_schema, proc_sample
+from tests.opik_emulator import OpikEmulator
+from tests.support import PG_DSN
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The OTLP sender: builds one set of distinct batches, then sends copies of
+# them with every trace and span id XORed with the round, so that each span
+# sent is a new one (re-sent ids would be no-ops in both sinks).
+SENDER = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.trace import SpanContext
+from tests.bench.bench_otlp import genai_spans
+
+url, batch, batches, distinct, first = sys.argv[2], *map(int, sys.argv[3:7])
+pool = [genai_spans(batch) for _ in range(min(distinct, batches))]
+
+def ctx(c, k):
+    return SpanContext(c.trace_id ^ (k << 64), c.span_id ^ k, c.is_remote, c.trace_flags)
+
+def copy(s, k):
+    return ReadableSpan(name=s.name, context=ctx(s.context, k),
+                        parent=ctx(s.parent, k) if s.parent else None, resource=s.resource,
+                        attributes=s.attributes, events=s.events, links=s.links, kind=s.kind,
+                        status=s.status, start_time=s.start_time, end_time=s.end_time,
+                        instrumentation_scope=s.instrumentation_scope)
+
+todo = [[copy(s, first + i // len(pool)) for s in pool[i % len(pool)]] for i in range(batches)]
+exporter = OTLPSpanExporter(endpoint=url, timeout=60)
+print("ready", flush=True)
+sys.stdin.readline()
+r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+for spans in todo:
+    assert exporter.export(spans) == SpanExportResult.SUCCESS
+t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+print(json.dumps({"t0": t0, "t1": t1, "cpu_s": cpu}))
+"""
+
+# The Opik SDK agent: ``traces`` calls of two nested tracked functions.
+AGENT = r"""
+import json, os, resource, sys, time
+os.environ.setdefault("OPIK_SENTRY_ENABLE", "false")
+os.environ.setdefault("OPIK_ANALYTICS_ENABLE", "false")
+import opik
+from opik import track
+
+@track(name="llm-call", type="llm")
+def llm(q):
+    return "answer to " + q
+
+@track(name="agent", project_name="bench")
+def agent(q):
+    return llm(q)
+
+agent("warm")  # the client's start, the first request
+opik.flush_tracker()
+n = int(sys.argv[1])
+r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+for i in range(n):
+    agent(f"question {i}")
+opik.flush_tracker()
+t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": t1 - t0,
+                  "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime}))
+"""
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    """The daemon with the receiver on a free loopback port."""
+
+    def __init__(self, root: Path, name: str, emu: OpikEmulator | None) -> None:
+        self.spool, self.state = root / f"spool-{name}", root / f"state-{name}"
+        self.spool.mkdir()
+        self.state.mkdir()
+        self.schema = f"bench_recv_{name}_{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        self.pg = emu is not None
+        if self.pg:
+            asyncio.run(make_schema(self.schema))
+        cfg = {"spool": {"dir": str(self.spool), "state_dir": str(self.state)},
+               "postgres": {"enabled": self.pg, "dsn": PG_DSN, "schema": self.schema},
+               "opik": ({"enabled": True, "url": emu.base_url} if emu is not None
+                        else {"enabled": False}),
+               "receivers": {"enabled": True, "listen": f"127.0.0.1:{self.port}"},
+               "http": {"enabled": False}, "health": {"enabled": False},
+               "logging": {"level": "warning", "format": "json"}}
+        path = root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        self.proc = subprocess.Popen(daemon_cmd(path), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait(self._listening, timeout=30, step=0.05)
+
+    def _listening(self) -> bool:
+        if self.proc.poll() is not None:
+            raise SystemExit(f"daemon exited with {self.proc.returncode}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cpu(self) -> float:
+        return proc_sample(self.proc.pid)[0]
+
+    def rows(self) -> int:
+        return asyncio.run(count(self.schema))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        if self.pg:
+            asyncio.run(drop_schema(self.schema))
+
+
+def send(url: str, n: int, batch: int, senders: int,
+         ready: Callable[[], None]) -> dict[str, float]:
+    """``senders`` exporter processes, ``n`` spans in all; started together
+    (after ``ready()``) once each has built its spans: first send, last
+    answer, their CPU."""
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", SENDER, str(ROOT), url, str(batch), str(n // batch // senders),
+         "40", str(1 + k * 10_000)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        for k in range(senders)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+    ready()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(b"go\n")
+        p.stdin.flush()
+    sent = [json.loads(p.stdout.readline()) for p in procs if p.stdout is not None]
+    for p in procs:
+        p.wait(30)
+    return {"t0": min(s["t0"] for s in sent), "t1": max(s["t1"] for s in sent),
+            "cpu_s": sum(s["cpu_s"] for s in sent)}
+
+
+def otlp_run(root: Path, emu: OpikEmulator | None, n: int, batch: int, senders: int,
+             name: str) -> dict[str, float]:
+    if emu is not None:
+        emu.reset()
+    daemon = Daemon(root, name, emu)
+    n = n // batch // senders * batch * senders
+    try:
+        before: list[float] = []
+        sent = send(f"{daemon.url}/v1/traces", n, batch, senders,
+                    lambda: before.extend((daemon.cpu(), load())))
+        cpu0, load0 = before
+        t_end = sent["t1"]
+        if emu is not None:
+            t_end = wait(lambda: emu.stored() >= n and daemon.rows() >= n, step=0.05)
+        cpu = daemon.cpu() - cpu0
+    finally:
+        daemon.stop()
+    seconds = t_end - sent["t0"]
+    return {"spans_per_s": n / seconds, "seconds": seconds,
+            "accepted_spans_per_s": n / (sent["t1"] - sent["t0"]),
+            "daemon_cpu_us_per_span": cpu / n * 1e6,
+            "sender_cpu_us_per_span": sent["cpu_s"] / n * 1e6,
+            "load_before": load0, "load_after": load()}
+
+
+def sdk_run(base_url: str, traces: int) -> dict[str, float]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.lower().endswith("_proxy") and k != "OPIK_API_KEY"}
+    env.update(OPIK_URL_OVERRIDE=f"{base_url}/api", OPIK_WORKSPACE="bench",
+               OPIK_CONFIG_PATH=os.devnull)
+    load0 = load()
+    done = subprocess.run([sys.executable, "-c", AGENT, str(traces)], env=env,
+                          capture_output=True, timeout=600, check=True)
+    out: dict[str, float] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    spans = 2 * traces
+    return {"spans_per_s": spans / out["seconds"],
+            "agent_cpu_us_per_span": out["cpu_s"] / spans * 1e6,
+            "load_before": load0, "load_after": load()}
+
+
+def median(runs: list[dict[str, float]]) -> dict[str, Any]:
+    keys = runs[0].keys()
+    return {k: {"median": statistics.median(r[k] for r in runs),
+                "min": min(r[k] for r in runs), "max": max(r[k] for r in runs)}
+            for k in keys}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spans", type=int, default=204_800, help="OTLP spans a run")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--senders", type=int, default=1, help="OTLP exporter processes at once")
+    ap.add_argument("--traces", type=int, default=5_000, help="Opik SDK traces a run (2 spans)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", choices=("otlp", "sdk"), default=None)
+    ap.add_argument("--out", type=Path, default=Path("tests/bench/out/receivers.json"))
+    args = ap.parse_args()
+    results: dict[str, Any] = {"spans": args.spans, "batch": args.batch,
+                               "senders": args.senders, "traces": args.traces}
+    runs: dict[str, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp, OpikEmulator() as emu:
+        root = Path(tmp)
+        for r in range(args.runs):
+            if args.only in (None, "otlp"):
+                for name, sink in (("spool_only", None), ("both_sinks", emu)):
+                    out = otlp_run(root, sink, args.spans, args.batch, args.senders,
+                                   f"{name}{r}")
+                    runs.setdefault(f"otlp_{name}", []).append(out)
+                    print(json.dumps({f"otlp_{name}": out}), flush=True)
+            if args.only in (None, "sdk"):
+                daemon = Daemon(root, f"sdk{r}", emu)
+                try:
+                    out = sdk_run(daemon.url, args.traces)
+                finally:
+                    daemon.stop()
+                runs.setdefault("sdk_via_sidecar", []).append(out)
+                print(json.dumps({"sdk_via_sidecar": out}), flush=True)
+                emu.reset()
+                out = sdk_run(emu.base_url.removesuffix("/api"), args.traces)
+                runs.setdefault("sdk_straight_to_emulator", []).append(out)
+                print(json.dumps({"sdk_straight_to_emulator": out}), flush=True)
+                emu.reset()
+    results.update({k: median(v) for k, v in runs.items()})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
