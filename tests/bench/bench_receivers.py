@@ -2,11 +2,13 @@
 
 Run on demand (not part of the test suite):
 
-    .venv/bin/python tests/bench/bench_receivers.py --spans 204800 --runs 3
+    .venv/bin/python tests/bench/bench_receivers.py --spans 61440 --runs 3
+    .venv/bin/python tests/bench/bench_receivers.py --spans 122880 --senders 2 --only otlp
 
-1. OTLP: a sender process with the real ``opentelemetry-exporter-otlp-proto-http``
-   exporter posts batches of 512 GenAI spans (bench_otlp's, ~0.9 KiB each) to
-   ``/v1/traces`` one after another, as a BatchSpanProcessor does. (a) no sink
+1. OTLP: sender processes (``--senders``) with the real
+   ``opentelemetry-exporter-otlp-proto-http`` exporter post batches of 512
+   GenAI spans (bench_otlp's, ~0.9 KiB each) to ``/v1/traces``, each one
+   after another, as a BatchSpanProcessor does. (a) no sink
    enabled (the receiver appends to the spool only): spans/s from the first
    export to the last answer; (b) Postgres and the Opik emulator (in this
    process) shipping: spans/s until the last span is in both. The daemon's
@@ -244,7 +246,7 @@ def median(runs: list[dict[str, float]]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spans", type=int, default=204_800, help="OTLP spans a run")
+    ap.add_argument("--spans", type=int, default=61_440, help="OTLP spans a run")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--senders", type=int, default=1, help="OTLP exporter processes at once")
     ap.add_argument("--traces", type=int, default=5_000, help="Opik SDK traces a run (2 spans)")
