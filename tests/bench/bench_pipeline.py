@@ -2,12 +2,22 @@
 
 Run on demand (not part of the test suite):
 
-    .venv/bin/python tests/bench/bench_pipeline.py --spans 200000 --writers 4
+    .venv/bin/python tests/bench/bench_pipeline.py --spans 200000 --runs 3
 
-It writes N realistic spans (~880 bytes) from several writers, copies the
-same rows with `psql \\copy` (the machine's ceiling) in the same run, ships
-them with rsyslog's imfile -> ompgsql (the classic shipper; when installed),
-then times the daemon until every row is stored, sampling its CPU time and RSS.
+It writes N spans as agents write them (tests/bench/agent_spans.py, ~835
+bytes) from several writers, then, in each of ``--runs`` rounds, one after
+the other: `psql \\copy` of the same rows (the machine's ceiling), rsyslog's
+imfile -> ompgsql in its cheapest useful and in its column-extracting
+configuration (tests/bench/rsyslog_peer.py; when installed), and the daemon
+until every row is stored, sampling its CPU time and RSS from /proc. The
+medians of the rounds are printed, with min and max.
+
+Strict by default (issue 22, tests/bench/strict_load.py): `\\copy` into a
+plain table `LIKE ml_observability_spans INCLUDING ALL`, `VACUUM (ANALYZE)`
+and `CHECKPOINT` before every timed load, the daemon's clock from the start
+of `span-sidecar run` with the schema not yet created (imports, connect and
+migrate included). The earlier, looser variants stay as options
+(``--partitioned-copy``, ``--no-settle``, ``--premigrate``, ``--uniform-spans``).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import asyncio
 import csv
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -24,7 +35,6 @@ import time
 import uuid
 from pathlib import Path
 
-import asyncpg
 import orjson
 import yaml
 from msgspec import Raw
@@ -32,9 +42,14 @@ from msgspec import Raw
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sidecar.records import SpanRecord, parse_line
-from sidecar.store.migrate import migrate
 from sidecar.store.table import COLUMNS, span_row
-from tests.bench import rsyslog_peer
+from tests.bench import rsyslog_peer, strict_load
+from tests.bench.agent_spans import agent_span
+
+# re-exported: the other benches take these from here
+from tests.bench.strict_load import drop_schema as drop_schema
+from tests.bench.strict_load import make_schema as make_schema
+from tests.bench.strict_load import proc_sample as proc_sample
 from tests.support import PG_DSN, line, span
 
 JSONB = {"error_info", "input", "output", "metadata", "events"}
@@ -52,8 +67,16 @@ def daemon_cmd(config: Path) -> list[str]:
             str(Path(__file__).resolve().parents[2]), "run", "--config", str(config)]
 
 
-def write_spool(spool: Path, n: int, writers: int) -> list[bytes]:
-    lines = [line(span(i)) for i in range(n)]
+def make_lines(n: int, uniform: bool = False) -> list[bytes]:
+    """The spans to ship: as agents write them, or ``tests.support.span`` repeated."""
+    if uniform:
+        return [line(span(i)) for i in range(n)]
+    rng = random.Random(22)
+    return [line(agent_span(i, rng)) for i in range(n)]
+
+
+def write_spool(spool: Path, n: int, writers: int, lines: list[bytes] | None = None) -> list[bytes]:
+    lines = lines if lines is not None else make_lines(n, uniform=True)
     per = n // writers
     for w in range(writers):
         chunk = lines[w * per:(w + 1) * per if w < writers - 1 else n]
@@ -83,57 +106,31 @@ def write_csv(lines: list[bytes], path: Path) -> None:
             out.writerow([_csv_value(c, v) for c, v in zip(COLUMNS, row, strict=True)])
 
 
-async def make_schema(schema: str) -> None:
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await migrate(conn, schema)
-    finally:
-        await conn.close()
-
-
-async def drop_schema(schema: str) -> None:
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
 async def count(schema: str) -> int:
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        return int(await conn.fetchval(f'SELECT count(*) FROM "{schema}".ml_observability_spans'))
-    finally:
-        await conn.close()
+    """Rows in the spans table of ``schema`` (0 before it exists)."""
+    return await strict_load.acount(f'"{schema}".ml_observability_spans')
 
 
-def psql_copy(csv_path: Path, schema: str) -> float:
-    asyncio.run(make_schema(schema))
-    cmd = (f"\\copy \"{schema}\".ml_observability_spans ({', '.join(COLUMNS)}) "
-           f"from '{csv_path}' with (format csv)")
+def psql_copy(csv_path: Path, schema: str, plain: bool = False, settle: bool = False) -> float:
+    if plain:
+        target = strict_load.plain_target(schema)
+    else:
+        asyncio.run(make_schema(schema))
+        target = f'"{schema}".ml_observability_spans'
+    if settle:
+        strict_load.settle()
+    cmd = f"\\copy {target} ({', '.join(COLUMNS)}) from '{csv_path}' with (format csv)"
     t0 = time.perf_counter()
     subprocess.run(["psql", PG_DSN, "-q", "-c", cmd], check=True)
     return time.perf_counter() - t0
 
 
-def proc_sample(pid: int) -> tuple[float, int, int]:
-    """CPU seconds, current RSS and peak RSS (bytes) of a process."""
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(stat[11]) + int(stat[12])) / ticks
-    rss = hwm = 0
-    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if row.startswith("VmRSS:"):
-            rss = int(row.split()[1]) * 1024
-        elif row.startswith("VmHWM:"):
-            hwm = int(row.split()[1]) * 1024
-    return cpu, rss, hwm
-
-
-def run_daemon(spool: Path, state: Path, schema: str, n: int,
-               extra: dict[str, object]) -> dict[str, float]:
-    asyncio.run(make_schema(schema))
+def run_daemon(spool: Path, state: Path, schema: str, n: int, extra: dict[str, object],
+               premigrate: bool = True, settle: bool = False) -> dict[str, float]:
+    if premigrate:
+        asyncio.run(make_schema(schema))
+    else:  # the daemon migrates: its start-up is timed whole
+        asyncio.run(drop_schema(schema))
     cfg = {
         "spool": {"dir": str(spool), "state_dir": str(state)},
         "postgres": {"dsn": PG_DSN, "schema": schema},
@@ -143,6 +140,8 @@ def run_daemon(spool: Path, state: Path, schema: str, n: int,
     }
     cfg_path = state.parent / f"{schema}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
+    if settle:
+        strict_load.settle()
     t0 = time.perf_counter()
     proc = subprocess.Popen(daemon_cmd(cfg_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -166,7 +165,7 @@ def run_daemon(spool: Path, state: Path, schema: str, n: int,
     assert t10 is not None
     steady = (n - t10[1]) / (time.perf_counter() - t10[0]) if n > t10[1] else float("nan")
     return {"seconds": elapsed, "rows_per_s": n / elapsed, "steady_rows_per_s": steady,
-            "cpu_s": cpu, "peak_rss_mb": hwm / 2**20,
+            "cpu_s": cpu, "cpu_us_per_span": cpu / n * 1e6, "peak_rss_mb": hwm / 2**20,
             "median_rss_mb": sorted(rss_samples)[len(rss_samples) // 2] / 2**20}
 
 
@@ -198,61 +197,105 @@ def health_overhead(args: argparse.Namespace) -> None:
     print(json.dumps(out, indent=2))
 
 
+def rsyslog_round(args: argparse.Namespace, root: Path, lines: list[bytes], name: str,
+                  tag: str) -> dict[str, float]:
+    """One rsyslog run: ``cheap`` (raw line as jsonb, 1000 a transaction) or ``extract``."""
+    cheap = name == "cheap"
+    spool = root / f"spool-rsyslog-{name}-{tag}"
+    spool.mkdir()
+    write_spool(spool, len(lines), args.writers, lines)
+    peer = f"bench_rsyslog_{name}_{tag}"
+    asyncio.run(make_schema(peer))
+    table = f'"{peer}".' + (rsyslog_peer.RAW_TABLE if cheap else "ml_observability_spans")
+    if cheap:
+        asyncio.run(strict_load.execute(rsyslog_peer.raw_table_ddl(peer)))
+    if not args.no_settle:
+        strict_load.settle()
+    try:
+        return rsyslog_peer.run(spool, root, PG_DSN, peer, ", ".join(COLUMNS), len(lines),
+                                lambda: strict_load.count(table), cheap=cheap)
+    finally:
+        asyncio.run(drop_schema(peer))
+
+
+def one_round(args: argparse.Namespace, root: Path, lines: list[bytes], csv_path: Path,
+              r: int) -> dict[str, dict[str, float]]:
+    """``\\copy``, the rsyslog configurations, then the daemon, on the same rows."""
+    tag = f"{uuid.uuid4().hex[:8]}_{r}"
+    n = len(lines)
+    out: dict[str, dict[str, float]] = {}
+    secs = psql_copy(csv_path, f"bench_copy_{tag}", plain=not args.partitioned_copy,
+                     settle=not args.no_settle)
+    asyncio.run(drop_schema(f"bench_copy_{tag}"))
+    out["psql_copy"] = {"seconds": secs, "rows_per_s": n / secs}
+    print(json.dumps({"round": r, "psql_copy": out["psql_copy"]}), flush=True)
+    for name in args.rsyslog:
+        out[f"rsyslog_{name}"] = rsyslog_round(args, root, lines, name, tag)
+        print(json.dumps({"round": r, f"rsyslog_{name}": out[f"rsyslog_{name}"]}), flush=True)
+    spool, state = root / f"spool-{tag}", root / f"state-{tag}"
+    spool.mkdir()
+    state.mkdir()
+    write_spool(spool, n, args.writers, lines)
+    schema = f"bench_large_{tag}"
+    out["daemon"] = run_daemon(spool, state, schema, n, {}, premigrate=args.premigrate,
+                               settle=not args.no_settle)
+    asyncio.run(drop_schema(schema))
+    print(json.dumps({"round": r, "daemon": out["daemon"]}), flush=True)
+    return out
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--spans", type=int, default=200_000)
     ap.add_argument("--writers", type=int, default=4)
-    ap.add_argument("--small", type=int, default=50_000, help="the smaller backlog for RSS")
+    ap.add_argument("--runs", type=int, default=3, help="alternating rounds; medians printed")
+    ap.add_argument("--small", type=int, default=50_000,
+                    help="after the rounds, one daemon run of this smaller backlog (RSS); 0: none")
     ap.add_argument("--out", type=Path, default=Path("tests/bench/out/pipeline.json"))
+    ap.add_argument("--rsyslog", nargs="*", choices=("cheap", "extract"),
+                    default=["cheap", "extract"], help="rsyslog configurations to run (none: skip)")
     ap.add_argument("--no-rsyslog", action="store_true", help="skip the rsyslog peer")
-    ap.add_argument("--only", choices=("large", "small"), default=None)
+    ap.add_argument("--partitioned-copy", action="store_true",
+                    help="loose: \\copy into the partitioned spans table, not a plain LIKE copy")
+    ap.add_argument("--no-settle", action="store_true",
+                    help="loose: no VACUUM (ANALYZE) + CHECKPOINT before each timed load")
+    ap.add_argument("--premigrate", action="store_true",
+                    help="loose: migrate before starting the daemon (start-up not timed whole)")
+    ap.add_argument("--uniform-spans", action="store_true",
+                    help="loose: tests.support.span repeated instead of agents' mix")
     ap.add_argument("--health-overhead", type=int, default=0, metavar="ROUNDS",
                     help="instead: ROUNDS alternating runs with the self-monitor off and on")
     args = ap.parse_args()
     if args.health_overhead:
         health_overhead(args)
         return
-    tag = uuid.uuid4().hex[:8]
-    results: dict[str, object] = {"spans": args.spans, "writers": args.writers}
+    if args.no_rsyslog or not rsyslog_peer.available():
+        args.rsyslog = []
+    results: dict[str, object] = {"spans": args.spans, "writers": args.writers, "runs": args.runs,
+                                  "strict": {k: not getattr(args, k) for k in (
+                                      "partitioned_copy", "no_settle", "premigrate",
+                                      "uniform_spans")}}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for size, key in ((args.spans, "large"), (args.small, "small")):
-            if args.only and key != args.only:
-                continue
-            spool, state = root / f"spool-{key}", root / f"state-{key}"
+        lines = make_lines(args.spans, args.uniform_spans)
+        results["bytes_per_span"] = sum(map(len, lines)) / len(lines)
+        csv_path = root / "rows.csv"
+        write_csv(lines, csv_path)
+        runs = [one_round(args, root, lines, csv_path, r) for r in range(args.runs)]
+        results["rounds"] = runs
+        results["median"] = strict_load.summarise(runs)
+        if args.small:
+            spool, state = root / "spool-small", root / "state-small"
             spool.mkdir()
             state.mkdir()
-            lines = write_spool(spool, size, args.writers)
-            results["bytes_per_span"] = sum(map(len, lines)) / len(lines)
-            if key == "large":
-                csv_path = root / "rows.csv"
-                write_csv(lines, csv_path)
-                secs = psql_copy(csv_path, f"bench_copy_{tag}")
-                results["psql_copy_rows_per_s"] = size / secs
-                asyncio.run(drop_schema(f"bench_copy_{tag}"))
-                if not args.no_rsyslog and rsyslog_peer.available():
-                    peer = f"bench_rsyslog_{tag}"
-                    asyncio.run(make_schema(peer))
-                    results["rsyslog"] = rsyslog_peer.run(
-                        spool, root, PG_DSN, peer, ", ".join(COLUMNS), size,
-                        lambda name=peer: asyncio.run(count(name)))  # type: ignore[misc]
-                    asyncio.run(drop_schema(peer))
-                    print(json.dumps({"rsyslog": results["rsyslog"]}), flush=True)
-            schema = f"bench_{key}_{tag}"
-            results[key] = run_daemon(spool, state, schema, size, {})
+            write_spool(spool, args.small, args.writers, lines[:args.small])
+            schema = f"bench_small_{uuid.uuid4().hex[:8]}"
+            results["small"] = run_daemon(spool, state, schema, args.small, {},
+                                          premigrate=args.premigrate, settle=not args.no_settle)
             asyncio.run(drop_schema(schema))
-            print(json.dumps({key: results[key]}), flush=True)
-    large = results.get("large")
-    if isinstance(large, dict):
-        ceiling = float(results["psql_copy_rows_per_s"])  # type: ignore[arg-type]
-        results["ratio_to_psql_copy"] = large["rows_per_s"] / ceiling
-        results["steady_ratio_to_psql_copy"] = large["steady_rows_per_s"] / ceiling
-        rsyslog = results.get("rsyslog")
-        if isinstance(rsyslog, dict):
-            results["ratio_to_rsyslog"] = large["rows_per_s"] / rsyslog["rows_per_s"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results["median"], indent=2))
 
 
 if __name__ == "__main__":
