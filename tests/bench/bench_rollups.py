@@ -66,6 +66,23 @@ def ms(samples: list[float]) -> str:
     return f"median {1000 * statistics.median(s):.2f} ms, p95 {1000 * s[int(0.95 * len(s))]:.2f} ms"
 
 
+async def cold_and_cached(read: ReadSide, redis: Redis, window: str, agent: str | None,
+                          runs: int) -> tuple[list[float], list[float], int]:
+    """Seconds of each cold call (its cache entry deleted first) and of the
+    cached call after it, and the spans the answer covered."""
+    cold, warm = [], []
+    key = read.cache.key(window, agent)
+    for _ in range(runs):
+        await redis.delete(key)
+        t0 = time.perf_counter()
+        report = await read.stats.report(window, agent)
+        cold.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        await read.stats.report(window, agent)
+        warm.append(time.perf_counter() - t0)
+    return cold, warm, sum(a.latency.span_count for a in report.agents)
+
+
 def pct_error(rolled: list[float | None], exact: list[float | None]) -> float:
     return max(abs(r - e) / e for r, e in zip(rolled, exact, strict=True)
                if r is not None and e)
@@ -78,16 +95,7 @@ async def bench(schema: str, runs: int) -> None:
         await read.stats.report("1h")
         for window in ("1h", "24h", "7d"):
             for agent in (None, "agent-03"):
-                cold, warm = [], []
-                for _ in range(runs):
-                    await redis.delete(read.cache.key(window, agent))
-                    t0 = time.perf_counter()
-                    report = await read.stats.report(window, agent)
-                    cold.append(time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    await read.stats.report(window, agent)
-                    warm.append(time.perf_counter() - t0)
-                n = sum(a.latency.span_count for a in report.agents)
+                cold, warm, n = await cold_and_cached(read, redis, window, agent, runs)
                 print(f"rollup stats {window:>3} {agent or 'all agents':<10} ({n:>8} spans): "
                       f"cold {ms(cold)}; cached {ms(warm)}")
     await redis.aclose()

@@ -84,9 +84,7 @@ async def fill(conn: asyncpg.Connection, schema: str, rows: int, newest: datetim
     return time.perf_counter() - t0
 
 
-def ms(samples: list[float]) -> str:
-    s = sorted(samples)
-    return f"median {1000 * statistics.median(s):.2f} ms, p95 {1000 * s[int(0.95 * len(s))]:.2f} ms"
+ms = bench_rollups.ms
 
 
 async def bench_stats(schema: str, runs: int) -> None:
@@ -97,17 +95,8 @@ async def bench_stats(schema: str, runs: int) -> None:
         await read.stats.report("1h")  # connect and warm the plan cache
         for window in ("1h", "24h", "7d"):
             for agent in (None, "agent-3"):
-                cold, warm = [], []
-                key = read.cache.key(window, agent)
-                for _ in range(runs):
-                    await redis.delete(key)
-                    t0 = time.perf_counter()
-                    report = await read.stats.report(window, agent)
-                    cold.append(time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    await read.stats.report(window, agent)
-                    warm.append(time.perf_counter() - t0)
-                n = sum(a.latency.span_count for a in report.agents)
+                cold, warm, n = await bench_rollups.cold_and_cached(read, redis, window, agent,
+                                                                    runs)
                 print(f"stats {window:>3} {agent or 'all agents':<10} ({n:>7} spans): "
                       f"cold {ms(cold)}; cached {ms(warm)}")
         await redis.delete(*[k async for k in redis.scan_iter(match=f"{prefix}*")])
