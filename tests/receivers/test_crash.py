@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.client
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
@@ -43,6 +45,22 @@ def sender(port: int, answered: list[str], stop: threading.Event) -> None:
             answered.extend(ids)
 
 
+@contextmanager
+def senders(port: int, n: int = 4) -> Iterator[list[list[str]]]:
+    """``n`` senders posting batches until the block ends; each one's answered ids."""
+    answered: list[list[str]] = [[] for _ in range(n)]
+    stop = threading.Event()
+    threads = [threading.Thread(target=sender, args=(port, a, stop)) for a in answered]
+    for t in threads:
+        t.start()
+    try:
+        yield answered
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+
+
 def stored(schema: str) -> list[Any]:
     """Each stored span id and its rows (none before the table is migrated)."""
     try:
@@ -60,18 +78,9 @@ def test_every_answered_request_is_shipped_once_after_kill_9(
         sidecar_env: SidecarEnv, emu: OpikEmulator) -> None:
     daemon, url = receiver_daemon(sidecar_env, emu)
     port = int(url.rsplit(":", 1)[1])
-    answered: list[list[str]] = [[] for _ in range(4)]
-    stop = threading.Event()
-    threads = [threading.Thread(target=sender, args=(port, a, stop)) for a in answered]
-    for t in threads:
-        t.start()
-    try:
+    with senders(port) as answered:
         wait_until(lambda: sum(map(len, answered)) >= 400, 20, "requests answered")
         daemon.kill()  # while the senders are mid-request
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
     acked = {i for a in answered for i in a}
     sidecar_env.daemon().wait_started()
     wait_until(lambda: {r["id"] for r in stored(sidecar_env.schema)} >= acked, 20,
@@ -87,19 +96,10 @@ def test_at_a_stop_the_drain_ships_every_answered_request(
     answered is in the spool the drain ships before the daemon exits."""
     daemon, url = receiver_daemon(sidecar_env, emu)
     port = int(url.rsplit(":", 1)[1])
-    answered: list[list[str]] = [[] for _ in range(4)]
-    stop = threading.Event()
-    threads = [threading.Thread(target=sender, args=(port, a, stop)) for a in answered]
-    for t in threads:
-        t.start()
-    try:
+    with senders(port) as answered:
         wait_until(lambda: sum(map(len, answered)) >= 400, 20, "requests answered")
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(20) == 0
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
     acked = {i for a in answered for i in a}
     assert {r["id"] for r in stored(sidecar_env.schema)} >= acked  # no restart needed
     assert acked <= set(emu.spans())
