@@ -396,12 +396,16 @@ class OpikEmulator:
         with self._lock:
             return {key: item for key, (_, item) in self._rows[kind].items()}
 
-    async def _open(self) -> None:
-        self._unstall = asyncio.Event()
-        app = web.Application(client_max_size=self.max_body_bytes)
+    def _routes(self, app: web.Application) -> None:
+        """The paths served; a subclass may add its own."""
         for kind, (method, path, _, _) in ROUTES.items():
             app.router.add_route(method, "/api" + path, self._handler(kind))
         app.router.add_get("/api/is-alive/ping", self._ping)
+
+    async def _open(self) -> None:
+        self._unstall = asyncio.Event()
+        app = web.Application(client_max_size=self.max_body_bytes)
+        self._routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await self._listen()

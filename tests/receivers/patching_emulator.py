@@ -8,14 +8,13 @@ target's updates over its stored create, as Opik keeps them.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tests.opik_emulator import ROUTES, OpikEmulator
+from tests.opik_emulator import OpikEmulator
 
 
 class PatchingEmulator(OpikEmulator):
@@ -24,18 +23,11 @@ class PatchingEmulator(OpikEmulator):
         self.patches: list[tuple[str, str, dict[str, Any]]] = []  # (kind, id, body)
         self._patch_lock = threading.Lock()
 
-    async def _open(self) -> None:
-        """The emulator's own routes (as ``OpikEmulator._open``), and the PATCHes."""
-        self._unstall = asyncio.Event()
-        app = web.Application(client_max_size=self.max_body_bytes)
-        for kind, (method, path, _, _) in ROUTES.items():
-            app.router.add_route(method, "/api" + path, self._handler(kind))
-        app.router.add_get("/api/is-alive/ping", self._ping)
+    def _routes(self, app: web.Application) -> None:
+        """The emulator's own routes, and the PATCHes."""
+        super()._routes(app)
         app.router.add_patch("/api/v1/private/spans/{id}", self._patch("spans"))
         app.router.add_patch("/api/v1/private/traces/{id}", self._patch("traces"))
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await self._listen()
 
     def _patch(self, kind: str) -> Any:
         async def handle(request: web.Request) -> web.Response:
