@@ -19,6 +19,19 @@ Run on demand (not part of the test suite):
    agent's CPU a span (getrusage in the agent, from the first call to the end
    of the flush; the import and the client's start are left out).
 
+3. Ceilings (``--ceilings``, in the same rounds): the same senders into a
+   receiver that does nothing (an aiohttp server answering 200 with an empty
+   ``ExportTraceServiceResponse``), one and two senders; and the Opik
+   emulator alone, fed the Opik sink's own span requests by two threads of
+   another process. With both sinks, every party's CPU a span is measured:
+   the senders (getrusage), the daemon (/proc), the emulator's thread
+   (/proc/self/task) and the daemon's Postgres backends (/proc of the pids
+   ``pg_stat_activity`` lists under the run's ``application_name``).
+
+``--baseline DIR`` runs a second daemon from another tree (e.g. the receiver
+before a change, beside the same other packages), alternating with this one
+in every round, so before and after share the machine's load.
+
 The median run of each is reported, with min and max; the load average is
 printed with each figure (the machine is shared).
 """
@@ -39,6 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -115,6 +129,67 @@ print(json.dumps({"seconds": t1 - t0,
                   "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime}))
 """
 
+# The ceiling: a receiver that reads each body and answers 200 with an empty
+# ExportTraceServiceResponse, nothing else.
+NULL_RECEIVER = r"""
+import sys
+from aiohttp import web
+
+async def traces(request):
+    await request.read()
+    return web.Response(body=b"", headers={"Content-Type": "application/x-protobuf"})
+
+app = web.Application(client_max_size=64 << 20)
+app.router.add_post("/v1/traces", traces)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+# The Opik emulator alone: the Opik sink's own requests for the bench's spans
+# (parse_otlp's records, planned as the sink plans them: 1000 items a request),
+# posted by two threads at once (the sink's max_batches_in_flight).
+OPIK_CLIENT = r"""
+import json, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import httpx
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from sidecar.client.serialize import dumps_line
+from sidecar.receivers.otlp import parse_otlp
+from sidecar.records import parse_line
+from sidecar.sinks.opik_payloads import ROUTES, bodies_of, envelope, plan
+from tests.bench.bench_otlp import genai_spans
+
+base, n, batch = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+work, spans = [], 0
+for _ in range(n // batch):
+    body = encode_spans(genai_spans(batch)).SerializeToString()
+    records = [parse_line(dumps_line(r)[:-1])
+               for r in parse_otlp(body, "application/x-protobuf", None).records]
+    for g in plan(records, "bench", 1000, 8 << 20).groups:
+        method, path, _ = ROUTES[g.endpoint]
+        work.append((method, f"{base}/{path}", envelope(g.endpoint, bodies_of(g, g.records))))
+        spans += len(g.records) if g.endpoint == "spans" else 0
+print("ready", flush=True)
+sys.stdin.readline()
+lock = threading.Lock()
+
+def post():
+    with httpx.Client(timeout=120, headers={"Content-Type": "application/json"}) as client:
+        while True:
+            with lock:
+                if not work:
+                    return
+                method, url, body = work.pop()
+            client.request(method, url, content=body).raise_for_status()
+
+t0 = time.perf_counter()
+threads = [threading.Thread(target=post) for _ in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"t0": t0, "t1": time.perf_counter(), "spans": spans}))
+"""
+
 
 def load() -> float:
     return os.getloadavg()[0]
@@ -129,7 +204,8 @@ def free_port() -> int:
 class Daemon:
     """The daemon with the receiver on a free loopback port."""
 
-    def __init__(self, root: Path, name: str, emu: OpikEmulator | None) -> None:
+    def __init__(self, root: Path, name: str, emu: OpikEmulator | None,
+                 tree: Path = ROOT) -> None:
         self.spool, self.state = root / f"spool-{name}", root / f"state-{name}"
         self.spool.mkdir()
         self.state.mkdir()
@@ -139,7 +215,9 @@ class Daemon:
         if self.pg:
             asyncio.run(make_schema(self.schema))
         cfg = {"spool": {"dir": str(self.spool), "state_dir": str(self.state)},
-               "postgres": {"enabled": self.pg, "dsn": PG_DSN, "schema": self.schema},
+               "postgres": {"enabled": self.pg, "schema": self.schema,
+                            "dsn": f"{PG_DSN}{'&' if '?' in PG_DSN else '?'}"
+                                   f"application_name={self.schema}"},
                "opik": ({"enabled": True, "url": emu.base_url} if emu is not None
                         else {"enabled": False}),
                "receivers": {"enabled": True, "listen": f"127.0.0.1:{self.port}"},
@@ -147,7 +225,9 @@ class Daemon:
                "logging": {"level": "warning", "format": "json"}}
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        self.proc = subprocess.Popen(daemon_cmd(path), stdout=subprocess.DEVNULL,
+        cmd = daemon_cmd(path)
+        cmd[cmd.index(str(ROOT))] = str(tree)  # the tree whose sidecar runs
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         wait(self._listening, timeout=30, step=0.05)
 
@@ -164,6 +244,19 @@ class Daemon:
     def cpu(self) -> float:
         return proc_sample(self.proc.pid)[0]
 
+    def pg_cpu(self) -> dict[int, float]:
+        """CPU seconds of each Postgres backend serving this daemon now."""
+        if not self.pg:
+            return {}
+        pids = asyncio.run(backends(self.schema))
+        out = {}
+        for pid in pids:
+            try:
+                out[pid] = proc_sample(pid)[0]
+            except OSError:  # gone since
+                pass
+        return out
+
     def rows(self) -> int:
         return asyncio.run(count(self.schema))
 
@@ -172,6 +265,28 @@ class Daemon:
         self.proc.wait(30)
         if self.pg:
             asyncio.run(drop_schema(self.schema))
+
+
+async def backends(app_name: str) -> list[int]:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                                app_name)
+    finally:
+        await conn.close()
+    return [int(r["pid"]) for r in rows]
+
+
+def thread_cpu(tid: int) -> float:
+    """CPU seconds of one thread of this process."""
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def emulator_cpu(emu: OpikEmulator) -> float:
+    thread = emu._thread  # the emulator's event loop: all of its work
+    assert thread is not None and thread.native_id is not None
+    return thread_cpu(thread.native_id)
 
 
 def send(url: str, n: int, batch: int, senders: int,
@@ -198,27 +313,81 @@ def send(url: str, n: int, batch: int, senders: int,
 
 
 def otlp_run(root: Path, emu: OpikEmulator | None, n: int, batch: int, senders: int,
-             name: str) -> dict[str, float]:
+             name: str, tree: Path = ROOT) -> dict[str, float]:
     if emu is not None:
         emu.reset()
-    daemon = Daemon(root, name, emu)
+    daemon = Daemon(root, name, emu, tree)
     n = n // batch // senders * batch * senders
     try:
-        before: list[float] = []
-        sent = send(f"{daemon.url}/v1/traces", n, batch, senders,
-                    lambda: before.extend((daemon.cpu(), load())))
-        cpu0, load0 = before
+        before: list[Any] = []
+        sent = send(f"{daemon.url}/v1/traces", n, batch, senders, lambda: before.extend(
+            (daemon.cpu(), load(), daemon.pg_cpu(), emulator_cpu(emu) if emu else 0.0)))
+        cpu0, load0, pg0, emu0 = before
         t_end = sent["t1"]
         if emu is not None:
             t_end = wait(lambda: emu.stored() >= n and daemon.rows() >= n, step=0.05)
         cpu = daemon.cpu() - cpu0
+        pg = sum(c - pg0.get(pid, 0.0) for pid, c in daemon.pg_cpu().items())
+        emu_cpu = emulator_cpu(emu) - emu0 if emu else 0.0
     finally:
         daemon.stop()
     seconds = t_end - sent["t0"]
+    out = {"spans_per_s": n / seconds, "seconds": seconds,
+           "accepted_spans_per_s": n / (sent["t1"] - sent["t0"]),
+           "daemon_cpu_us_per_span": cpu / n * 1e6,
+           "sender_cpu_us_per_span": sent["cpu_s"] / n * 1e6,
+           "load_before": load0, "load_after": load()}
+    if emu is not None:
+        out.update(emulator_cpu_us_per_span=emu_cpu / n * 1e6,
+                   postgres_cpu_us_per_span=pg / n * 1e6,
+                   all_cpu_us_per_span=(cpu + pg + emu_cpu + sent["cpu_s"]) / n * 1e6)
+    return out
+
+
+def null_run(n: int, batch: int, senders: int) -> dict[str, float]:
+    """The senders into a receiver that does nothing: what they can send."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", NULL_RECEIVER, str(port)])
+    try:
+        def listening() -> bool:
+            if server.poll() is not None:
+                raise SystemExit("the null receiver exited")
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        wait(listening, timeout=30, step=0.05)
+        n = n // batch // senders * batch * senders
+        before: list[float] = []
+        sent = send(f"http://127.0.0.1:{port}/v1/traces", n, batch, senders,
+                    lambda: before.extend((proc_sample(server.pid)[0], load())))
+        cpu = proc_sample(server.pid)[0] - before[0]
+    finally:
+        server.terminate()
+        server.wait(30)
+    seconds = sent["t1"] - sent["t0"]
     return {"spans_per_s": n / seconds, "seconds": seconds,
-            "accepted_spans_per_s": n / (sent["t1"] - sent["t0"]),
-            "daemon_cpu_us_per_span": cpu / n * 1e6,
+            "server_cpu_us_per_span": cpu / n * 1e6,
             "sender_cpu_us_per_span": sent["cpu_s"] / n * 1e6,
+            "load_before": before[1], "load_after": load()}
+
+
+def emulator_run(emu: OpikEmulator, n: int, batch: int) -> dict[str, float]:
+    """The Opik emulator alone: the sink's span requests as fast as it answers."""
+    emu.reset()
+    client = subprocess.Popen([sys.executable, "-c", OPIK_CLIENT, str(ROOT),
+                               emu.base_url, str(n), str(batch)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert client.stdin is not None and client.stdout is not None
+    assert client.stdout.readline().strip() == b"ready"
+    cpu0, load0 = emulator_cpu(emu), load()
+    client.stdin.write(b"go\n")
+    client.stdin.flush()
+    done = json.loads(client.stdout.readline())
+    client.wait(30)
+    cpu = emulator_cpu(emu) - cpu0
+    emu.reset()
+    spans = done["spans"]
+    return {"spans_per_s": spans / (done["t1"] - done["t0"]),
+            "emulator_cpu_us_per_span": cpu / spans * 1e6,
             "load_before": load0, "load_after": load()}
 
 
@@ -252,6 +421,11 @@ def main() -> None:
     ap.add_argument("--traces", type=int, default=5_000, help="Opik SDK traces a run (2 spans)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", choices=("otlp", "sdk"), default=None)
+    ap.add_argument("--ceilings", action="store_true",
+                    help="each round also: a do-nothing receiver (1 and 2 senders), "
+                         "the Opik emulator alone")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a tree whose sidecar runs as the 'before' daemon, alternating")
     ap.add_argument("--out", type=Path, default=Path("tests/bench/out/receivers.json"))
     args = ap.parse_args()
     results: dict[str, Any] = {"spans": args.spans, "batch": args.batch,
@@ -259,13 +433,26 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp, OpikEmulator() as emu:
         root = Path(tmp)
+        trees = [("", ROOT)] + ([("_baseline", args.baseline)] if args.baseline else [])
         for r in range(args.runs):
+            if args.ceilings:
+                for senders in (1, 2):
+                    key = f"null_receiver_{senders}_senders"
+                    out = null_run(args.spans, args.batch, senders)
+                    runs.setdefault(key, []).append(out)
+                    print(json.dumps({key: out}), flush=True)
+                out = emulator_run(emu, args.spans, args.batch)
+                runs.setdefault("emulator_alone", []).append(out)
+                print(json.dumps({"emulator_alone": out}), flush=True)
             if args.only in (None, "otlp"):
-                for name, sink in (("spool_only", None), ("both_sinks", emu)):
-                    out = otlp_run(root, sink, args.spans, args.batch, args.senders,
-                                   f"{name}{r}")
-                    runs.setdefault(f"otlp_{name}", []).append(out)
-                    print(json.dumps({f"otlp_{name}": out}), flush=True)
+                # before and after take turns, starting with the other each round
+                for suffix, tree in (trees if r % 2 == 0 else trees[::-1]):
+                    for name, sink in (("spool_only", None), ("both_sinks", emu)):
+                        key = f"otlp_{name}{suffix}"
+                        out = otlp_run(root, sink, args.spans, args.batch, args.senders,
+                                       f"{name}{r}{suffix}", tree)
+                        runs.setdefault(key, []).append(out)
+                        print(json.dumps({key: out}), flush=True)
             if args.only in (None, "sdk"):
                 daemon = Daemon(root, f"sdk{r}", emu)
                 try:
@@ -280,6 +467,14 @@ def main() -> None:
                 print(json.dumps({"sdk_straight_to_emulator": out}), flush=True)
                 emu.reset()
     results.update({k: median(v) for k, v in runs.items()})
+    if "otlp_both_sinks" in runs:  # what 20,000 spans/s on 2 cores leaves the daemon
+        both = results["otlp_both_sinks"]
+        others = sum(both[k]["median"] for k in (
+            "sender_cpu_us_per_span", "emulator_cpu_us_per_span", "postgres_cpu_us_per_span"))
+        results["budget_at_20k"] = {
+            "cores": os.cpu_count(), "us_per_span_all": 2 / 20_000 * 1e6,
+            "others_us_per_span": others,
+            "left_for_daemon_us_per_span": 2 / 20_000 * 1e6 - others}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
