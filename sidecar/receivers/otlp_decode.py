@@ -97,21 +97,28 @@ def from_protobuf(body: bytes) -> list[OtelSpan]:
 
 
 def _pb_span(s: Any, resource: dict[str, Any], scope: dict[str, Any]) -> OtelSpan:
-    return OtelSpan(
-        trace_id=s.trace_id, span_id=s.span_id, parent_span_id=s.parent_span_id,
-        name=s.name, kind=s.kind, start_ns=s.start_time_unix_nano,
-        end_ns=s.end_time_unix_nano, attributes=_pb_attrs(s.attributes, 0),
-        resource=resource, scope=scope, trace_state=s.trace_state,
-        status_code=s.status.code, status_message=s.status.message,
-        events=[OtelEvent(e.name, e.time_unix_nano, _pb_attrs(e.attributes, 0))
-                for e in s.events],
-        links=[{"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex()}
-               for link in s.links],
+    status = s.status
+    events, links = s.events, s.links
+    return OtelSpan(  # positional: the field order of OtelSpan
+        s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_time_unix_nano,
+        s.end_time_unix_nano, _pb_attrs(s.attributes, 0), resource, scope, s.trace_state,
+        status.code, status.message,
+        [OtelEvent(e.name, e.time_unix_nano, _pb_attrs(e.attributes, 0))
+         for e in events] if events else [],
+        [{"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex()}
+         for link in links] if links else [],
     )
 
 
 def _pb_attrs(pairs: Any, depth: int) -> dict[str, Any]:
-    return {kv.key: _pb_value(kv.value, depth) for kv in pairs}
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        v = kv.value
+        if v.WhichOneof("value") == "string_value":  # most attributes: read inline
+            out[kv.key] = v.string_value
+        else:
+            out[kv.key] = _pb_value(v, depth)
+    return out
 
 
 def _pb_value(v: Any, depth: int) -> Any:

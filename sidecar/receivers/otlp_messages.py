@@ -44,19 +44,29 @@ _INDEXED_OUTPUT = ("gen_ai.completion.", "llm.output_messages.")
 _EVENT_ROLES = {"gen_ai.system.message": "system", "gen_ai.user.message": "user",
                 "gen_ai.assistant.message": "assistant", "gen_ai.tool.message": "tool"}
 _DETAILS = "gen_ai.client.inference.operation.details"
+_WHOLE_KEYS = frozenset((*_INPUT_KEYS, *_OUTPUT_KEYS, "input.mime_type", "output.mime_type"))
+_INDEXED = (*_INDEXED_INPUT, *_INDEXED_OUTPUT)
 _MAX_PARTS = 8  # deeper paths stay one dotted key: no recursion on hostile keys
 
 
 def take_messages(attrs: dict[str, Any], events: list[OtelEvent]
                   ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[OtelEvent]]:
     """``(input, output, events left)``; moves what it uses out of ``attrs``."""
-    text_in = attrs.pop("input.mime_type", None) == "text/plain"
-    text_out = attrs.pop("output.mime_type", None) == "text/plain"
-    inp = _take_keys(attrs, _INPUT_KEYS, text_in)
-    out = _take_keys(attrs, _OUTPUT_KEYS, text_out)
+    inp: dict[str, Any] = {}
+    out: dict[str, Any] = {}
+    if not _WHOLE_KEYS.isdisjoint(attrs):  # one set operation decides the usual span
+        text_in = attrs.pop("input.mime_type", None) == "text/plain"
+        text_out = attrs.pop("output.mime_type", None) == "text/plain"
+        inp = _take_keys(attrs, _INPUT_KEYS, text_in)
+        out = _take_keys(attrs, _OUTPUT_KEYS, text_out)
+    indexed: list[str] | None = None  # the keys under any indexed prefix, found once
     for field, prefixes in ((inp, _INDEXED_INPUT), (out, _INDEXED_OUTPUT)):
         for prefix in prefixes:
-            if "messages" not in field and (found := _take_indexed(attrs, prefix)):
+            if "messages" in field:
+                break
+            if indexed is None:
+                indexed = [k for k in attrs if k.startswith(_INDEXED)]
+            if indexed and (found := _take_indexed(attrs, prefix, indexed)):
                 field["messages"] = _unwrap(found)
     left = _take_events(events, inp, out) if events else events
     return inp or None, out or None, left
@@ -105,10 +115,16 @@ def _take_events(events: list[OtelEvent], inp: dict[str, Any], out: dict[str, An
     return left
 
 
-def _take_indexed(attrs: dict[str, Any], prefix: str) -> list[Any] | None:
-    """``prefix.N.a.b = v`` attributes as ``[{a: {b: v}}, ...]`` in index order."""
+def _take_indexed(attrs: dict[str, Any], prefix: str, candidates: list[str]
+                  ) -> list[Any] | None:
+    """``prefix.N.a.b = v`` attributes as ``[{a: {b: v}}, ...]`` in index order.
+
+    ``candidates``: the keys of ``attrs`` (in its order) to look among; the
+    prefixes are disjoint, so another prefix's take never removes one of them.
+    """
     cut = len(prefix)
-    keys = [k for k in attrs if k.startswith(prefix) and _index(k[cut:].split(".", 1)[0])]
+    keys = [k for k in candidates
+            if k.startswith(prefix) and _index(k[cut:].split(".", 1)[0])]
     if not keys:
         return None
     root: dict[str, Any] = {}

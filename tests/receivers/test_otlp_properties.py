@@ -4,14 +4,22 @@ the same span always maps to the same record (a re-sent export is a no-op)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
+from uuid import UUID
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar.client.ids import span_uuid, w3c_span_id
+from sidecar.client.propagation import resolve_parent, split_tracestate
 from sidecar.client.serialize import dumps_line
+from sidecar.receivers import otlp_map
 from sidecar.receivers.otlp import parse_otlp
+from sidecar.receivers.otlp_decode import OtelSpan
+from sidecar.receivers.otlp_map import to_record
 from sidecar.records import SpanRecord, parse_line
 
 from .test_otlp_support import attributes, request, to_protobuf
@@ -99,3 +107,44 @@ def test_arbitrary_requests_map_the_same_in_both_encodings_every_time(
     valid = [s for s in items if len(s["traceId"]) == 32 and int(s["traceId"], 16)
              and len(s["spanId"]) == 16 and int(s["spanId"], 16)]
     assert len(as_json) == len(valid)
+
+
+V7 = st.integers(1, 2**128 - 1).map(lambda t: t & ~(0xF << 76 | 0x3 << 62) | 7 << 76 | 2 << 62)
+SEVEN_ANY_VARIANT = st.integers(1, 2**128 - 1).map(lambda t: t & ~(0xF << 76) | 7 << 76)
+TRACE_INTS = V7 | SEVEN_ANY_VARIANT | st.integers(1, 2**128 - 1)
+
+
+@settings(max_examples=500)
+@given(TRACE_INTS, st.integers(1, 2**64 - 1), st.integers(0, 2**64 - 1),
+       st.none() | st.integers(0, 2**128 - 1))
+def test_ids_are_the_clients_span_uuid_and_parent_on_any_ids(
+        trace: int, own: int, parent: int, carried: int | None) -> None:
+    """The mapper works on integers; it must give exactly the client's UUIDs
+    (span_uuid, resolve_parent with our tracestate entry), v7 or not."""
+    state = ""
+    if carried is not None:  # a carried parent that stands for this parent id
+        parent = w3c_span_id(UUID(int=carried))
+        state = f"a=b,spansidecar={UUID(int=carried).hex}"
+    span = OtelSpan(trace.to_bytes(16, "big"), own.to_bytes(8, "big"),
+                    parent.to_bytes(8, "big"), "s", 1, 1, 2, {}, {}, {}, state)
+    record = to_record(span)
+    expected = UUID(int=trace)
+    assert record["trace_id"] == str(expected)
+    assert record["id"] == str(span_uuid(expected, own))
+    assert record["parent_span_id"] == (
+        str(resolve_parent(expected, parent, split_tracestate(state)[0])) if parent else None)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=6))
+def test_times_are_the_same_text_with_the_seconds_cache_full_or_not(
+        times: list[int]) -> None:
+    """rfc3339 caches each second's text (bounded): the text is the plain
+    formula's, whether cached, new, or after the cache was cleared."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(otlp_map, "_MAX_SECONDS", 2)
+        for ns in times * 2:
+            seconds, rest = divmod(ns, 10**9)
+            plain = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            assert otlp_map.rfc3339(ns) == f"{plain}.{rest // 1000:06d}Z"
+            assert len(otlp_map._SECONDS) <= 2
