@@ -100,13 +100,22 @@ class ErrorInfo(Struct, kw_only=True, gc=False):
 
 
 class Event(Struct, kw_only=True, gc=False):
+    """A span's event. Checked by its span (``_check_events``): one Python
+    call a span rather than one an event, on every line."""
+
     name: str
     time: datetime | None = None
     attributes: Raw = _EMPTY
 
-    def __post_init__(self) -> None:
-        _time(self.time, "events.time")
-        self.attributes = _object(self.attributes, "events.attributes") or _EMPTY
+
+def _check_events(events: list[Event]) -> None:
+    """Aware, storable times; attributes an object (a null ones: ``{}``)."""
+    for event in events:
+        at = event.time
+        if at is not None and (at.tzinfo is None or not 1901 <= at.year <= 9998):
+            _time(at, "events.time")
+        if memoryview(event.attributes)[0] != 0x7B:  # "{"
+            event.attributes = _object(event.attributes, "events.attributes") or _EMPTY
 
 
 class SpanRecord(Struct, kw_only=True, gc=False):
@@ -136,6 +145,8 @@ class SpanRecord(Struct, kw_only=True, gc=False):
 
     def __post_init__(self) -> None:
         _check(self)
+        if self.events:
+            _check_events(self.events)
 
     @property
     def status(self) -> Literal["ok", "error"]:

@@ -35,6 +35,7 @@ from sidecar.sinks.base import (
     RejectError,
     Retry,
     SinkContext,
+    SpoolText,
     StoredHook,
     isolate_rejects,
 )
@@ -42,7 +43,7 @@ from sidecar.sinks.postgres_updates import SpanUpdates
 from sidecar.sinks.updates import fold
 from sidecar.store.migrate import quote_ident
 from sidecar.store.pool import LazyPool
-from sidecar.store.table import COLUMNS, TABLE, Row, build_row, span_row
+from sidecar.store.table import COLUMNS, TABLE, Row, build_row, may_hold_nul, span_row
 
 __all__ = ["COLUMNS", "TABLE", "PostgresSink", "Row", "build", "span_row"]
 
@@ -149,12 +150,17 @@ class PostgresSink:
             log.info("sink.postgres.nul_replaced", sink=self.name, characters=nuls,
                      note="U+0000 stored as U+FFFD: PostgreSQL text and jsonb refuse it")
 
-    async def send_stream(self, records: AsyncIterator[Record]) -> Outcome:
+    async def send_stream(self, records: AsyncIterator[Record],
+                          lines: Sequence[SpoolText] | None = None) -> Outcome:
         """COPY records while the pipeline is still parsing them (one transaction).
 
         Only the fast path: any failure (a re-delivery's unique violation, a
         data error, a lost connection) answers Retry, and the pipeline sends
-        the sealed batch through ``send`` instead.
+        the sealed batch through ``send`` instead. With ``lines``, a span
+        whose line holds no ``\\u0000`` is not searched for U+0000; should the
+        policy stage have written one since (a replacement text holding it),
+        Postgres refuses the COPY and ``send``, which searches every field,
+        stores the batch.
         """
         agents: set[str | None] = set()
         nuls = 0
@@ -163,10 +169,14 @@ class PostgresSink:
 
         async def rows() -> AsyncIterator[Row]:
             nonlocal nuls
+            i = -1
             async for record in records:
+                i += 1
                 if isinstance(record, SpanRecord):
                     agents.add(record.agent_name)
-                    row, n = build_row(record, self.default_project)  # raises: falls back
+                    nul_free = lines is not None and not may_hold_nul(lines[i].raw)
+                    # raises: falls back
+                    row, n = build_row(record, self.default_project, nul_free)
                     nuls += n
                     stored.append(record.id)
                     yield row
@@ -207,9 +217,10 @@ class PostgresSink:
 
     async def _copy(self, conn: asyncpg.Connection,
                     rows: Sequence[Row] | AsyncIterator[Row]) -> None:
-        async with conn.transaction():
-            await conn.copy_records_to_table(TABLE, records=rows, columns=COLUMNS,
-                                             schema_name=self.schema)
+        # One COPY is one statement, so its own transaction: all or nothing
+        # without a BEGIN and a COMMIT round trip around it.
+        await conn.copy_records_to_table(TABLE, records=rows, columns=COLUMNS,
+                                         schema_name=self.schema)
 
     async def _merge(self, conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         try:

@@ -16,8 +16,10 @@ after the batch's COPY, in one transaction:
 A re-delivery repeats the same statements to the same values (idempotent);
 a crash between the COPY and this transaction leaves the pending updates in
 place for the re-delivered batch. Whether the pending table holds anything
-is checked once, then known from this sink's own inserts and deletes, so a
-daemon that never sees an update pays no query for them.
+is known from this sink's own inserts and deletes, and checked again at
+most every ``PENDING_RECHECK_S`` while it seems empty: another sidecar of a
+fleet may have written an update for a span this one stores. A daemon that
+never sees an update pays one small query every few seconds of shipping.
 
 Limits: rollups count a row as it was inserted (spans are append-only to
 them: ``0005_rollups.sql``), so a duration set by a later update is in raw
@@ -27,7 +29,8 @@ folded into the create in the same batch is applied after it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -38,6 +41,9 @@ from sidecar.records import SpanUpdateRecord, utc_iso
 from sidecar.sinks.updates import changes
 
 PENDING = "span_sidecar_pending_updates"
+# While the pending table seems empty, how long that is trusted before it is
+# looked at again (another sidecar of the fleet may have written to it).
+PENDING_RECHECK_S = 5.0
 # column -> its SQL type in jsonb_to_recordset's column list
 _TYPES = {"span_id": "uuid", "trace_id": "uuid", "parent_span_id": "uuid", "name": "text",
           "type": "text", "end_time": "timestamptz", "model": "text", "provider": "text",
@@ -86,7 +92,8 @@ def _json(rows: Sequence[dict[str, Any]]) -> bytes:
 class SpanUpdates:
     """Applies a batch's span updates; one per sink (it knows the table)."""
 
-    def __init__(self, schema: str, table: str) -> None:
+    def __init__(self, schema: str, table: str,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._pending = f"{schema}.{PENDING}"
         cols = ", ".join(f"{c} {t}" for c, t in _TYPES.items())
         sets = ", ".join(f"{c} = COALESCE(u.{c}, t.{c})" for c in _KEPT)
@@ -98,12 +105,14 @@ class SpanUpdates:
             f"t.last_updated_at) FROM jsonb_to_recordset($1::jsonb) AS u({cols}) "
             "WHERE t.span_id = u.span_id RETURNING t.span_id")
         self.maybe_pending: bool | None = None  # None: not checked yet
+        self._monotonic = monotonic
+        self._checked_at = 0.0  # when the table was last seen empty
 
     async def apply(self, conn: asyncpg.Connection, updates: Sequence[SpanUpdateRecord],
                     stored: Sequence[UUID]) -> None:
         """Apply ``updates`` and the pending updates of the ``stored`` spans."""
-        if not updates and not stored:
-            return
+        if not updates and (not stored or self._known_empty()):
+            return  # nothing to apply: no transaction (two round trips a batch)
         async with conn.transaction():
             if updates:
                 await self._apply_new(conn, updates)
@@ -122,11 +131,19 @@ class SpanUpdates:
                 "WITH ORDINALITY AS x(p, n) ORDER BY n", _json(waiting))
             self.maybe_pending = True
 
+    def _known_empty(self) -> bool:
+        return self.maybe_pending is False and (
+            self._monotonic() - self._checked_at < PENDING_RECHECK_S)
+
     async def _any_pending(self, conn: asyncpg.Connection) -> bool:
-        if self.maybe_pending is None:
-            self.maybe_pending = bool(await conn.fetchval(
-                f"SELECT EXISTS (SELECT 1 FROM {self._pending})"))
-        return self.maybe_pending
+        if not self.maybe_pending and not self._known_empty():
+            await self._check_pending(conn)
+        return bool(self.maybe_pending)
+
+    async def _check_pending(self, conn: asyncpg.Connection) -> None:
+        self.maybe_pending = bool(await conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM {self._pending})"))
+        self._checked_at = self._monotonic()
 
     async def _apply_pending(self, conn: asyncpg.Connection, stored: Sequence[UUID]) -> None:
         found = await conn.fetch(
@@ -136,8 +153,7 @@ class SpanUpdates:
             ordered = sorted(found, key=lambda r: r["seq"])
             rows = _merged((r["span_id"], _cols(r["payload"])) for r in ordered)
             await conn.fetch(self._update, _json(rows))
-        self.maybe_pending = bool(await conn.fetchval(
-            f"SELECT EXISTS (SELECT 1 FROM {self._pending})"))
+        await self._check_pending(conn)
 
 
 def _cols(value: Any) -> dict[str, Any]:
