@@ -5,7 +5,9 @@ A receiver is just another writer: its records go through the client's
 agent name ``receiver``), so everything downstream is unchanged. Each record
 is parsed as the daemon will parse it *before* anything is written, so a
 request with one bad record is refused whole (400, naming the record) rather
-than half appended and half quarantined; and nothing is appended while the
+than half appended and half quarantined (OTLP's records skip that parse:
+``parse_otlp`` builds every field in the shape the parser takes, which a
+property test holds over arbitrary spans; see ``mapped_lines``); and nothing is appended while the
 spool is over its quota (503 with Retry-After), so a record is never accepted
 and then dropped.
 
@@ -64,6 +66,18 @@ class Appender:
                 raise BadRequest(f"{name}: {verdict.reason}")
             out.append(line)
         return out
+
+    @staticmethod
+    def mapped_lines(items: Sequence[dict[str, Any]]) -> list[bytes]:
+        """Each record as its spool line, not parsed again: for the records
+        ``parse_otlp`` makes, which ``lines`` would never refuse (their ids,
+        times, types and objects are built, not taken from the client;
+        ``tests/receivers/test_otlp_properties.py`` parses every one it maps
+        from arbitrary spans, and extremes). Saves ~3 us a span."""
+        try:
+            return [dumps_line(item) for item in items]
+        except Exception as exc:  # only a bug in the serialiser's fallback
+            raise BadRequest(f"a record cannot be written: {type(exc).__name__}") from None
 
     def _check_quota(self, size: int) -> None:
         stats = self._quota() if self._quota is not None else None

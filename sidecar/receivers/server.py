@@ -34,7 +34,9 @@ log = structlog.get_logger("sidecar.receivers")
 
 class OtlpResult(Protocol):
     """What ``sidecar/receivers/otlp.py: parse_otlp`` answers: 200 with the
-    records to append and the body to answer after, or a client error."""
+    records to append and the body to answer after, or a client error. The
+    records are appended as they are, not parsed again: a parser mounted
+    here makes only records the spool takes (``Appender.mapped_lines``)."""
 
     @property
     def status(self) -> int: ...
@@ -187,7 +189,10 @@ class ReceiverServer:
                      status=result.status, reason=result.reason)
             return web.Response(status=result.status, body=result.body,
                                 headers={"Content-Type": result.content_type})
-        await self._store(result.records, request.path)
+        lines = self.appender.mapped_lines(result.records)  # built by parse_otlp: no re-check
+        if lines:
+            await self.appender.append(lines)
+        log.debug("receivers.request.stored", path=request.path, records=len(lines))
         return web.Response(status=200, body=result.body,
                             headers={"Content-Type": result.content_type})
 

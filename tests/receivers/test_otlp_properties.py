@@ -143,6 +143,7 @@ def test_times_are_the_same_text_with_the_seconds_cache_full_or_not(
     formula's, whether cached, new, or after the cache was cleared."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(otlp_map, "_MAX_SECONDS", 2)
+        mp.setattr(otlp_map, "_SECONDS", {})
         for ns in times * 2:
             seconds, rest = divmod(ns, 10**9)
             plain = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
