@@ -43,7 +43,7 @@ from sidecar.spool.quarantine import Quarantine
 from sidecar.spool.quota import SpoolQuota
 from sidecar.spool.state import StateDir
 from sidecar.spool.tailer import SpoolReader
-from sidecar.spool.watcher import SpoolWatcher
+from sidecar.spool.watcher import THROTTLE_S, SpoolWatcher
 
 if TYPE_CHECKING:
     from sidecar.health.http import HttpServer
@@ -81,6 +81,7 @@ class App:
         self.http: HttpServer | None = None
         self.receivers: ReceiverServer | None = None
         self.read: ReadSide | None = None  # stats, cache and retention (with Postgres)
+        self.watcher: SpoolWatcher | None = None
         self.drain_report: DrainReport | None = None  # once stopped
 
     def sink_stats(self) -> list[SinkStats]:
@@ -147,6 +148,8 @@ class App:
         for p in self.pipelines:
             p.reconfigure(self._pipeline_settings())
         self.quota.reconfigure(effective.spool)
+        if self.watcher is not None:
+            self.watcher.throttle_s = _throttle_s(effective)
         set_level(effective.logging.level)
         return change
 
@@ -159,7 +162,8 @@ class App:
             stack.callback(self.notifier.close)
             self.read = await self._open_read_side(stack)
             sinks = await self._open_sinks(stack)
-            watcher = SpoolWatcher(s.spool, self.clock)
+            watcher = self.watcher = SpoolWatcher(s.spool, self.clock,
+                                                  throttle_s=_throttle_s(s))
             for sink in sinks:
                 self.pipelines.append(self._pipeline(sink, watcher))
             pipelines = self.pipelines
@@ -268,6 +272,12 @@ class App:
     def evaluate(self) -> None:
         """The health verdict, on its own schedule (health spans or not)."""
         self.monitor.evaluate(self.sink_stats())
+
+
+def _throttle_s(settings: Settings) -> float:
+    """The longest the readers wait for writes that go on (``spool/watcher.py``):
+    a quarter of a batch's wait, at most ``THROTTLE_S``."""
+    return min(THROTTLE_S, settings.batch.max_wait_ms / 4000)
 
 
 async def _probe(sink: Sink) -> None:

@@ -1,0 +1,142 @@
+"""The spool watcher: inotify read by the event loop, bursts throttled.
+
+An idle sidecar must not wake: the watcher has no thread polling for changes
+(watchfiles polled every 10 ms from one), and a burst of writes wakes the
+readers once per ``throttle_s`` rather than once per write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from sidecar.clock import FakeClock, yield_to_loop
+from sidecar.config.settings import SpoolSettings
+from sidecar.spool.watcher import SpoolWatcher
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
+
+
+def _settings(tmp_path: Path) -> SpoolSettings:
+    # No periodic rescan within a test: every wake-up comes from inotify.
+    return SpoolSettings(dir=tmp_path / "spool", state_dir=tmp_path / "state",
+                         rescan_interval_s=3600)
+
+
+async def _started(watcher: SpoolWatcher, stop: asyncio.Event) -> asyncio.Task[None]:
+    task = asyncio.create_task(watcher.run(stop))
+    while not watcher.settings.dir.exists():  # the watch is set up before it is made
+        await yield_to_loop()
+    for _ in range(20):
+        await yield_to_loop()
+    return task
+
+
+async def _woken(event: asyncio.Event) -> None:
+    async with asyncio.timeout(5):
+        await event.wait()
+    event.clear()
+
+
+async def _pass(clock: FakeClock, seconds: float) -> None:
+    """Move ``clock`` past the watcher's throttle, once it waits on it."""
+    async with asyncio.timeout(5):
+        while (clock.next_deadline() or float("inf")) > clock.monotonic() + seconds:
+            await yield_to_loop()
+    clock.advance(seconds)
+
+
+def _append(path: Path, text: str = '{"x": 1}\n') -> None:
+    with path.open("a") as fh:
+        fh.write(text)
+
+
+async def test_a_write_wakes_the_readers_with_no_thread_watching(tmp_path: Path) -> None:
+    threads = threading.active_count()
+    stop = asyncio.Event()
+    watcher = SpoolWatcher(_settings(tmp_path), FakeClock())
+    woken = watcher.subscribe()
+    task = await _started(watcher, stop)
+    _append(watcher.settings.dir / "a.jsonl")
+    await _woken(woken)
+    # watchfiles watched from a worker thread that polled every 10 ms
+    assert threading.active_count() == threads
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
+
+
+async def test_a_burst_of_writes_is_one_wakeup_per_throttle(tmp_path: Path) -> None:
+    clock = FakeClock()
+    stop = asyncio.Event()
+    watcher = SpoolWatcher(_settings(tmp_path), clock, throttle_s=0.25)
+    woken = watcher.subscribe()
+    task = await _started(watcher, stop)
+    path = watcher.settings.dir / "a.jsonl"
+    _append(path)  # the first write after a quiet spell: woken at once
+    await _woken(woken)
+    assert watcher.wakeups == 1
+    for _ in range(50):
+        _append(path)
+    for _ in range(50):
+        await yield_to_loop()
+    assert not woken.is_set()  # the 50 writes wait for the throttle
+    await _pass(clock, 0.25)
+    await _woken(woken)
+    assert watcher.wakeups == 2
+    await _pass(clock, 0.25)  # a quiet throttle: nothing to wake for
+    for _ in range(50):
+        await yield_to_loop()
+    assert not woken.is_set()
+    _append(path)  # quiet again: the next write wakes at once
+    await _woken(woken)
+    assert watcher.wakeups == 3
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
+
+
+async def test_new_renamed_and_deleted_files_wake_the_readers(tmp_path: Path) -> None:
+    clock = FakeClock()
+    stop = asyncio.Event()
+    watcher = SpoolWatcher(_settings(tmp_path), clock, throttle_s=0.25)
+    woken = watcher.subscribe()
+    task = await _started(watcher, stop)
+    path = watcher.settings.dir / "b.jsonl"
+    for change in (lambda: path.touch(), lambda: path.rename(path.with_suffix(".jsonl.done")),
+                   lambda: path.with_suffix(".jsonl.done").unlink()):
+        change()
+        await _woken(woken)
+        await _pass(clock, 0.25)
+    assert watcher.wakeups == 3
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
+
+
+async def test_inotify_failing_leaves_the_rescan(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from sidecar.spool import watcher as module
+
+    def refuse(path: Path) -> None:
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(module, "Inotify", refuse)
+    clock = FakeClock()
+    stop = asyncio.Event()
+    settings = SpoolSettings(dir=tmp_path / "spool", state_dir=tmp_path / "state",
+                             rescan_interval_s=5)
+    watcher = SpoolWatcher(settings, clock)
+    woken = watcher.subscribe()
+    task = await _started(watcher, stop)
+    await _pass(clock, 5)
+    await _woken(woken)
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
