@@ -17,6 +17,7 @@ output), the two encodings in ``otlp_decode``; docs/otlp.md has the table.
 
 from __future__ import annotations
 
+import gc
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -84,11 +85,20 @@ def _parse(body: bytes, content_type: str, content_encoding: str | None,
     elif coding != "identity":
         return client_error(415, f"Content-Encoding must be gzip or identity, "
                                  f"not {coding[:40]!r}", encoding)
+    # A 512-span request makes ~8,000 containers, none in a cycle (freed by
+    # their counts): the cyclic collector would walk the young ones ~10 times
+    # meanwhile (~5 us a span here); paused, it walks them once, after.
+    pause = gc.isenabled()
+    if pause:
+        gc.disable()
     try:
         spans = _decode(body, encoding)
+        return _mapped(spans, encoding, project_name)
     except Malformed as exc:
         return client_error(400, str(exc)[:500], encoding)
-    return _mapped(spans, encoding, project_name)
+    finally:
+        if pause:
+            gc.enable()
 
 
 def _decode(body: bytes, encoding: str) -> list[OtelSpan]:
