@@ -312,7 +312,7 @@ class SinkPipeline:
         if self.streaming is None or self.breaker.state != "closed":
             await batch.sealed.wait()
             return False
-        outcome = await self._guarded(self.streaming.send_stream(batch.stream(), batch.lines))
+        outcome = await self._guarded(self.streaming.send_stream(batch.stream()))
         await batch.sealed.wait()
         if not isinstance(outcome, Delivered):
             reason = outcome.reason if isinstance(outcome, Retry) else "partly rejected"

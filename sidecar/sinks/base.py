@@ -79,12 +79,6 @@ class Sink(Protocol):
         ...
 
 
-class SpoolText(Protocol):
-    """A spool line as a streaming sink sees it: its text."""
-
-    raw: bytes
-
-
 @runtime_checkable
 class StreamingSink(Sink, Protocol):
     """A sink that can take a batch while it is still being parsed.
@@ -93,14 +87,9 @@ class StreamingSink(Sink, Protocol):
     all-or-nothing unit (a Postgres COPY in a transaction), so the backend
     works while Python parses. Any outcome but ``Delivered`` makes the
     pipeline send the sealed batch again through ``send``, under the breaker.
-
-    ``lines``, when given, holds each record's spool line at the same index
-    (``lines[i].raw``): what a sink can learn from the text is cheaper there
-    than from the record's fields (the Postgres sink's U+0000 test).
     """
 
-    async def send_stream(self, records: AsyncIterator[Record],
-                          lines: Sequence[SpoolText] | None = None) -> Outcome: ...
+    async def send_stream(self, records: AsyncIterator[Record]) -> Outcome: ...
 
 
 DEFAULT_BATCHES_IN_FLIGHT = 1

@@ -47,10 +47,16 @@ STATEMENT_CACHE_SIZE = 0
 
 
 def _jsonb_encode(value: Any) -> bytes:
-    """jsonb's binary format: version 1, then the JSON text (raw text as it is)."""
-    if isinstance(value, bytes | Raw):
+    """jsonb's binary format: version 1, then the JSON text (raw text as it is).
+
+    Called for every jsonb value of every row: the common type is tested
+    first, and no ``bytes | Raw`` union is built per call."""
+    if type(value) is Raw or isinstance(value, _TEXT_TYPES):
         return b"\x01" + value
     return b"\x01" + orjson.dumps(value)
+
+
+_TEXT_TYPES = (bytes, Raw)
 
 
 def _jsonb_decode(value: bytes) -> Any:

@@ -104,21 +104,14 @@ def _replaced(row: Row) -> tuple[Row, int]:
     return tuple(cells), count
 
 
-def may_hold_nul(raw: bytes) -> bool:
-    """Whether a span parsed from the spool line ``raw`` may hold U+0000: only
-    a ``\\u0000`` escape writes one (the parser refuses a raw NUL byte). One
-    search of the line (~0.1 us) against the fields' ~0.7 us."""
-    return b"\\u0000" in raw
-
-
 def build_row(span: SpanRecord, default_project: str,
               nul_free: bool = False) -> tuple[Row, int]:
     """The table row of a span and the number of U+0000 replaced in it.
 
     The free-form jsonb values are the raw JSON text of the line, which the
     jsonb codec passes through as it came (NULs aside). ``nul_free``: the
-    caller knows the span holds no U+0000 (``may_hold_nul`` of its line was
-    False, and nothing since wrote one), so its fields are not searched.
+    fields are not searched for U+0000 (the streamed COPY's choice: Postgres
+    refuses a NUL, and the batch is then built again without it).
     """
     usage = span.usage or {}
     project = span.project_name or default_project

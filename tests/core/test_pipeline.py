@@ -26,7 +26,7 @@ from sidecar.pipeline.sink_pipeline import (
     SinkSpool,
 )
 from sidecar.records import Record, SpanRecord
-from sidecar.sinks.base import Delivered, Outcome, PartlyRejected, Retry, SpoolText
+from sidecar.sinks.base import Delivered, Outcome, PartlyRejected, Retry
 from sidecar.spool.checkpoints import CheckpointStore
 from sidecar.spool.quarantine import Quarantine
 from sidecar.spool.state import StateDir
@@ -84,10 +84,8 @@ class StreamingFakeSink(FakeSink):
         self.stream_answers = list(stream_answers)
         self.streamed = 0
 
-    async def send_stream(self, records: AsyncIterator[Record],
-                          lines: Sequence[SpoolText] | None = None) -> Outcome:
+    async def send_stream(self, records: AsyncIterator[Record]) -> Outcome:
         got = [r async for r in records]
-        assert lines is not None and len(lines) >= len(got)  # the batch's lines, in step
         self.streamed += 1
         answer = self.stream_answers.pop(0) if self.stream_answers else Delivered()
         if isinstance(answer, Delivered):

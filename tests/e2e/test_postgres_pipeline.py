@@ -263,3 +263,25 @@ def test_sigterm_exits_in_bounded_time_when_postgres_hangs(sidecar_env: SidecarE
     sidecar_env.configure()
     sidecar_env.daemon().wait_started()
     wait_until(lambda: sidecar_env.rows() == len(ids), 20)
+
+
+def test_a_nul_in_a_streamed_batch_is_stored_as_the_replacement_character(
+        sidecar_env: SidecarEnv) -> None:
+    """The streamed COPY does not search spans for U+0000; Postgres refuses the
+    batch that holds one, and the batch is stored through the ordinary path,
+    the NUL as U+FFFD, every span once."""
+    d = sidecar_env.daemon().wait_started()
+    spans = [span(i) for i in range(300)]
+    spans[150] = span(150, name="nul\x00name", input={"q": "a\x00b"})
+    write_spans(sidecar_env.spool / "agent-h-1-0.jsonl", spans)
+    wait_until(lambda: sidecar_env.rows() == 300, 15, "every span")
+    assert _distinct_and_total(sidecar_env) == (300, 300)
+    from tests.support import query
+
+    (row,) = query(f'SELECT name, input::text AS input FROM "{sidecar_env.schema}"'
+                   f".ml_observability_spans WHERE span_id = '{spans[150]['id']}'")
+    assert row["name"] == "nul\ufffdname" and orjson.loads(row["input"]) == {"q": "a\ufffdb"}
+    assert sidecar_env.quarantine() == []
+    assert b'"sink.stream.fell_back"' in d.log.read_bytes()  # the path under test
+    d.signal(signal.SIGTERM)
+    assert d.wait(15) == 0
