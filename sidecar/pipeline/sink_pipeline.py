@@ -177,27 +177,34 @@ class SinkPipeline:
         await snap.read(self.reader, self._read, take, lambda: self.skipped is not None)
 
     async def _take(self, lines: list[Line], queue: asyncio.Queue[Batch | None]) -> None:
-        """Parse ``lines`` into the batcher, handing over each batch that fills."""
+        """Parse ``lines`` into the batcher, handing over each batch that fills.
+
+        Every line passes here: what does not change from line to line is
+        looked up once a call."""
+        batcher = self.batcher
+        streaming = self.streaming is not None
+        # A streaming sink (Postgres) parses in 200-line slices, letting the
+        # consumer stream what is parsed and handle the backend's answers:
+        # that keeps Postgres busy while we parse. A batched sink (Opik)
+        # parses in short slices: with both sinks on, the Postgres stream gets
+        # its turns (the backend idles while we hold the loop), and so do the
+        # probes.
+        every = YIELD_EVERY if streaming else YIELD_EVERY_BATCHED
         for n, line in enumerate(lines, 1):
-            fresh = self.streaming is not None and self.batcher.current.empty
+            batch = batcher.current  # _ingest adds to it; only _hand_over replaces it
+            fresh = streaming and not batch.ends
             self._ingest(line)
-            if fresh and not self.batcher.current.empty:
+            if fresh and batch.ends:
                 # A streaming sink gets the batch at its first line (this
                 # is where reading blocks while the sink is busy).
-                await queue.put(self.batcher.current)
-            if self.batcher.full:
+                await queue.put(batch)
+            if batcher.full:
                 await self._hand_over(queue)
-            elif self.streaming and n % YIELD_EVERY == 0:
-                # Let the consumer stream what is parsed and handle the
-                # backend's answers: that keeps Postgres busy while we parse.
-                self.batcher.current.grown.set()
+            elif n % every == 0:
+                if streaming:
+                    batch.grown.set()
                 await yield_to_loop()
-            elif not self.streaming and n % YIELD_EVERY_BATCHED == 0:
-                # A batched sink (Opik) parses in short slices: with both
-                # sinks on, the Postgres stream gets its turns (the backend
-                # idles while we hold the loop) and so do the probes.
-                await yield_to_loop()
-        self.batcher.current.grown.set()
+        batcher.current.grown.set()
 
     async def _hand_over(self, queue: asyncio.Queue[Batch | None]) -> None:
         batch = self.batcher.take()
