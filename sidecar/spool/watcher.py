@@ -143,15 +143,20 @@ class SpoolWatcher:
             inotify.close()
 
     async def _events(self, inotify: Inotify, stop: asyncio.Event) -> None:
-        """Wake the readers at the first event, then at most every ``throttle_s``."""
+        """Wake the readers at the first event, then at most every ``throttle_s``.
+
+        The descriptor is level-triggered: it is left unwatched during the
+        throttle (what comes meanwhile waits in the kernel's queue), or the
+        loop would spin on it."""
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
-        loop.add_reader(inotify.fd, readable.set)
         waker = asyncio.ensure_future(_set_when(stop, readable))
         try:
             while True:
+                loop.add_reader(inotify.fd, readable.set)
                 await readable.wait()
                 readable.clear()
+                loop.remove_reader(inotify.fd)
                 if stop.is_set():
                     return
                 mask = inotify.read()
