@@ -1,27 +1,46 @@
-"""Benchmark: parse_otlp on OTLP protobuf batches of GenAI spans.
+"""Benchmark: parse_otlp, and the receiver's whole path, on OTLP protobuf batches of GenAI spans.
 
 Run on demand (not part of the test suite):
 
     .venv/bin/python tests/bench/bench_otlp.py --spans 512 --batches 40 --runs 5
+    .venv/bin/python tests/bench/bench_otlp.py --compare BEFORE_TREE AFTER_TREE --rounds 7
 
 Each batch is what ``opentelemetry-exporter-otlp-proto-http`` sends for
 ``--spans`` finished spans (one agent span, LLM calls with the GenAI
 attributes, prompts and completions as JSON text, usage, ~0.9 KiB each),
 encoded once; the timed part is ``parse_otlp`` alone (decode, map, the
 response body), in CPU time of this process. The median run is reported:
-spans/s and microseconds per span, plain and gzip-encoded bodies.
+spans/s and microseconds per span, plain and gzip-encoded bodies. Each batch
+is built apart (its own ids and times), as an agent's exporter sends them.
+
+*receiver path*: what the receiver does for a request on its event loop and
+in its write thread, without HTTP: ``parse_otlp``, the records as spool lines
+(re-checked or not, as the tree's ``Appender`` does), appended to a spool
+file with one ``fdatasync`` (``fsync: always``).
+
+``--compare A B`` runs this script under two trees' ``sidecar`` (e.g. a copy
+of the receiver before a change), one process a round, taking turns, and
+reports each one's median and range of the rounds' CPU a span.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# --tree: whose sidecar to time, found before the checkout's own
+sys.path.insert(0, sys.argv[sys.argv.index("--tree") + 1] if "--tree" in sys.argv
+                else str(Path(__file__).resolve().parents[2]))
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
@@ -30,6 +49,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sidecar.client.otel import UUID7IdGenerator
+from sidecar.receivers.appender import Appender
 from sidecar.receivers.otlp import parse_otlp
 
 PROMPT = '[{"role": "system", "content": "You are terse."}, {"role": "user", "content": "%s"}]'
@@ -68,23 +88,82 @@ def run(bodies: list[bytes], encoding: str | None) -> float:
     return time.process_time() - start
 
 
+def receiver_path(bodies: list[bytes], spool: Path) -> float:
+    """CPU seconds of the receiver's work for every body: parse, lines, append, sync."""
+    appender = Appender(spool, "always")
+    unchecked: Callable[[list[dict[str, Any]]], list[bytes]] | None = getattr(
+        appender, "mapped_lines", None)  # absent before the change
+    start = time.process_time()
+    for body in bodies:
+        records = parse_otlp(body, "application/x-protobuf", None).records
+        if unchecked is not None:
+            lines = unchecked(records)
+        else:
+            lines = appender.lines(records, [f"item {i}" for i in range(len(records))])
+        assert appender._write(lines) == len(lines)
+    seconds = time.process_time() - start
+    appender.close()
+    return seconds
+
+
+def measure(spans: int, batches: int, runs: int) -> dict[str, Any]:
+    bodies = [encode_spans(genai_spans(spans)).SerializeToString() for _ in range(batches)]
+    total = spans * batches
+    out: dict[str, Any] = {"batch_kib": len(bodies[0]) / 1024,
+                           "batch_gzip_kib": len(gzip.compress(bodies[0])) / 1024}
+    zipped = [gzip.compress(b) for b in bodies]
+    run(bodies[:1], None)  # warm: the lazy import, caches
+    for label, timed, encoding in (("protobuf", bodies, None), ("protobuf+gzip", zipped, "gzip")):
+        out[label] = statistics.median(run(timed, encoding) for _ in range(runs)) / total * 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        out["receiver_path"] = statistics.median(
+            receiver_path(bodies, Path(tmp) / str(i)) for i in range(runs)) / total * 1e6
+    return out
+
+
+def compare(trees: list[Path], rounds: int, spans: int, batches: int) -> None:
+    """Each tree in its own process a round, taking turns; medians and ranges."""
+    seen: dict[str, dict[str, list[float]]] = {str(t): {} for t in trees}
+    for r in range(rounds):
+        for tree in trees if r % 2 == 0 else trees[::-1]:
+            done = subprocess.run(
+                [sys.executable, __file__, "--tree", str(tree), "--json", "--runs", "1",
+                 "--spans", str(spans), "--batches", str(batches)],
+                capture_output=True, check=True, text=True)
+            got = json.loads(done.stdout.strip().splitlines()[-1])
+            for key in ("protobuf", "receiver_path"):
+                seen[str(tree)].setdefault(key, []).append(got[key])
+            print(json.dumps({"round": r, "tree": str(tree), **got}), flush=True)
+    for name, figures in seen.items():
+        for key, values in figures.items():
+            print(f"{name:30} {key:14} us/span median {statistics.median(values):6.1f} "
+                  f"(range {min(values):.1f}-{max(values):.1f}, {len(values)} rounds)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spans", type=int, default=512, help="spans per batch")
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tree", type=Path, default=None, help="whose sidecar to time")
+    parser.add_argument("--json", action="store_true", help="one JSON line of the figures")
+    parser.add_argument("--compare", type=Path, nargs="+", default=None,
+                        help="trees to time in turns, one process a round")
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    body = encode_spans(genai_spans(args.spans)).SerializeToString()
-    print(f"batch: {args.spans} spans, {len(body) / 1024:.0f} KiB protobuf "
-          f"({len(body) / args.spans:.0f} B/span), {len(gzip.compress(body)) / 1024:.0f} KiB gzip")
-    total = args.spans * args.batches
-    for label, bodies, encoding in (("protobuf", [body] * args.batches, None),
-                                    ("protobuf+gzip", [gzip.compress(body)] * args.batches,
-                                     "gzip")):
-        run(bodies[:1], encoding)  # warm: the lazy import, caches
-        seconds = statistics.median(run(bodies, encoding) for _ in range(args.runs))
-        print(f"{label:14} {total / seconds:10,.0f} spans/s  {seconds / total * 1e6:6.1f} us/span "
-              f"(median of {args.runs} runs of {total} spans)")
+    if args.compare:
+        compare(args.compare, args.rounds, args.spans, args.batches)
+        return
+    out = measure(args.spans, args.batches, args.runs)
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"batch: {args.spans} spans, {out['batch_kib']:.0f} KiB protobuf, "
+          f"{out['batch_gzip_kib']:.0f} KiB gzip; median of {args.runs} runs of "
+          f"{args.spans * args.batches} spans")
+    for label in ("protobuf", "protobuf+gzip", "receiver_path"):
+        us = out[label]
+        print(f"{label:14} {1e6 / us:10,.0f} spans/s  {us:6.1f} us/span")
 
 
 if __name__ == "__main__":
