@@ -12,6 +12,17 @@ Run on demand (not part of the test suite):
    back: the catch-up rate, and how long a fresh span takes to reach
    Postgres while Opik catches up;
 4. idle RSS of the daemon with both sinks enabled.
+
+Each throughput run also reports the daemon's CPU a span (utime + stime from
+/proc when the last sink holds every span, start-up included).
+
+To compare code, ``--rounds R --tree A --tree B`` runs only the throughput
+part (emulator capacity, Postgres alone, Opik alone, both), R alternating
+rounds over the given checkouts (each a directory holding ``sidecar/``, run
+as the daemon's code), and prints each tree's medians with min and max:
+
+    .venv/bin/python tests/bench/bench_opik.py --spans 150000 --rounds 3 \
+        --tree /tmp/before --tree .
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +45,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.bench_pipeline import count, daemon_cmd, drop_schema, make_schema, proc_sample
+from tests.bench.bench_pipeline import (
+    count,
+    daemon_cmd,
+    drop_schema,
+    make_schema,
+    proc_sample,
+)
+from tests.bench.strict_load import summary
 from tests.opik_emulator import OpikEmulator
 from tests.support import PG_DSN, line, span
 
@@ -60,7 +79,8 @@ def emulator_capacity(emu: OpikEmulator, n: int) -> float:
 
 class Run:
     def __init__(self, root: Path, emu: OpikEmulator, name: str,
-                 sinks: tuple[str, ...] = ("postgres", "opik")) -> None:
+                 sinks: tuple[str, ...] = ("postgres", "opik"), tree: Path | None = None) -> None:
+        self.tree = tree
         self.spool, self.state = root / f"spool-{name}", root / f"state-{name}"
         self.spool.mkdir()
         self.state.mkdir()
@@ -82,8 +102,11 @@ class Run:
         path.write_bytes(b"".join(line(span(i)) for i in range(start, start + n)))
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(daemon_cmd(self.cfg), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        cmd = daemon_cmd(self.cfg)
+        if self.tree is not None:  # the daemon's code from another checkout
+            cmd = [*cmd[:3], str(self.tree.resolve()), *cmd[4:]]
+        with (self.state / "daemon.log").open("wb") as log:  # what it said, if it dies
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
 
     def rows(self) -> int:
         return asyncio.run(count(self.schema))
@@ -95,11 +118,14 @@ class Run:
         asyncio.run(drop_schema(self.schema))
 
 
-def wait(pred: object, timeout: float = 600, step: float = 0.1) -> float:
+def wait(pred: object, timeout: float = 600, step: float = 0.1,
+         proc: subprocess.Popen[bytes] | None = None) -> float:
     t0 = time.perf_counter()
     while not pred():  # type: ignore[operator]
         if time.perf_counter() - t0 > timeout:
             raise SystemExit("timed out")
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the daemon exited ({proc.returncode})")
         # What the emulator stored stays until the end: left to the cyclic
         # collector, every full collection walks it again and the emulator's
         # cost per span grows with the run (2-4x at 100k spans), which the
@@ -110,11 +136,12 @@ def wait(pred: object, timeout: float = 600, step: float = 0.1) -> float:
 
 
 def throughput(root: Path, emu: OpikEmulator, n: int,
-               sinks: tuple[str, ...] = ("postgres", "opik")) -> dict[str, float]:
+               sinks: tuple[str, ...] = ("postgres", "opik"),
+               tree: Path | None = None) -> dict[str, float]:
     """Each sink's rate on a pre-written spool of ``n`` spans, from the daemon's
-    start until the sink holds them all."""
+    start until the sink holds them all, and the daemon's CPU a span."""
     emu.reset()
-    run = Run(root, emu, "_".join(sinks), sinks)
+    run = Run(root, emu, f"{'_'.join(sinks)}_{uuid.uuid4().hex[:6]}", sinks, tree)
     run.write(0, n)
     t0 = time.perf_counter()
     run.start()
@@ -128,13 +155,45 @@ def throughput(root: Path, emu: OpikEmulator, n: int,
             done["postgres"] = now
         return len(done) == len(sinks)
 
-    wait(finished)
+    wait(finished, proc=run.proc)
     assert run.proc is not None
-    hwm = proc_sample(run.proc.pid)[2]
+    cpu, _, hwm = proc_sample(run.proc.pid)
     run.stop()
     names = {"opik": "opik_spans_per_s", "postgres": "postgres_rows_per_s"}
     return {**{names[sink]: n / (t - t0) for sink, t in done.items()},
-            "peak_rss_mb": hwm / 2**20}
+            "cpu_us_per_span": cpu / n * 1e6, "peak_rss_mb": hwm / 2**20}
+
+
+def rounds(root: Path, emu: OpikEmulator, n: int, trees: list[Path],
+           count_rounds: int) -> dict[str, object]:
+    """``count_rounds`` alternating rounds of the throughput runs over ``trees``:
+    the emulator's capacity, then per tree Postgres alone, Opik alone and both."""
+    runs: dict[str, list[dict[str, float]]] = {str(t): [] for t in trees}
+    capacity: list[float] = []
+    for r in range(count_rounds):
+        capacity.append(emulator_capacity(emu, 20_000))
+        emu.reset()
+        order = trees if r % 2 == 0 else trees[::-1]
+        for tree in order:
+            pg = throughput(root, emu, n, ("postgres",), tree)
+            opik = throughput(root, emu, n, ("opik",), tree)
+            both = throughput(root, emu, n, ("postgres", "opik"), tree)
+            row = {"postgres_alone_rows_per_s": pg["postgres_rows_per_s"],
+                   "postgres_alone_cpu_us": pg["cpu_us_per_span"],
+                   "opik_alone_spans_per_s": opik["opik_spans_per_s"],
+                   "opik_alone_cpu_us": opik["cpu_us_per_span"],
+                   "both_opik_spans_per_s": both["opik_spans_per_s"],
+                   "both_postgres_rows_per_s": both["postgres_rows_per_s"],
+                   "both_cpu_us": both["cpu_us_per_span"],
+                   "postgres_vs_alone": both["postgres_rows_per_s"] / pg["postgres_rows_per_s"],
+                   "opik_vs_capacity": both["opik_spans_per_s"] / capacity[-1]}
+            runs[str(tree)].append(row)
+            print(json.dumps({"round": r, "tree": str(tree), "capacity": capacity[-1], **row}),
+                  flush=True)
+    return {"spans": n, "rounds": count_rounds, "load": os.getloadavg(),
+            "emulator_capacity_spans_per_s": summary(capacity),
+            **{tree: {key: summary([row[key] for row in rows]) for key in rows[0]}
+               for tree, rows in runs.items()}}
 
 
 def catch_up(root: Path, emu: OpikEmulator, n: int) -> dict[str, float]:
@@ -183,7 +242,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--spans", type=int, default=100_000)
     ap.add_argument("--out", type=Path, default=Path("tests/bench/out/opik.json"))
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="only the throughput runs, this many alternating rounds over --tree")
+    ap.add_argument("--tree", type=Path, action="append",
+                    help="a checkout whose sidecar/ the daemon runs (repeat to compare)")
     args = ap.parse_args()
+    if args.rounds:
+        with tempfile.TemporaryDirectory() as tmp, OpikEmulator() as emu:
+            res = rounds(Path(tmp), emu, args.spans, args.tree or [Path(".")], args.rounds)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2))
+        print(json.dumps(res, indent=2))
+        return
     results: dict[str, object] = {"spans": args.spans}
     with tempfile.TemporaryDirectory() as tmp, OpikEmulator() as emu:
         root = Path(tmp)
