@@ -352,6 +352,57 @@ def test_a_plan_in_slices_is_the_same_plan() -> None:
         (g.endpoint, g.indices, bodies_of(g, g.records)) for g in whole.groups]
 
 
+def test_a_request_body_is_its_items_in_order_for_any_sub_batch() -> None:
+    """Items are encoded into one body per group; the reject isolation's
+    halves are cut from it, and each is the envelope of its own items."""
+    batch = [span(parent_span_id=None, input={"i": i}) for i in range(7)]
+    for group in plan(batch, "p", 1000, 8 << 20).groups:
+        items = bodies_of(group, group.records)
+        assert [orjson.loads(item)["input"] for item in items] == [{"i": i} for i in range(7)]
+        assert group.body(group.records) == envelope(group.endpoint, items)
+        for part in (group.records[:3], group.records[3:], group.records[2:3], group.records[::2]):
+            body = group.body(part)
+            assert body == envelope(group.endpoint, bodies_of(group, part))
+            validate(group.endpoint, body)
+
+
+def test_an_item_that_fails_half_way_leaves_none_of_its_record(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A span whose derived trace cannot be encoded: its span, already written
+    into the spans body, and the half-written trace both go; the rest ships."""
+    from sidecar.sinks import opik_payloads
+
+    batch = [span(parent_span_id=None) for _ in range(3)]
+    real = opik_payloads.derived_trace_write
+
+    def write(root: Record, *args: object) -> object:
+        payload = real(root, *args)  # type: ignore[arg-type]
+        if root is batch[1]:
+            payload.tags = ["ok", object()]  # type: ignore[list-item]  # raises mid-item
+        return payload
+
+    monkeypatch.setattr(opik_payloads, "derived_trace_write", write)
+    work = plan(batch, "p", 1000, 8 << 20)
+    assert list(work.rejects) == [1] and "TypeError" in work.rejects[1]
+    assert [(g.endpoint, g.indices) for g in work.groups] == [("spans", [0, 2]),
+                                                              ("traces", [0, 2])]
+    for group in work.groups:
+        body = group.body(group.records)
+        validate(group.endpoint, body)
+        assert [item["id"] for item in orjson.loads(body)[group.endpoint]] == [
+            str(to_v7(r.id if group.endpoint == "spans" else r.trace_id))
+            for r in (batch[0], batch[2])]
+
+
+def test_a_record_failing_alone_opens_no_group() -> None:
+    root = span(parent_span_id=None)
+    root.model = object()  # type: ignore[assignment]  # no JSON for it
+    batch: list[Record] = [root, trace()]
+    work = plan(batch, "p", 1000, 8 << 20)
+    assert list(work.rejects) == [0]
+    assert [(g.endpoint, g.indices) for g in work.groups] == [("traces", [1])]
+
+
 async def test_encoding_a_batch_lets_the_event_loop_run(sink: OpikSink) -> None:
     """A 1000-span batch is ~15 ms of encoding: the Postgres stream and the
     HTTP probes must get turns in between, not wait behind it."""

@@ -45,14 +45,7 @@ from sidecar.sinks.base import (
 )
 from sidecar.sinks.opik_http import Compressor, client_for
 from sidecar.sinks.opik_limits import RateGate, TokenBucket
-from sidecar.sinks.opik_payloads import (
-    ROUTES,
-    Group,
-    Plan,
-    bodies_of,
-    envelope,
-    plan_in_slices,
-)
+from sidecar.sinks.opik_payloads import ROUTES, Group, Plan, plan_in_slices
 
 log = structlog.get_logger("sidecar.sinks.opik")
 
@@ -208,8 +201,7 @@ class OpikSink:
         method, path, _ = ROUTES[group.endpoint]
         if group.target is not None:  # an update: PATCH .../{id}
             path = path.format(id=group.target)
-        body, headers = self._compressor.encode(envelope(group.endpoint,
-                                                         bodies_of(group, records)))
+        body, headers = self._compressor.encode(group.body(records))
         try:
             response = await self._http().request(method, path, content=body, headers=headers)
         except httpx.HTTPError as exc:

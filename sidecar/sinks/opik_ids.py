@@ -40,26 +40,49 @@ def is_v7(value: UUID) -> bool:
     return value.int & (_VERSION_MASK | _VARIANT_MASK) == _V7_BITS
 
 
+def is_v7_int(i: int) -> bool:
+    """``is_v7`` of a UUID's 128 bits."""
+    return i & (_VERSION_MASK | _VARIANT_MASK) == _V7_BITS
+
+
 def to_v7(value: UUID) -> UUID:
     """``value`` itself when it is a v7, else its deterministic v7 image."""
-    return value if is_v7(value) else _mapped(value.int)
+    i = value.int
+    if i & (_VERSION_MASK | _VARIANT_MASK) == _V7_BITS:
+        return value
+    return uuid_of(mapped_bits(i))
 
 
-def _mapped(i: int) -> UUID:
-    # Not cached: span ids are unique, so a cache only held memory (64k
-    # entries, ~20 MB); callers that map one id often keep their own memo.
-    digest = _blake2b(i.to_bytes(16, "big"), digest_size=16, person=b"span-sidecar-v7").digest()
-    ms = _embedded_ms(i)
-    if ms is None:
-        ms = _EPOCH_2020_MS + int.from_bytes(digest[:6], "big") % _HASH_SPAN_MS
-    bits = (ms << 80) | (int.from_bytes(digest[6:], "big") & _RANDOM_80)
-    return _uuid(bits & ~(_VERSION_MASK | _VARIANT_MASK) | _V7_BITS)
+# A hasher with the personalisation already set: a copy of it is cheaper than
+# a new one from the arguments (0.29 against 0.42 us) and digests the same.
+_HASHER = _blake2b(digest_size=16, person=b"span-sidecar-v7")
+_KEEP = ~(_VERSION_MASK | _VARIANT_MASK)
+_TIMED_VERSIONS = (1, 6)
+
+
+def mapped_bits(i: int) -> int:
+    """The v7 image of a non-v7 id, as its 128 bits (``to_v7``'s mapping).
+
+    Not cached: span ids are unique, so a cache only held memory (64k
+    entries, ~20 MB); callers that map one id often keep their own memo.
+    """
+    hasher = _HASHER.copy()
+    hasher.update(i.to_bytes(16, "big"))
+    digest = int.from_bytes(hasher.digest(), "big")
+    # UUID.version: the nibble counts only in the RFC variant (bits 10).
+    ms = None
+    if (i >> 62) & 0b11 == 0b10 and (i >> 76) & 0xF in _TIMED_VERSIONS:
+        ms = _embedded_ms(i)
+    if ms is None:  # the digest's first 6 bytes, into 2020-2054
+        ms = _EPOCH_2020_MS + (digest >> 80) % _HASH_SPAN_MS
+    # the time, then the digest's last 10 bytes, then version 7 and the variant
+    return ((ms << 80) | (digest & _RANDOM_80)) & _KEEP | _V7_BITS
 
 
 _UNKNOWN = SafeUUID.unknown  # an enum member lookup costs as much as the rest
 
 
-def _uuid(bits: int) -> UUID:
+def uuid_of(bits: int) -> UUID:
     """``UUID(int=bits)`` for bits known to be in range, without the checks
     of ``UUID.__init__`` (a third of the mapping's cost)."""
     value = object.__new__(UUID)
