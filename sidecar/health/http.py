@@ -4,7 +4,8 @@
 ``/healthz`` answers "is the event loop alive?". A handler cannot run while
 the loop is blocked, so a blocked loop shows to the prober first as a timeout
 (the kubelet's ``timeoutSeconds``). To make it *also* fail once the loop is
-free again, a heartbeat task ticks every ``heartbeat_s`` and the handler
+free again, a heartbeat task ticks every ``heartbeat_s`` (by default half of
+``stale_after_s``: 2.5 s) and the handler
 answers 503 when either
 
 - the last tick is older than ``stale_after_s`` (the handler ran before the
@@ -138,7 +139,7 @@ class HttpServer:
         metrics: Callable[[], bytes],
         readiness: Readiness,
         clock: Clock | None = None,
-        heartbeat_s: float = 0.5,
+        heartbeat_s: float | None = None,
         stale_after_s: float = 5.0,
         status: Callable[[], Any] | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
@@ -149,7 +150,10 @@ class HttpServer:
         self._readiness = readiness
         self._status = status
         self._stats: StatsHandler | None = None
-        self.heartbeat = Heartbeat(clock or SystemClock(), heartbeat_s, stale_after_s)
+        # Half the deadline (None): a stall longer than it is still seen, and an
+        # idle sidecar wakes for it every 2.5 s rather than twice a second.
+        beat = stale_after_s / 2 if heartbeat_s is None else heartbeat_s
+        self.heartbeat = Heartbeat(clock or SystemClock(), beat, stale_after_s)
         self._runner: web.AppRunner | None = None
 
     def set_stats_handler(self, handler: StatsHandler | None) -> None:

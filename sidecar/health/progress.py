@@ -1,7 +1,9 @@
 """Catch-up progress: rates and ETAs from ``SinkStats`` snapshots over time.
 
 A small component in the app's TaskGroup: every ``SAMPLE_S`` it samples each
-sink's snapshot, keeps ``WINDOW_S`` of samples, and derives
+sink's snapshot (every ``QUIET_SAMPLE_S`` while every sink is current and
+shipped nothing since the last sample: an idle sidecar need not wake every
+second), keeps ``WINDOW_S`` of samples, and derives
 
 - ``records_per_s`` and ``bytes_per_s``: what the sink acknowledged per second;
 - ``drain_bytes_per_s``: how fast the backlog shrinks (shipping minus what
@@ -25,12 +27,13 @@ from typing import Any
 
 import structlog
 
-from sidecar.clock import Clock, every
+from sidecar.clock import Clock
 from sidecar.snapshots import SinkStats
 
 log = structlog.get_logger("sidecar.progress")
 
 SAMPLE_S = 1.0
+QUIET_SAMPLE_S = 5.0  # while no sink has anything to ship (as long as BEHIND_AFTER_S)
 WINDOW_S = 30.0
 LOG_EVERY_S = 5.0
 BEHIND_AFTER_S = 5.0
@@ -101,12 +104,16 @@ class Progress:
         self._behind_since: dict[str, float] = {}
         self._last_log: dict[str, float] = {}
         self._latest: dict[str, SinkProgress] = {}
+        self.quiet = False  # at the last sample: every sink current, nothing shipped since
 
     def tick(self) -> None:
         """Take one sample of every sink; log where a catch-up stands."""
         now = self._clock.monotonic()
+        quiet = True
         for stats in self._sinks():
             samples = self._samples.setdefault(stats.sink, deque())
+            quiet = quiet and stats.lag_bytes == 0 and bool(samples) and \
+                samples[-1].records == stats.records_shipped
             samples.append(_Sample(now, stats.records_shipped, stats.bytes_shipped,
                                    stats.lag_bytes))
             while samples and now - samples[0].at > WINDOW_S:
@@ -114,6 +121,7 @@ class Progress:
             behind = stats.lag_seconds >= BEHIND_AFTER_S
             progress = self._latest[stats.sink] = _pace(samples, stats, behind)
             self._log(progress, now)
+        self.quiet = quiet
 
     def _log(self, p: SinkProgress, now: float) -> None:
         if not p.behind:
@@ -139,9 +147,10 @@ class Progress:
         return {"sinks": [{**_stats_dict(s), **pace.get(s.sink, {})} for s in self._sinks()]}
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Sample every ``SAMPLE_S`` until ``stop``."""
+        """Sample every ``SAMPLE_S`` (``QUIET_SAMPLE_S`` while quiet) until ``stop``."""
         self.tick()
-        await every(self._clock, SAMPLE_S, stop, self.tick)
+        while not await self._clock.wait(stop, QUIET_SAMPLE_S if self.quiet else SAMPLE_S):
+            self.tick()
 
 
 def _stats_dict(s: SinkStats) -> dict[str, Any]:

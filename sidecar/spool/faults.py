@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from sidecar.clock import Clock, every
+from sidecar.clock import Clock
 
 log = structlog.get_logger("sidecar.resources")
 
@@ -71,6 +71,7 @@ class FaultTracker:
         self._active: dict[tuple[str, str], Episode] = {}
         self._failures: dict[tuple[str, str], int] = {}
         self._retries: dict[tuple[str, str], Retry] = {}
+        self._queued = asyncio.Event()  # a deferred write waits: ``run`` wakes up
 
     def failed(self, resource: str, owner: str, exc: OSError, *, op: str,
                retry: Retry | None = None) -> None:
@@ -81,6 +82,7 @@ class FaultTracker:
         key = (resource, owner)
         if retry is not None:
             self._retries[key] = retry
+            self._queued.set()
         old = self._active.get(key)
         if old is not None:
             self._active[key] = Episode(resource, owner, old.errno, old.since, old.tries + 1)
@@ -117,7 +119,20 @@ class FaultTracker:
                 self._retries.pop(key, None)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await every(self.clock, RETRY_S, stop, self.retry_now)
+        """Try the deferred writes every ``RETRY_S`` while there are any; with
+        none, wait for one (an idle sidecar does not wake every second)."""
+        waker = asyncio.ensure_future(_set_when(stop, self._queued))
+        try:
+            while not stop.is_set():
+                if not self._retries:
+                    self._queued.clear()
+                    await self._queued.wait()
+                    continue
+                if await self.clock.wait(stop, RETRY_S):
+                    return
+                self.retry_now()
+        finally:
+            waker.cancel()
 
     def reasons(self) -> list[str]:
         """One line per episode, for ``/readyz`` and the health verdict."""
@@ -128,3 +143,8 @@ class FaultTracker:
     def stats(self) -> FaultStats:
         return FaultStats(tuple(self._active.values()),
                           tuple((r, n, c) for (r, n), c in sorted(self._failures.items())))
+
+
+async def _set_when(stop: asyncio.Event, event: asyncio.Event) -> None:
+    await stop.wait()
+    event.set()

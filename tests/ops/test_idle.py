@@ -1,0 +1,107 @@
+"""An idle sidecar stays idle (issue 22): its timers wake it rarely.
+
+In a pod the sidecar mostly waits. Every timer that fires costs a turn of
+the event loop; these tests hold the loops that used to wake it every
+second or more often to their idle pace, on a fake clock (no real time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+
+from sidecar.clock import FakeClock, yield_to_loop
+from sidecar.config.settings import HttpSettings
+from sidecar.health.http import HttpServer
+from sidecar.health.progress import QUIET_SAMPLE_S, SAMPLE_S, Progress
+from sidecar.snapshots import BreakerStats, SinkStats
+from sidecar.spool.faults import RETRY_S, FaultTracker
+from tests.clocking import drive
+
+
+def _stats(shipped: int, lag_bytes: int = 0) -> SinkStats:
+    return SinkStats(sink="postgres", records_read=shipped, records_shipped=shipped,
+                     records_quarantined=0, batches_shipped=shipped, attempts_failed=0,
+                     rate_limited_total=0, lag_bytes=lag_bytes, lag_records=0,
+                     lag_seconds=0.0, breaker=BreakerStats("closed", 0, 0, 0),
+                     oldest_unacked=None, bytes_shipped=shipped * 100)
+
+
+async def _run_for(clock: FakeClock, run: object, seconds: float) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(stop))  # type: ignore[operator]
+    end = clock.monotonic() + seconds
+    await drive(clock, lambda: clock.monotonic() >= end)
+    stop.set()
+    await drive(clock, task.done)
+    await task
+
+
+async def test_progress_samples_a_quiet_sidecar_every_few_seconds_a_busy_one_every_second(
+) -> None:
+    clock = FakeClock()
+    shipped = 0
+    calls: list[float] = []
+
+    def sinks() -> list[SinkStats]:
+        calls.append(clock.monotonic())
+        return [_stats(shipped)]
+
+    progress = Progress(sinks, clock)
+    await _run_for(clock, progress.run, 60.0)
+    assert len(calls) <= 60 / QUIET_SAMPLE_S + 2  # was 61: one a second
+    calls.clear()
+    shipped = 1
+
+    def busy() -> list[SinkStats]:  # shipping: a new figure every sample
+        nonlocal shipped
+        calls.append(clock.monotonic())
+        shipped += 10
+        return [_stats(shipped, lag_bytes=1000)]
+
+    progress._sinks = busy
+    await _run_for(clock, progress.run, 10.0)
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert gaps and max(gaps) == SAMPLE_S
+
+
+async def test_the_fault_retry_loop_sleeps_only_while_a_write_waits() -> None:
+    clock = FakeClock()
+    faults = FaultTracker(clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(faults.run(stop))
+    for _ in range(20):
+        await yield_to_loop()
+    assert clock.sleepers == 0  # nothing deferred: no timer (was one every second)
+    tries: list[float] = []
+
+    def retry() -> bool:
+        tries.append(clock.monotonic())
+        return len(tries) == 3
+
+    faults.failed("state", "checkpoints", OSError(errno.ENOSPC, "full"), op="write",
+                  retry=retry)
+    await drive(clock, lambda: len(tries) == 3)
+    assert [b - a for a, b in itertools.pairwise(tries)] == [RETRY_S, RETRY_S]
+    for _ in range(20):
+        await yield_to_loop()
+    assert clock.sleepers == 0  # done: back to waiting
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
+
+
+async def test_the_http_heartbeat_ticks_at_half_its_deadline() -> None:
+    clock = FakeClock()
+    server = HttpServer(HttpSettings(listen="127.0.0.1:0"), metrics=bytes,
+                        readiness=lambda: (True, []), clock=clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.run(stop))
+    for _ in range(20):
+        await yield_to_loop()
+    deadline = clock.next_deadline()
+    assert deadline is not None and deadline - clock.monotonic() == 2.5  # was 0.5
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
