@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from uuid6 import uuid7
 
 from sidecar.clock import FakeClock, yield_to_loop
-from sidecar.records import Record
+from sidecar.records import Record, SpanRecord, parse_line
 from sidecar.sinks.base import Delivered, PartlyRejected, RejectError, Retry
 from sidecar.sinks.opik import PLAN_SLICE_RECORDS, OpikSink, _RetryNow, _seconds
 from sidecar.sinks.opik_ids import to_v7
@@ -316,6 +316,27 @@ async def test_free_form_json_reaches_opik_as_written(
     assert await sink.send([span(), root, span()]) == Delivered()
     assert emu.spans()[str(root.id)]["input"] == {"n": 2**70, "s": "caf\u00e9"}
     assert emu.traces()[str(root.trace_id)]["input"]["n"] == 2**70
+
+
+@pytest.mark.parametrize(("written", "sent"), [
+    ('{"a":1}', b'{"a":1,"agent_name":"x"}'),
+    ('{"a": 1 }', b'{"a": 1,"agent_name":"x"}'),
+    ('{\n  "a": [1, {}]\n}', b'{\n  "a": [1, {}],"agent_name":"x"}'),
+    ("{}", b'{"agent_name":"x"}'),
+    ("{ \t}", b'{"agent_name":"x"}'),
+    ('{"agent_name": "mine"}', b'{"agent_name": "mine","agent_name":"x"}'),
+])
+def test_our_metadata_keys_are_appended_to_the_object_as_written(
+        written: str, sent: bytes) -> None:
+    """The agent's metadata object, byte for byte, then our keys (last wins)."""
+    line = (f'{{"id":"{uuid7()}","trace_id":"{uuid7()}","parent_span_id":"{uuid7()}",'
+            f'"name":"s","start_time":"2025-03-01T12:00:00Z","agent_name":"x",'
+            f'"metadata":{written}}}')
+    record = parse_line(line.encode())
+    assert isinstance(record, SpanRecord)
+    (group,) = plan([record], "p", 1000, 8 << 20).groups
+    body = bodies_of(group, group.records)[0]
+    assert body.endswith(b'"metadata":' + sent + b"}")  # the last field here
 
 
 async def test_a_batch_over_1000_items_is_split(sink: OpikSink, emu: OpikEmulator) -> None:
