@@ -288,35 +288,42 @@ _AROUND: dict[Endpoint, tuple[bytes, bytes]] = {
 
 @dataclass(slots=True)
 class Group:
-    """Items bound for one endpoint; ``indices[i]`` is ``records[i]``'s batch index
-    and ``items[i]`` its encoded item."""
+    """Items bound for one endpoint; ``indices[i]`` is ``records[i]``'s batch index.
+
+    ``items[i]`` is its encoded item followed by a comma, so that the whole
+    group's body (the usual request) is one join, one copy of ~1 MB: a join
+    of the items and then the envelope around it copied the megabyte twice,
+    7 % of the daemon's samples with Opik alone.
+    """
 
     endpoint: Endpoint
     target: UUID | None = None  # the id an update's PATCH names in its path
     records: list[Record] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
-    items: list[bytes] = field(default_factory=list)
+    items: list[bytes] = field(default_factory=list)  # each with its comma
     positions: dict[int, int] = field(default_factory=dict)  # id(record) -> its item
-    size: int = 0  # of the items, and a comma each
+    size: int = 0  # of the items, with their commas
 
-    def add(self, record: Record, index: int, body: bytes) -> None:
+    def add(self, record: Record, index: int, item: bytes) -> None:
+        """Append ``record``'s encoded item, which ends with a comma."""
         self.positions[id(record)] = len(self.records)
         self.records.append(record)
         self.indices.append(index)
-        self.items.append(body)
-        self.size += len(body) + 1
+        self.items.append(item)
+        self.size += len(item)
 
     @property
     def bodies(self) -> dict[int, bytes]:
         """id(record) -> its encoded item."""
-        return {key: self.items[pos] for key, pos in self.positions.items()}
+        return {key: self.items[pos][:-1] for key, pos in self.positions.items()}
 
     def body(self, records: Sequence[Record]) -> bytes:
         """The request body for ``records``, all of them from this group."""
+        before, after = _AROUND[self.endpoint]
         if len(records) == len(self.records) and all(map(is_, records, self.records)):
-            return envelope(self.endpoint, self.items)
-        positions, items = self.positions, self.items
-        return envelope(self.endpoint, [items[positions[id(r)]] for r in records])
+            items = self.items
+            return b"".join([before, *items[:-1], items[-1][:-1], after])
+        return envelope(self.endpoint, bodies_of(self, records))
 
 
 @dataclass(slots=True)
@@ -407,19 +414,21 @@ def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_by
             encoded = []
             for _, payload in items:
                 encode_into(payload, scratch)
+                scratch.append(0x2C)  # ","
                 encoded.append(bytes(scratch))
         except Exception as exc:
             rejects[index] = _cannot_encode(exc)
             continue
-        for (endpoint, _), body in zip(items, encoded, strict=True):
+        for (endpoint, _), item in zip(items, encoded, strict=True):
             group = open_groups.get(endpoint)
-            if group is not None and (len(group.records) >= max_items or group.size + len(body)
-                                      + _OVERHEAD[endpoint] > max_bytes):
+            # The body with this item: the items, less the last comma, and the envelope.
+            if group is not None and (len(group.records) >= max_items or group.size + len(item)
+                                      - 1 + _OVERHEAD[endpoint] > max_bytes):
                 done.append(group)
                 group = None
             if group is None:
                 group = open_groups[endpoint] = Group(endpoint)
-            group.add(record, index, body)
+            group.add(record, index, item)
     done.extend(open_groups.values())
     yield Plan([g for g in done if g.records], rejects)
 
@@ -436,4 +445,5 @@ _OVERHEAD = {endpoint: len(envelope(endpoint, ())) for endpoint in ROUTES}
 
 def bodies_of(group: Group, records: Sequence[Record]) -> list[bytes]:
     """The encoded items of a sub-batch of ``group.records``."""
-    return [group.items[group.positions[id(r)]] for r in records]
+    items, positions = group.items, group.positions
+    return [items[positions[id(r)]][:-1] for r in records]

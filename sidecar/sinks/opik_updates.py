@@ -91,7 +91,7 @@ def update_group(record: SpanUpdateRecord | TraceUpdateRecord, index: int, proje
         else:
             target, trace_body = trace_update_write(record, project, ids)
             group, body = Group("trace_update", target=target), _ENCODER.encode(trace_body)
-        group.add(record, index, body)
+        group.add(record, index, body + b",")
     except Exception as exc:
         return f"cannot encode for Opik: {type(exc).__name__}: {exc}"[:500]
     return group
