@@ -22,19 +22,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import structlog
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from sidecar.breaker import CircuitBreaker
 from sidecar.clock import Clock
 from sidecar.config.secrets import mask_url
 from sidecar.config.settings import BreakerSettings, CacheSettings, RedisSettings
-from sidecar.read.repository import HEALTH_AGENT, parse_window
 from sidecar.snapshots import CacheStats
+from sidecar.store.rollups import HEALTH_AGENT
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = structlog.get_logger("sidecar.cache")
 
@@ -95,11 +96,8 @@ class MetricsCache:
         self.clock = clock
         self._observe = observe or _no_observe
         self._memory = MemoryTtlCache(settings.memory_max_entries)
-        self._redis: Redis | None = None
-        if settings.backend == "redis":
-            self._redis = Redis.from_url(
-                redis.url, socket_timeout=redis.timeout_s, socket_connect_timeout=redis.timeout_s,
-                retry=Retry(NoBackoff(), 0))
+        self._redis_settings = redis
+        self._client: Redis | None = None  # made at its first use (``_redis``)
         self._target = mask_url(redis.url)
         self.breaker = CircuitBreaker(
             BreakerSettings(failure_threshold=1, reset_timeout_s=settings.retry_after_s), "redis")
@@ -109,13 +107,29 @@ class MetricsCache:
         self._epochs: dict[str, int] = {}
         self._counts = dict.fromkeys(("hits", "misses", "fallbacks", "errors", "invalidations"), 0)
 
+    @property
+    def _redis(self) -> Redis | None:
+        """The Redis client (None with ``cache.backend: memory``), made, and the
+        redis package imported (~8 MB, ~50 ms), at its first use: a daemon that
+        stores nothing and is asked no statistics never needs it."""
+        if self._client is None and self.settings.backend == "redis":
+            from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            r = self._redis_settings
+            self._client = Redis.from_url(
+                r.url, socket_timeout=r.timeout_s, socket_connect_timeout=r.timeout_s,
+                retry=Retry(NoBackoff(), 0))
+        return self._client
+
     async def __aenter__(self) -> MetricsCache:
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     def key(self, window: str, agent: str | None) -> str:
         """``{prefix}obs_metrics:{window}:{agent}``; None is all agents (``*``)."""
@@ -130,6 +144,8 @@ class MetricsCache:
     def spelling(self, window: str) -> str:
         """The configured window of the same length (``60m`` is ``1h``, so both
         share its entry and TTL), else ``window`` as it is."""
+        from sidecar.read.repository import parse_window
+
         length = parse_window(window)
         return next((w for w in self.settings.ttl_s if parse_window(w) == length), window)
 
@@ -160,7 +176,7 @@ class MetricsCache:
         start = self.clock.monotonic()
         value = self._memory.get(key, start)
         self._observe("cache", self.clock.monotonic() - start)
-        self._counts["fallbacks" if self._redis is not None else
+        self._counts["fallbacks" if self.settings.backend == "redis" else
                      "hits" if value is not None else "misses"] += 1
         if value is None:
             value = await compute()

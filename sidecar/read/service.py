@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import cached_property
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.clock import Clock
 from sidecar.config.settings import Settings
 from sidecar.read.cache import MetricsCache, Observe
-from sidecar.read.stats import StatsService
 from sidecar.snapshots import CacheStats
 from sidecar.store.pool import LazyPool
 from sidecar.store.retention import Retention
 from sidecar.store.rollup_pass import RollupPass
+
+if TYPE_CHECKING:
+    from sidecar.read.stats import StatsService
 
 
 class ReadSide:
@@ -29,10 +32,20 @@ class ReadSide:
         # and a command prints its answer, not how it got it.
         self.pool = LazyPool(settings.postgres, purpose="read", opened_level=logging.DEBUG)
         self.cache = MetricsCache(settings.cache, settings.redis, clock, observe)
-        self.stats = StatsService(self.pool, settings.postgres.db_schema, self.cache, clock,
-                                  settings.stats.max_window)
+        self._settings, self._clock = settings, clock
         self.retention = Retention(settings.retention, settings.postgres, clock, self.pool)
         self.rollups = RollupPass(settings.retention, settings.postgres, clock, self.pool)
+
+    @cached_property
+    def stats(self) -> StatsService:
+        """The statistics (the repository, its queries and pydantic rows),
+        imported at the first ``/stats`` or command that asks: a daemon nobody
+        asks keeps them out of its memory and its start-up."""
+        from sidecar.read.stats import StatsService
+
+        s = self._settings
+        return StatsService(self.pool, s.postgres.db_schema, self.cache, self._clock,
+                            s.stats.max_window)
 
     async def __aenter__(self) -> ReadSide:
         return self

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 from sidecar.clock import FakeClock, yield_to_loop
 from sidecar.config.settings import HttpSettings
@@ -105,3 +108,27 @@ async def test_the_http_heartbeat_ticks_at_half_its_deadline() -> None:
     stop.set()
     async with asyncio.timeout(5):
         await task
+
+
+def test_a_started_daemon_imports_neither_redis_nor_the_statistics(tmp_path: Path) -> None:
+    """The redis client (~8 MB, ~50 ms of start-up) is imported at the cache's
+    first use and the statistics (repository, queries) at the first request
+    for them, not by the app: a daemon that stores nothing and is asked
+    nothing never holds them."""
+    code = (
+        "import sys, asyncio\n"
+        "from sidecar.app import App\n"
+        "from sidecar.config.settings import Settings\n"
+        "from sidecar.read.service import ReadSide\n"
+        f"s = Settings.model_validate({{'spool': {{'dir': {str(tmp_path / 's')!r}, "
+        f"'state_dir': {str(tmp_path / 't')!r}}}}})\n"
+        "app = App(s)\n"
+        "async def main():\n"
+        "    async with ReadSide(s, app.clock) as read:\n"
+        "        read.cache_stats()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in ('redis', 'sidecar.read.stats', 'sidecar.read.repository')"
+        " if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
