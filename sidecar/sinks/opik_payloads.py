@@ -393,9 +393,9 @@ def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_by
     for index, record in enumerate(batch):
         if index % slice_records == 0 and index:
             yield None
-        if index in absorbed:
+        if has_updates and index in absorbed:
             continue
-        if isinstance(record, SpanUpdateRecord | TraceUpdateRecord):
+        if has_updates and isinstance(record, SpanUpdateRecord | TraceUpdateRecord):
             from sidecar.sinks.opik_updates import update_group  # imports this module
 
             update = update_group(record, index, project, ids)
