@@ -26,6 +26,7 @@ from sidecar.sinks.opik import PLAN_SLICE_RECORDS, OpikSink, _RetryNow, _seconds
 from sidecar.sinks.opik_ids import to_v7
 from sidecar.sinks.opik_payloads import (
     Group,
+    IdMap,
     Plan,
     bodies_of,
     envelope,
@@ -176,6 +177,16 @@ def test_the_id_mapping_is_deterministic_and_gives_v7() -> None:
     assert all(o.version == 7 and o.variant == uuid.RFC_4122 for o in outputs)
     v1 = uuid.uuid1()  # time-based ids keep their time (Opik's optional 24 h check)
     assert abs((to_v7(v1).int >> 80) - (v1.time - 0x01B21DD213814000) // 10_000) <= 1
+
+
+def test_a_plan_maps_ids_as_to_v7_does_and_keeps_only_changed_originals() -> None:
+    ids = IdMap()
+    for written in (uuid.uuid4(), uuid.uuid1(), uuid7(), uuid.UUID(int=0)):
+        mapped, original = ids[written]
+        assert mapped == to_v7(written) and str(mapped) == str(to_v7(written))
+        assert hash(mapped) == hash(to_v7(written))
+        assert original == (None if written.version == 7 else written)
+        assert ids[uuid.UUID(str(written))][0] is mapped  # mapped once a plan
 
 
 def loads(raw: object) -> object:

@@ -33,16 +33,13 @@ _VARIANT_MASK = 0x3 << 62
 
 
 _V7_BITS = (7 << 76) | (0b10 << 62)
+# An id is a v7 when its bits under V7_MASK are V7_BITS.
+V7_MASK, V7_BITS = _VERSION_MASK | _VARIANT_MASK, _V7_BITS
 
 
 def is_v7(value: UUID) -> bool:
     """True for an RFC 9562 version 7 UUID (RFC variant, version nibble 7)."""
     return value.int & (_VERSION_MASK | _VARIANT_MASK) == _V7_BITS
-
-
-def is_v7_int(i: int) -> bool:
-    """``is_v7`` of a UUID's 128 bits."""
-    return i & (_VERSION_MASK | _VARIANT_MASK) == _V7_BITS
 
 
 def to_v7(value: UUID) -> UUID:
