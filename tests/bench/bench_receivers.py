@@ -30,7 +30,11 @@ Run on demand (not part of the test suite):
 
 ``--baseline DIR`` runs a second daemon from another tree (e.g. the receiver
 before a change, beside the same other packages), alternating with this one
-in every round, so before and after share the machine's load.
+in every round, so before and after share the machine's load; ``--tree DIR``
+runs "this one" from a copy too (other engineers' edits mid-run stay out):
+
+    .venv/bin/python tests/bench/bench_receivers.py --spans 122880 --senders 2 --runs 3 \
+        --only otlp --ceilings --tree /tmp/after --baseline /tmp/before
 
 The median run of each is reported, with min and max; the load average is
 printed with each figure (the machine is shared).
@@ -424,6 +428,8 @@ def main() -> None:
     ap.add_argument("--ceilings", action="store_true",
                     help="each round also: a do-nothing receiver (1 and 2 senders), "
                          "the Opik emulator alone")
+    ap.add_argument("--tree", type=Path, default=ROOT,
+                    help="the tree whose sidecar runs as this daemon (default: this checkout)")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="a tree whose sidecar runs as the 'before' daemon, alternating")
     ap.add_argument("--out", type=Path, default=Path("tests/bench/out/receivers.json"))
@@ -433,7 +439,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp, OpikEmulator() as emu:
         root = Path(tmp)
-        trees = [("", ROOT)] + ([("_baseline", args.baseline)] if args.baseline else [])
+        trees = [("", args.tree)] + ([("_baseline", args.baseline)] if args.baseline else [])
         for r in range(args.runs):
             if args.ceilings:
                 for senders in (1, 2):
