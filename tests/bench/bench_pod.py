@@ -106,6 +106,8 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, flags: tuple[str, ...] = ()) -> float:
+        if ready():
+            raise SystemExit(f"something else answers on {HTTP_LISTEN}: stop it first")
         t0 = time.perf_counter()
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(daemon_cmd(self.python, self.tree, self.cfg, flags),
