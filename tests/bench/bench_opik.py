@@ -185,6 +185,7 @@ def rounds(root: Path, emu: OpikEmulator, n: int, trees: list[Path],
                    "both_opik_spans_per_s": both["opik_spans_per_s"],
                    "both_postgres_rows_per_s": both["postgres_rows_per_s"],
                    "both_cpu_us": both["cpu_us_per_span"],
+                   "both_peak_rss_mb": both["peak_rss_mb"],
                    "postgres_vs_alone": both["postgres_rows_per_s"] / pg["postgres_rows_per_s"],
                    "opik_vs_capacity": both["opik_spans_per_s"] / capacity[-1]}
             runs[str(tree)].append(row)
