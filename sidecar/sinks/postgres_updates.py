@@ -18,8 +18,12 @@ a crash between the COPY and this transaction leaves the pending updates in
 place for the re-delivered batch. Whether the pending table holds anything
 is known from this sink's own inserts and deletes, and checked again at
 most every ``PENDING_RECHECK_S`` while it seems empty: another sidecar of a
-fleet may have written an update for a span this one stores. A daemon that
-never sees an update pays one small query every few seconds of shipping.
+fleet may have written an update for a span stored meanwhile. A check that
+finds rows applies every pending update whose span is stored by then (by
+this sidecar or another), so such an update is merged within about
+``PENDING_RECHECK_S`` of the next batch any sidecar of the fleet ships. A
+daemon that never sees an update pays one small query every few seconds of
+shipping.
 
 Limits: rollups count a row as it was inserted (spans are append-only to
 them: ``0005_rollups.sql``), so a duration set by a later update is in raw
@@ -95,6 +99,7 @@ class SpanUpdates:
     def __init__(self, schema: str, table: str,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._pending = f"{schema}.{PENDING}"
+        self._table = table
         cols = ", ".join(f"{c} {t}" for c, t in _TYPES.items())
         sets = ", ".join(f"{c} = COALESCE(u.{c}, t.{c})" for c in _KEPT)
         self._update = (
@@ -138,6 +143,11 @@ class SpanUpdates:
     async def _any_pending(self, conn: asyncpg.Connection) -> bool:
         if not self.maybe_pending and not self._known_empty():
             await self._check_pending(conn)
+            if self.maybe_pending:
+                # Written while this sink had not looked (or trusted the table
+                # empty), maybe for spans stored meanwhile, here or by another
+                # sidecar: every pending update whose row exists now is applied.
+                await self._apply_pending(conn, None)
         return bool(self.maybe_pending)
 
     async def _check_pending(self, conn: asyncpg.Connection) -> None:
@@ -145,10 +155,18 @@ class SpanUpdates:
             f"SELECT EXISTS (SELECT 1 FROM {self._pending})"))
         self._checked_at = self._monotonic()
 
-    async def _apply_pending(self, conn: asyncpg.Connection, stored: Sequence[UUID]) -> None:
-        found = await conn.fetch(
-            f"DELETE FROM {self._pending} WHERE span_id = ANY($1::uuid[]) "
-            "RETURNING seq, span_id, payload", list(stored))
+    async def _apply_pending(self, conn: asyncpg.Connection,
+                             stored: Sequence[UUID] | None) -> None:
+        """The pending updates of the ``stored`` spans, or (None) of every
+        span whose row exists."""
+        if stored is None:
+            found = await conn.fetch(
+                f"DELETE FROM {self._pending} AS p USING {self._table} AS t "
+                "WHERE p.span_id = t.span_id RETURNING p.seq, p.span_id, p.payload")
+        else:
+            found = await conn.fetch(
+                f"DELETE FROM {self._pending} WHERE span_id = ANY($1::uuid[]) "
+                "RETURNING seq, span_id, payload", list(stored))
         if found:
             ordered = sorted(found, key=lambda r: r["seq"])
             rows = _merged((r["span_id"], _cols(r["payload"])) for r in ordered)
