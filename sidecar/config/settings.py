@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
@@ -135,6 +136,20 @@ class RedisSettings(Section):
     # Connect and command timeout: the longest a dead Redis can delay one
     # request before the cache's breaker takes it out of the path.
     timeout_s: float = Field(default=0.25, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        """What the redis client would refuse, refused when the config loads:
+        the client is made at the cache's first use, long after start-up."""
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        try:
+            parts.port  # noqa: B018 (raises on a port that is not a number in range)
+        except ValueError:
+            raise ValueError("the port must be a number from 0 to 65535") from None
+        return value
 
 
 class BreakerSettings(Section):

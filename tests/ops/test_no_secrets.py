@@ -142,6 +142,9 @@ INVALID = {
     "bad_value_beside_a_dsn": f'postgres: {{dsn: "host=h password={PG}", pool_size: 99}}',
     "bad_yaml_after_a_secret": f"postgres:\n  password: {FIELD}\n  dsn: [unclosed",
     "environment_override": f'environments:\n  production:\n    postgres: "x:{PG}"',
+    # The redis client is made at its first use: its URL is checked at start.
+    "redis_bad_scheme": f'redis: {{url: "http://:{REDIS}@h:6379/0"}}',
+    "redis_bad_port": f'redis: {{url: "redis://:{REDIS}@h:99999/0"}}',
 }
 
 
