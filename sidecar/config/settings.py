@@ -34,7 +34,8 @@ class SpoolSettings(Section):
     dir: Path = Path("/var/spool/span-sidecar")
     state_dir: Path = Path("/var/lib/span-sidecar")
     patterns: tuple[str, ...] = ("*.jsonl", "*.jsonl.done")
-    # inotify (watchfiles) plus a periodic rescan; "poll" for network volumes.
+    # inotify (read by the event loop; watchfiles off Linux) plus a periodic
+    # rescan; "poll" for network volumes.
     watch: Literal["inotify", "poll"] = "inotify"
     rescan_interval_s: float = Field(default=5.0, gt=0)
     poll_interval_ms: int = Field(default=250, gt=0)

@@ -140,3 +140,42 @@ async def test_inotify_failing_leaves_the_rescan(tmp_path: Path,
     stop.set()
     async with asyncio.timeout(5):
         await task
+
+
+async def test_a_failing_read_of_the_descriptor_leaves_the_rescan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error reading inotify's descriptor (EIO, say) stops the watch, not
+    the daemon: it is logged and the periodic rescan goes on waking the readers."""
+    import errno
+    import os
+
+    from sidecar.spool import watcher as module
+
+    class Broken:
+        def __init__(self, path: Path) -> None:
+            self._r, self._w = os.pipe()
+            os.write(self._w, b"x")  # readable at once
+            self.fd, self.lost = self._r, 0
+
+        def read(self) -> int:
+            raise OSError(errno.EIO, "input/output error")
+
+        def close(self) -> None:
+            os.close(self._r)
+            os.close(self._w)
+
+    monkeypatch.setattr(module, "Inotify", Broken)
+    clock = FakeClock()
+    stop = asyncio.Event()
+    settings = SpoolSettings(dir=tmp_path / "spool", state_dir=tmp_path / "state",
+                             rescan_interval_s=5)
+    watcher = SpoolWatcher(settings, clock)
+    woken = watcher.subscribe()
+    task = await _started(watcher, stop)
+    for _ in range(2):  # the rescan ticks on after the failure
+        await _pass(clock, 5)
+        await _woken(woken)
+    assert not task.done()
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
