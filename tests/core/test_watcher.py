@@ -8,8 +8,10 @@ readers once per ``throttle_s`` rather than once per write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,12 @@ def _settings(tmp_path: Path) -> SpoolSettings:
                          rescan_interval_s=3600)
 
 
+def _rescanning(tmp_path: Path) -> SpoolSettings:
+    """A rescan every 5 s: the only source of wake-ups when inotify fails."""
+    return SpoolSettings(dir=tmp_path / "spool", state_dir=tmp_path / "state",
+                         rescan_interval_s=5)
+
+
 async def _started(watcher: SpoolWatcher, stop: asyncio.Event) -> asyncio.Task[None]:
     task = asyncio.create_task(watcher.run(stop))
     while not watcher.settings.dir.exists():  # the watch is set up before it is made
@@ -34,6 +42,21 @@ async def _started(watcher: SpoolWatcher, stop: asyncio.Event) -> asyncio.Task[N
     for _ in range(20):
         await yield_to_loop()
     return task
+
+
+@contextlib.asynccontextmanager
+async def _watching(settings: SpoolSettings, clock: FakeClock,
+                    throttle_s: float = 0.25) -> AsyncIterator[tuple[SpoolWatcher, asyncio.Event]]:
+    """A started watcher and its subscriber's event; stopped and awaited after."""
+    stop = asyncio.Event()
+    watcher = SpoolWatcher(settings, clock, throttle_s=throttle_s)
+    woken = watcher.subscribe()
+    task = await _started(watcher, stop)
+    yield watcher, woken
+    assert not task.done()
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
 
 
 async def _woken(event: asyncio.Event) -> None:
@@ -72,50 +95,39 @@ async def test_a_write_wakes_the_readers_with_no_thread_watching(tmp_path: Path)
 
 async def test_a_burst_of_writes_is_one_wakeup_per_throttle(tmp_path: Path) -> None:
     clock = FakeClock()
-    stop = asyncio.Event()
-    watcher = SpoolWatcher(_settings(tmp_path), clock, throttle_s=0.25)
-    woken = watcher.subscribe()
-    task = await _started(watcher, stop)
-    path = watcher.settings.dir / "a.jsonl"
-    _append(path)  # the first write after a quiet spell: woken at once
-    await _woken(woken)
-    assert watcher.wakeups == 1
-    for _ in range(50):
-        _append(path)
-    for _ in range(50):
-        await yield_to_loop()
-    assert not woken.is_set()  # the 50 writes wait for the throttle
-    await _pass(clock, 0.25)
-    await _woken(woken)
-    assert watcher.wakeups == 2
-    await _pass(clock, 0.25)  # a quiet throttle: nothing to wake for
-    for _ in range(50):
-        await yield_to_loop()
-    assert not woken.is_set()
-    _append(path)  # quiet again: the next write wakes at once
-    await _woken(woken)
-    assert watcher.wakeups == 3
-    stop.set()
-    async with asyncio.timeout(5):
-        await task
+    async with _watching(_settings(tmp_path), clock) as (watcher, woken):
+        path = watcher.settings.dir / "a.jsonl"
+        _append(path)  # the first write after a quiet spell: woken at once
+        await _woken(woken)
+        assert watcher.wakeups == 1
+        for _ in range(50):
+            _append(path)
+        for _ in range(50):
+            await yield_to_loop()
+        assert not woken.is_set()  # the 50 writes wait for the throttle
+        await _pass(clock, 0.25)
+        await _woken(woken)
+        assert watcher.wakeups == 2
+        await _pass(clock, 0.25)  # a quiet throttle: nothing to wake for
+        for _ in range(50):
+            await yield_to_loop()
+        assert not woken.is_set()
+        _append(path)  # quiet again: the next write wakes at once
+        await _woken(woken)
+        assert watcher.wakeups == 3
 
 
 async def test_new_renamed_and_deleted_files_wake_the_readers(tmp_path: Path) -> None:
     clock = FakeClock()
-    stop = asyncio.Event()
-    watcher = SpoolWatcher(_settings(tmp_path), clock, throttle_s=0.25)
-    woken = watcher.subscribe()
-    task = await _started(watcher, stop)
-    path = watcher.settings.dir / "b.jsonl"
-    for change in (lambda: path.touch(), lambda: path.rename(path.with_suffix(".jsonl.done")),
-                   lambda: path.with_suffix(".jsonl.done").unlink()):
-        change()
-        await _woken(woken)
-        await _pass(clock, 0.25)
-    assert watcher.wakeups == 3
-    stop.set()
-    async with asyncio.timeout(5):
-        await task
+    async with _watching(_settings(tmp_path), clock) as (watcher, woken):
+        path = watcher.settings.dir / "b.jsonl"
+        for change in (lambda: path.touch(),
+                       lambda: path.rename(path.with_suffix(".jsonl.done")),
+                       lambda: path.with_suffix(".jsonl.done").unlink()):
+            change()
+            await _woken(woken)
+            await _pass(clock, 0.25)
+        assert watcher.wakeups == 3
 
 
 async def test_inotify_failing_leaves_the_rescan(tmp_path: Path,
@@ -129,17 +141,9 @@ async def test_inotify_failing_leaves_the_rescan(tmp_path: Path,
 
     monkeypatch.setattr(module, "Inotify", refuse)
     clock = FakeClock()
-    stop = asyncio.Event()
-    settings = SpoolSettings(dir=tmp_path / "spool", state_dir=tmp_path / "state",
-                             rescan_interval_s=5)
-    watcher = SpoolWatcher(settings, clock)
-    woken = watcher.subscribe()
-    task = await _started(watcher, stop)
-    await _pass(clock, 5)
-    await _woken(woken)
-    stop.set()
-    async with asyncio.timeout(5):
-        await task
+    async with _watching(_rescanning(tmp_path), clock) as (_, woken):
+        await _pass(clock, 5)
+        await _woken(woken)
 
 
 async def test_a_failing_read_of_the_descriptor_leaves_the_rescan(
@@ -166,16 +170,7 @@ async def test_a_failing_read_of_the_descriptor_leaves_the_rescan(
 
     monkeypatch.setattr(module, "Inotify", Broken)
     clock = FakeClock()
-    stop = asyncio.Event()
-    settings = SpoolSettings(dir=tmp_path / "spool", state_dir=tmp_path / "state",
-                             rescan_interval_s=5)
-    watcher = SpoolWatcher(settings, clock)
-    woken = watcher.subscribe()
-    task = await _started(watcher, stop)
-    for _ in range(2):  # the rescan ticks on after the failure
-        await _pass(clock, 5)
-        await _woken(woken)
-    assert not task.done()
-    stop.set()
-    async with asyncio.timeout(5):
-        await task
+    async with _watching(_rescanning(tmp_path), clock) as (_, woken):
+        for _ in range(2):  # the rescan ticks on after the failure
+            await _pass(clock, 5)
+            await _woken(woken)
