@@ -60,11 +60,12 @@ JSONB = {"error_info", "input", "output", "metadata", "events"}
 DAEMON_PYTHON = os.environ.get("BENCH_DAEMON_PYTHON", sys.executable)
 
 
-def daemon_cmd(config: Path) -> list[str]:
-    """``span-sidecar run`` of this checkout, under ``DAEMON_PYTHON``."""
+def daemon_cmd(config: Path, tree: Path | None = None) -> list[str]:
+    """``span-sidecar run`` of this checkout (or of ``tree``, a directory holding
+    a ``sidecar/``), under ``DAEMON_PYTHON``."""
     return [DAEMON_PYTHON, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
             "from sidecar.cli import main; sys.exit(main())",
-            str(Path(__file__).resolve().parents[2]), "run", "--config", str(config)]
+            str(tree or Path(__file__).resolve().parents[2]), "run", "--config", str(config)]
 
 
 def make_lines(n: int, uniform: bool = False) -> list[bytes]:
@@ -126,7 +127,8 @@ def psql_copy(csv_path: Path, schema: str, plain: bool = False, settle: bool = F
 
 
 def run_daemon(spool: Path, state: Path, schema: str, n: int, extra: dict[str, object],
-               premigrate: bool = True, settle: bool = False) -> dict[str, float]:
+               premigrate: bool = True, settle: bool = False,
+               tree: Path | None = None) -> dict[str, float]:
     if premigrate:
         asyncio.run(make_schema(schema))
     else:  # the daemon migrates: its start-up is timed whole
@@ -149,7 +151,7 @@ def run_daemon(spool: Path, state: Path, schema: str, n: int, extra: dict[str, o
     total = sum(p.stat().st_size for p in spool.iterdir() if p.is_file())
     checkpoint = state / "checkpoints" / "postgres.json"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(daemon_cmd(cfg_path), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(daemon_cmd(cfg_path, tree), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     rss_samples: list[int] = []
     t10: tuple[float, int] | None = None
@@ -252,15 +254,21 @@ def one_round(args: argparse.Namespace, root: Path, lines: list[bytes], csv_path
     for name in args.rsyslog:
         out[f"rsyslog_{name}"] = rsyslog_round(args, root, lines, name, tag)
         print(json.dumps({"round": r, f"rsyslog_{name}": out[f"rsyslog_{name}"]}), flush=True)
-    spool, state = root / f"spool-{tag}", root / f"state-{tag}"
-    spool.mkdir()
-    state.mkdir()
-    write_spool(spool, n, args.writers, lines)
-    schema = f"bench_large_{tag}"
-    out["daemon"] = run_daemon(spool, state, schema, n, {}, premigrate=args.premigrate,
-                               settle=not args.no_settle)
-    asyncio.run(drop_schema(schema))
-    print(json.dumps({"round": r, "daemon": out["daemon"]}), flush=True)
+    daemons = [("daemon", None)]
+    if args.baseline is not None:  # the two in turns: this tree first in even rounds
+        daemons.append(("baseline", args.baseline))
+        if r % 2:
+            daemons.reverse()
+    for name, tree in daemons:
+        spool, state = root / f"spool-{name}-{tag}", root / f"state-{name}-{tag}"
+        spool.mkdir()
+        state.mkdir()
+        write_spool(spool, n, args.writers, lines)
+        schema = f"bench_large_{name}_{tag}"
+        out[name] = run_daemon(spool, state, schema, n, {}, premigrate=args.premigrate,
+                               settle=not args.no_settle, tree=tree)
+        asyncio.run(drop_schema(schema))
+        print(json.dumps({"round": r, name: out[name]}), flush=True)
     return out
 
 
@@ -283,6 +291,9 @@ def main() -> None:
                     help="loose: migrate before starting the daemon (start-up not timed whole)")
     ap.add_argument("--uniform-spans", action="store_true",
                     help="loose: tests.support.span repeated instead of agents' mix")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="TREE",
+                    help="also run the daemon of TREE (a directory holding a sidecar/, "
+                         "e.g. a `git archive` of an earlier commit) in each round, in turns")
     ap.add_argument("--health-overhead", type=int, default=0, metavar="ROUNDS",
                     help="instead: ROUNDS alternating runs with the self-monitor off and on")
     args = ap.parse_args()

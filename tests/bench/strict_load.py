@@ -119,9 +119,11 @@ def summarise(runs: list[dict[str, dict[str, float]]]) -> dict[str, object]:
     res: dict[str, object] = {}
     for variant in runs[0]:
         res[f"{variant}_rows_per_s"] = summary([r[variant]["rows_per_s"] for r in runs])
-    for key in ("steady_rows_per_s", "cpu_us_per_span", "peak_rss_mb"):
-        res[f"daemon_{key}"] = summary([r["daemon"][key] for r in runs])
-    for peer in [v for v in runs[0] if v != "daemon"]:
-        res[f"ratio_to_{peer}"] = summary(
-            [r["daemon"]["rows_per_s"] / r[peer]["rows_per_s"] for r in runs])
+    daemons = [d for d in ("daemon", "baseline") if d in runs[0]]
+    for d in daemons:
+        for key in ("steady_rows_per_s", "cpu_us_per_span", "peak_rss_mb"):
+            res[f"{d}_{key}"] = summary([r[d][key] for r in runs])
+        for peer in [v for v in runs[0] if v not in daemons]:
+            res[f"{d}_ratio_to_{peer}"] = summary(
+                [r[d]["rows_per_s"] / r[peer]["rows_per_s"] for r in runs])
     return res
