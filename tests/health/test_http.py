@@ -209,9 +209,10 @@ def test_open_breakers_are_information_not_unreadiness(
 
 @pytest.mark.parametrize("stall_s", [5.6, 6.0, 7.0])
 def test_a_stall_past_the_deadline_fails_healthz_whichever_runs_first(stall_s: float) -> None:
-    """A loop blocked longer than the 5 s deadline (plus the 0.5 s beat) gives
-    503 whether the overdue tick or the probe runs first once it is free; a
-    beat of half the deadline (2.5 s) let stalls of up to 7.5 s pass."""
+    """A loop blocked longer than the 5 s deadline gives 503 whether the
+    overdue tick or the probe runs first once it is free; counting a tick as a
+    stall only when later than the whole deadline let a 2.5 s beat pass stalls
+    of up to 7.5 s."""
     for tick_first in (True, False):
         clock = FakeClock()
         server = HttpServer(HttpSettings(listen="127.0.0.1:0"), metrics=bytes,
