@@ -45,7 +45,10 @@ class Inotify:
     def __init__(self, path: Path) -> None:
         if not sys.platform.startswith("linux"):
             raise OSError(errno.ENOSYS, "inotify is not available")
-        from inotify_simple import INotify, flags
+        try:
+            from inotify_simple import INotify, flags
+        except ImportError:  # an install without it: watchfiles' thread instead
+            raise OSError(errno.ENOSYS, "inotify_simple is not installed") from None
 
         self.lost = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED  # the watch is gone
         mask = (flags.MODIFY | flags.ATTRIB | flags.CLOSE_WRITE | flags.MOVED_FROM
