@@ -121,8 +121,8 @@ class SpanUpdates:
         async with conn.transaction():
             if updates:
                 await self._apply_new(conn, updates)
-            if stored and await self._any_pending(conn):
-                await self._apply_pending(conn, stored)
+            if stored:
+                await self._apply_waiting(conn, stored)
 
     async def _apply_new(self, conn: asyncpg.Connection,
                          updates: Sequence[SpanUpdateRecord]) -> None:
@@ -140,15 +140,18 @@ class SpanUpdates:
         return self.maybe_pending is False and (
             self._monotonic() - self._checked_at < PENDING_RECHECK_S)
 
-    async def _any_pending(self, conn: asyncpg.Connection) -> bool:
-        if not self.maybe_pending and not self._known_empty():
+    async def _apply_waiting(self, conn: asyncpg.Connection, stored: Sequence[UUID]) -> None:
+        """The pending updates of the ``stored`` spans while the table is known
+        to hold some. When it is looked at anew (not checked yet, or trusted
+        empty for long enough), what was written meanwhile may be for spans
+        stored meanwhile, here or by another sidecar: every pending update
+        whose row exists is applied, ``stored``'s included, in one statement."""
+        if self.maybe_pending:
+            await self._apply_pending(conn, stored)
+        elif not self._known_empty():
             await self._check_pending(conn)
             if self.maybe_pending:
-                # Written while this sink had not looked (or trusted the table
-                # empty), maybe for spans stored meanwhile, here or by another
-                # sidecar: every pending update whose row exists now is applied.
                 await self._apply_pending(conn, None)
-        return bool(self.maybe_pending)
 
     async def _check_pending(self, conn: asyncpg.Connection) -> None:
         self.maybe_pending = bool(await conn.fetchval(
