@@ -69,6 +69,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+# The beat an idle sidecar wakes for most; a stall is a tick later than the
+# deadline less one beat (Heartbeat.tick), so the beat hides none.
 HEARTBEAT_S = 1.0
 
 
@@ -147,7 +149,7 @@ class HttpServer:
         metrics: Callable[[], bytes],
         readiness: Readiness,
         clock: Clock | None = None,
-        heartbeat_s: float | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
         stale_after_s: float = 5.0,
         status: Callable[[], Any] | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
@@ -158,13 +160,7 @@ class HttpServer:
         self._readiness = readiness
         self._status = status
         self._stats: StatsHandler | None = None
-        # Once a second (None): the beat is what an idle sidecar wakes for most
-        # (~0.05 % of a core at two a second), and a stall is a tick later than
-        # the deadline less one beat, so none past the deadline goes unseen
-        # (counting a tick late by more than the whole deadline let 7 s stalls
-        # pass a 2.5 s beat).
-        beat = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
-        self.heartbeat = Heartbeat(clock or SystemClock(), beat, stale_after_s)
+        self.heartbeat = Heartbeat(clock or SystemClock(), heartbeat_s, stale_after_s)
         self._runner: web.AppRunner | None = None
 
     def set_stats_handler(self, handler: StatsHandler | None) -> None:
