@@ -77,10 +77,26 @@ async def test_all_agents_stats_and_the_view_leave_health_spans_out(
         await conn.close()
 
 
-async def test_health_spans_alone_leave_the_all_agents_entry_cached(
+async def add_health_span(schema: str) -> None:
+    """One more health span, inserted now (the rollups' delta follows inserts)."""
+    conn = await connect()
+    try:
+        await conn.execute(
+            f'INSERT INTO "{schema}".ml_observability_spans (span_id, trace_id, name, type, '
+            "agent_name, start_time, end_time, duration_ms, status) VALUES (gen_random_uuid(), "
+            "gen_random_uuid(), $1, 'health', $2, now() - interval '61 seconds', "
+            "now() - interval '1 second', 60000, 'ok')", HEALTH_SPAN, HEALTH_AGENT)
+    finally:
+        await conn.close()
+
+
+async def test_health_spans_alone_make_nothing_stale_and_leave_redis_alone(
         pg_schema: str, redis_prefix: str) -> None:
-    """A batch of health spans only invalidates ``span-sidecar``'s entries (they are
-    not in the all-agents figures); any other agent's spans invalidate ``*`` too."""
+    """The daemon's own agent is never cached, so a batch of health spans alone
+    invalidates nothing (no Redis round trip) and every answer stays right: the
+    all-agents entry (they are not in it) is still served, ``span-sidecar``'s
+    answer counts the new span. Any other agent's spans, or spans without an
+    agent, still invalidate ``*``."""
     await seed_with_health(pg_schema)
     settings = make_settings(pg_schema, redis_prefix)
     redis = Redis.from_url(REDIS_URL)
@@ -88,19 +104,93 @@ async def test_health_spans_alone_leave_the_all_agents_entry_cached(
     async def keys() -> list[str]:
         return sorted([k.decode() async for k in redis.scan_iter(match=f"{redis_prefix}*")])
 
-    async with ReadSide(settings, FakeClock(wall=datetime.now(UTC).timestamp())) as read:
-        await read.stats.report("1h")
-        await read.stats.report("1h", HEALTH_AGENT)
+    async def health_count(read: ReadSide) -> int:
+        (row,) = (await read.stats.report("1h", HEALTH_AGENT)).agents
+        return row.latency.span_count
+
+    clock = FakeClock(wall=datetime.now(UTC).timestamp())
+    async with ReadSide(settings, clock) as read:
         await read.on_stored(frozenset({HEALTH_AGENT}))
+        assert read.cache._client is None  # not even connected
+        every = await read.stats.report("1h")
+        assert await health_count(read) == 30
         assert await keys() == [f"{redis_prefix}obs_metrics:1h:*"]
-        await read.stats.report("1h")
+        await add_health_span(pg_schema)
+        await read.on_stored(frozenset({HEALTH_AGENT}))
+        assert read.cache_stats().invalidations == 0
+        assert await keys() == [f"{redis_prefix}obs_metrics:1h:*"]
+        assert await read.stats.report("1h") == every  # from the cache, and still right
         assert read.cache_stats().hits == 1
+        assert await health_count(read) == 31  # computed, never a stale entry
         await read.on_stored(frozenset({HEALTH_AGENT, "alpha"}))
         assert await keys() == []
         await read.stats.report("1h")
+        assert await keys() == [f"{redis_prefix}obs_metrics:1h:*"]
         await read.on_stored(frozenset())  # spans without an agent name
         assert await keys() == []
+        assert read.cache_stats().invalidations == 2
     await redis.aclose()
+
+
+# Run in a process of its own: nothing may have imported redis before the daemon.
+DAEMON = """
+import asyncio, sys
+from pathlib import Path
+import asyncpg
+from sidecar.app import App
+from sidecar.config.settings import Settings
+from tests.support import PG_DSN, span, write_spans
+
+async def count(schema, agent):
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        return await conn.fetchval(f'SELECT count(*) FROM "{schema}".ml_observability_spans '
+                                   "WHERE agent_name = $1", agent)
+    except asyncpg.UndefinedTableError:  # not migrated yet
+        return 0
+    finally:
+        await conn.close()
+
+async def until_stored(schema, agent, n):
+    async with asyncio.timeout(30):
+        while await count(schema, agent) < n:
+            await asyncio.sleep(0.05)  # polling interval of a condition wait
+
+async def main(schema, prefix, redis_url, tmp):
+    spool = Path(tmp) / "spool"
+    spool.mkdir()
+    settings = Settings.model_validate({
+        "postgres": {"dsn": PG_DSN, "schema": schema}, "redis": {"url": redis_url},
+        "cache": {"key_prefix": prefix}, "opik": {"enabled": False},
+        "spool": {"dir": str(spool), "state_dir": str(Path(tmp) / "state")},
+        "batch": {"max_wait_ms": 50}, "http": {"enabled": False},
+        "health": {"enabled": True, "interval_s": 0.2}})
+    print("start", "redis" in sys.modules, flush=True)
+    app, stop = App(settings), asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    await until_stored(schema, "span-sidecar", 3)
+    print("health", "redis" in sys.modules, flush=True)
+    write_spans(spool / "web-h-1-0.jsonl", [span(0, agent_name="web")])
+    await until_stored(schema, "web", 1)
+    print("agent", "redis" in sys.modules, flush=True)
+    stop.set()
+    await task
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_the_daemon_storing_its_health_spans_alone_never_loads_redis(
+        tmp_path: Path, pg_schema: str, redis_prefix: str) -> None:
+    """The running daemon (real sink, real hook) stores health spans without
+    loading the redis package; the first agent's span loads it to invalidate."""
+    out = subprocess.run([sys.executable, "-c", DAEMON, pg_schema, redis_prefix, REDIS_URL,
+                          str(tmp_path)], capture_output=True, text=True, cwd=REPO,
+                         timeout=90, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = [row for row in out.stdout.splitlines()
+            if row.startswith(("start ", "health ", "agent "))]
+    assert said == ["start False", "health False", "agent True"], out.stdout[-3000:]
 
 
 def test_stats_command_leaves_health_spans_out_unless_asked_and_is_quiet(
