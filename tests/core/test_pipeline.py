@@ -414,3 +414,30 @@ async def test_parsing_a_large_read_lets_other_tasks_run(tmp_path: Path) -> None
     await h.finish()
     # Turns taken while the producer was part-way through the read.
     assert len({n for n in turns if 0 < n < 10 * YIELD_EVERY_BATCHED}) >= 9
+
+
+async def test_a_pending_batch_takes_what_comes_at_its_deadline_not_at_each_wake_up(
+        tmp_path: Path) -> None:
+    """Caught up with a batch pending, the producer does not wake for every
+    change (each wake-up rescans and reads: CPU at a trickle); at the batch's
+    deadline it rescans and reads once, so a line written meanwhile, even one
+    the watcher has not reported yet, still ships in that batch, on time."""
+    sink = FakeSink()
+    h = Harness(tmp_path, sink)  # max_wait 0.5 s
+    spans = [span(i) for i in range(5)]
+    h.write(spans[:1])
+    h.start()
+    await h.until(lambda: h.pipeline.read_total == 1)
+    started = h.clock.monotonic()
+    for s in spans[1:4]:
+        h.clock.advance(0.1)
+        h.write([s])  # and the watcher's wake-up
+        for _ in range(20):
+            await yield_to_loop()
+        assert h.pipeline.read_total == 1
+    append(h.file, orjson.dumps(spans[4]) + b"\n")  # not reported yet (the watcher's throttle)
+    await h.until(lambda: sink.calls == 1)
+    assert h.clock.monotonic() - started == pytest.approx(0.5)  # the batch's deadline
+    assert ids(sink.stored) == [s["id"] for s in spans]
+    await h.finish()
+    assert sink.calls == 1 and h.checkpoint() == h.file.stat().st_size
