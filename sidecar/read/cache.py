@@ -6,11 +6,11 @@ The agent part is the name percent-encoded (``%``, ``*``, controls, spaces
 and non-ASCII become ``%XX``; ``alpha`` stays ``alpha``), so no agent name,
 ``*`` included, can write or read the all-agents entry. When the Postgres
 sink stores spans, ``invalidate`` deletes the entries of their agents and of
-``*``, for every window, in one round trip per batch. The daemon's own agent
-(``span-sidecar``, whose health spans the all-agents figures leave out) is
-never cached: a batch of its health spans alone then makes no entry stale,
-and costs no Redis round trip (nor, in a daemon nobody asks statistics, the
-redis package's ~6 MB).
+``*``, for every window, in one round trip per batch (a ``DEL`` sent by
+``read/resp.py``, so that a daemon nobody asks statistics never loads the
+redis package: ~6 MB). The daemon's own agent (``span-sidecar``, whose
+health spans the all-agents figures leave out) is never cached: a batch of
+its health spans alone makes no entry stale, and costs no round trip.
 
 A Redis failure (refused, timed out, any error) opens a breaker: for
 ``cache.retry_after_s`` requests go straight to the memory cache without
@@ -34,6 +34,7 @@ from sidecar.breaker import CircuitBreaker
 from sidecar.clock import Clock
 from sidecar.config.secrets import mask_url
 from sidecar.config.settings import BreakerSettings, CacheSettings, RedisSettings
+from sidecar.read.resp import RespDeleter, simple_target
 from sidecar.snapshots import CacheStats
 from sidecar.store.rollups import HEALTH_AGENT
 
@@ -101,6 +102,10 @@ class MetricsCache:
         self._memory = MemoryTtlCache(settings.memory_max_entries)
         self._redis_settings = redis
         self._client: Redis | None = None  # made at its first use (``_redis``)
+        # Invalidations without the redis package when the URL is a plain one
+        # (``sidecar/read/resp.py``): a daemon nobody asks statistics never loads it.
+        target = simple_target(redis.url) if settings.backend == "redis" else None
+        self._deleter = RespDeleter(target, redis.timeout_s) if target is not None else None
         self._target = mask_url(redis.url)
         self.breaker = CircuitBreaker(
             BreakerSettings(failure_threshold=1, reset_timeout_s=settings.retry_after_s), "redis")
@@ -113,8 +118,9 @@ class MetricsCache:
     @property
     def _redis(self) -> Redis | None:
         """The Redis client (None with ``cache.backend: memory``), made, and the
-        redis package imported (~8 MB, ~50 ms), at its first use: a daemon that
-        stores nothing and is asked no statistics never needs it."""
+        redis package imported (~6 MB, ~60 ms), at its first use: a daemon
+        asked no statistics never needs it (its invalidations go through
+        ``read/resp.py`` unless the URL needs the package)."""
         if self._client is None and self.settings.backend == "redis":
             from redis.asyncio import Redis
             from redis.asyncio.retry import Retry
@@ -131,8 +137,12 @@ class MetricsCache:
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        try:
+            if self._deleter is not None:
+                await self._deleter.close()
+        finally:
+            if self._client is not None:
+                await self._client.aclose()
 
     def key(self, window: str, agent: str | None) -> str:
         """``{prefix}obs_metrics:{window}:{agent}``; None is all agents (``*``)."""
@@ -229,20 +239,27 @@ class MetricsCache:
         for name in names:
             self._epochs[name] = self._epochs.get(name, 0) + 1
         self._memory.delete(self._stale_keys(names))
-        if self._redis is None:
+        if self.settings.backend != "redis":
             return
         if not self.breaker.allow(self.clock.monotonic()):
             self._remember(names)
             return
         missed = set(self._missed)
         try:  # one DEL of every key: one command, one round trip
-            await self._redis.delete(*self._stale_keys(names | missed))
+            await self._delete(self._stale_keys(names | missed))
         except Exception as exc:
             self._failed("invalidate", exc)
             self._remember(names)
         else:
             self._missed -= missed
             self._recovered()
+
+    async def _delete(self, keys: list[str]) -> None:
+        if self._deleter is not None:
+            await self._deleter.delete(keys)
+        else:
+            assert self._redis is not None
+            await self._redis.delete(*keys)
 
     def _stale_keys(self, names: Iterable[str]) -> list[str]:
         """Every window's key of each agent key in ``names``."""

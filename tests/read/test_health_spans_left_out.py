@@ -133,8 +133,10 @@ async def test_health_spans_alone_make_nothing_stale_and_leave_redis_alone(
 
 
 # Run in a process of its own: nothing may have imported redis before the daemon.
+# It says which cached entries exist (redis-cli) and whether redis is loaded:
+# after health spans alone, then after an agent's span.
 DAEMON = """
-import asyncio, sys
+import asyncio, subprocess, sys
 from pathlib import Path
 import asyncpg
 from sidecar.app import App
@@ -156,6 +158,11 @@ async def until_stored(schema, agent, n):
         while await count(schema, agent) < n:
             await asyncio.sleep(0.05)  # polling interval of a condition wait
 
+def say(what, prefix):
+    keys = subprocess.run(["redis-cli", "-p", "6379", "--scan", "--pattern", prefix + "*"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    print(what, "redis" in sys.modules, *sorted(k[len(prefix):] for k in keys), flush=True)
+
 async def main(schema, prefix, redis_url, tmp):
     spool = Path(tmp) / "spool"
     spool.mkdir()
@@ -165,14 +172,14 @@ async def main(schema, prefix, redis_url, tmp):
         "spool": {"dir": str(spool), "state_dir": str(Path(tmp) / "state")},
         "batch": {"max_wait_ms": 50}, "http": {"enabled": False},
         "health": {"enabled": True, "interval_s": 0.2}})
-    print("start", "redis" in sys.modules, flush=True)
+    say("start", prefix)
     app, stop = App(settings), asyncio.Event()
     task = asyncio.create_task(app.run(stop))
     await until_stored(schema, "span-sidecar", 3)
-    print("health", "redis" in sys.modules, flush=True)
+    say("health", prefix)
     write_spans(spool / "web-h-1-0.jsonl", [span(0, agent_name="web")])
     await until_stored(schema, "web", 1)
-    print("agent", "redis" in sys.modules, flush=True)
+    say("agent", prefix)
     stop.set()
     await task
 
@@ -180,17 +187,26 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
-def test_the_daemon_storing_its_health_spans_alone_never_loads_redis(
+async def test_the_daemon_invalidates_what_its_spans_make_stale_without_loading_redis(
         tmp_path: Path, pg_schema: str, redis_prefix: str) -> None:
-    """The running daemon (real sink, real hook) stores health spans without
-    loading the redis package; the first agent's span loads it to invalidate."""
-    out = subprocess.run([sys.executable, "-c", DAEMON, pg_schema, redis_prefix, REDIS_URL,
-                          str(tmp_path)], capture_output=True, text=True, cwd=REPO,
-                         timeout=90, env=dict(os.environ))
-    assert out.returncode == 0, out.stderr[-3000:]
-    said = [row for row in out.stdout.splitlines()
+    """The running daemon (real sink, real hook, real Redis) stores health spans
+    without a Redis round trip (every entry stays), and an agent's span deletes
+    that agent's and the all-agents entries (not another agent's), without ever
+    loading the redis package (the DEL is ``read/resp.py``'s)."""
+    redis = Redis.from_url(REDIS_URL)
+    for agent in ("*", "web", "other"):
+        await redis.set(f"{redis_prefix}obs_metrics:1h:{agent}", b"{}", px=60_000)
+    await redis.aclose()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", DAEMON, pg_schema, redis_prefix, REDIS_URL, str(tmp_path),
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    said = [row for row in out.decode().splitlines()
             if row.startswith(("start ", "health ", "agent "))]
-    assert said == ["start False", "health False", "agent True"], out.stdout[-3000:]
+    every = "obs_metrics:1h:* obs_metrics:1h:other obs_metrics:1h:web"
+    assert said == [f"start False {every}", f"health False {every}",
+                    "agent False obs_metrics:1h:other"], out.decode()[-3000:]
 
 
 def test_stats_command_leaves_health_spans_out_unless_asked_and_is_quiet(
