@@ -408,15 +408,15 @@ def test_an_item_that_fails_half_way_leaves_none_of_its_record(
     from sidecar.sinks import opik_payloads
 
     batch = [span(parent_span_id=None) for _ in range(3)]
-    real = opik_payloads.derived_trace_write
+    real = opik_payloads.span_write
 
-    def write(root: Record, *args: object) -> object:
-        payload = real(root, *args)  # type: ignore[arg-type]
+    def writes(root: Record, *args: object) -> object:
+        payloads = real(root, *args)  # type: ignore[arg-type]
         if root is batch[1]:
-            payload.tags = ["ok", object()]  # type: ignore[list-item]  # raises mid-item
-        return payload
+            payloads[1].tags = ["ok", object()]  # type: ignore[list-item]  # raises mid-item
+        return payloads
 
-    monkeypatch.setattr(opik_payloads, "derived_trace_write", write)
+    monkeypatch.setattr(opik_payloads, "span_write", writes)
     work = plan(batch, "p", 1000, 8 << 20)
     assert list(work.rejects) == [1] and "TypeError" in work.rejects[1]
     assert [(g.endpoint, g.indices) for g in work.groups] == [("spans", [0, 2]),

@@ -196,8 +196,21 @@ def _error_info(info: ErrorInfo | None) -> ErrorInfoWrite | None:
 _TAIL = bytearray()  # _merged's scratch buffer (plans run on one thread)
 
 
-def _merged(value: Raw | None, extra: MetadataExtra) -> Raw | None:
-    """A raw JSON object with ``extra``'s keys added, without decoding it.
+def _opened(value: Raw | None) -> bytes | None:
+    """A raw JSON object's text up to its last value (no closing brace, no
+    blank after the value), or None when there is no object or it is empty."""
+    if value is None:
+        return None
+    body = bytes(value)
+    if len(body) > 2 and body[-2] > 0x20:  # not {}, no blank before the }
+        return body[:-1]
+    body = body[:-1].rstrip()
+    return None if len(body) <= 1 else body
+
+
+def _merged(value: Raw | None, extra: MetadataExtra, opened: bytes | None = None) -> Raw | None:
+    """A raw JSON object with ``extra``'s keys added, without decoding it
+    (``opened``: ``_opened(value)``, when the caller has it already).
 
     The keys are appended, so where the object has one of them too, ours
     comes last, which is the one a JSON reader keeps.
@@ -206,16 +219,12 @@ def _merged(value: Raw | None, extra: MetadataExtra) -> Raw | None:
     _ENCODER.encode_into(extra, tail)
     if len(tail) == 2:  # {}
         return value
-    if value is None:
+    if opened is None and value is not None:
+        opened = _opened(value)
+    if opened is None:  # no object, or an empty one
         return Raw(bytes(tail))
-    body = bytes(value)
-    if len(body) > 2 and body[-2] > 0x20:  # not {}, no blank before the }
-        tail[0] = 0x2C  # the tail's { becomes the comma after the object's last value
-        return Raw(b"".join((body[:-1], tail)))
-    body = body[:-1].rstrip()
-    if len(body) <= 1:  # an empty object
-        return Raw(bytes(tail))
-    return Raw(b"".join((body, b",", memoryview(tail)[1:])))
+    tail[0] = 0x2C  # the tail's { becomes the comma after the object's last value
+    return Raw(b"".join((opened, tail)))
 
 
 def _tags(tags: list[str] | None) -> list[str] | None:
@@ -232,27 +241,47 @@ def _events(span: SpanRecord) -> list[EventWrite] | None:
             for e in span.events]
 
 
-def span_write(span: SpanRecord, default_project: str, ids: IdMap) -> SpanWrite:
-    """A ``SpanWrite``: agent fields and original ids go into metadata."""
+def span_write(span: SpanRecord, default_project: str, ids: IdMap,
+               derive: bool) -> tuple[SpanWrite, TraceWrite | None]:
+    """A ``SpanWrite`` (agent fields and original ids go into metadata) and,
+    when ``derive``, the trace derived from it (see the module docstring).
+
+    One function for both, as they share most of their values: the trace
+    id's mapping, the times, tags, events and error_info, and the metadata
+    object opened once for both merges (~0.6 us a root span).
+    """
     span_id, original_id = ids[span.id]
     trace_id, original_trace_id = ids[span.trace_id]
     parent: UUID | None = None
     original_parent: UUID | None = None
     if span.parent_span_id is not None:
         parent, original_parent = ids[span.parent_span_id]
-    extra = MetadataExtra(span.agent_name, span.agent_tier, _events(span), original_id,
+    events = None if span.events is None else _events(span)
+    start, end, version = span.start_time, span.end_time, span.last_updated_at
+    start = start if start.tzinfo is UTC else start.astimezone(UTC)
+    if end is not None and end.tzinfo is not UTC:
+        end = end.astimezone(UTC)
+    if version is None:
+        version = start if end is None else end
+    elif version.tzinfo is not UTC:
+        version = version.astimezone(UTC)
+    project, tags, info = span.project_name or default_project, _tags(span.tags), span.error_info
+    info_write = None if info is None else _error_info(info)
+    metadata = span.metadata
+    opened = None if metadata is None else _opened(metadata)
+    extra = MetadataExtra(span.agent_name, span.agent_tier, events, original_id,
                           original_trace_id, original_parent)
-    start, end = span.start_time, span.end_time
-    version = span.last_updated_at or end or start
-    info = span.error_info
-    return SpanWrite(
-        span_id, trace_id, span.project_name or default_project, span.name, span.type,
-        start if start.tzinfo is UTC else start.astimezone(UTC),
-        version if version.tzinfo is UTC else version.astimezone(UTC),
-        parent, end if end is None or end.tzinfo is UTC else end.astimezone(UTC),
-        span.input, span.output, _merged(span.metadata, extra), span.model, span.provider,
-        _tags(span.tags), span.usage, span.total_estimated_cost,
-        None if info is None else _error_info(info),
+    write = SpanWrite(
+        span_id, trace_id, project, span.name, span.type, start, version, parent, end,
+        span.input, span.output, _merged(metadata, extra, opened), span.model, span.provider,
+        tags, span.usage, span.total_estimated_cost, info_write,
+    )
+    if not derive:
+        return write, None
+    extra = MetadataExtra(span.agent_name, span.agent_tier, events, original_trace_id)
+    return write, TraceWrite(
+        trace_id, project, span.name, start, start, end, span.input, span.output,
+        _merged(metadata, extra, opened), tags, info_write,
     )
 
 
@@ -265,21 +294,6 @@ def trace_write(trace: TraceRecord, default_project: str, ids: IdMap) -> TraceWr
         _at(version), _opt_at(trace.end_time), trace.input, trace.output,
         _merged(trace.metadata, MetadataExtra(original_id=original_id)),
         _tags(trace.tags), _error_info(trace.error_info), trace.thread_id,
-    )
-
-
-def derived_trace_write(root: SpanRecord, default_project: str, ids: IdMap) -> TraceWrite:
-    """A ``TraceWrite`` derived from a root span (see the module docstring)."""
-    trace_id, original_id = ids[root.trace_id]
-    extra = MetadataExtra(root.agent_name, root.agent_tier, _events(root), original_id)
-    start, end = root.start_time, root.end_time
-    start = start if start.tzinfo is UTC else start.astimezone(UTC)
-    info = root.error_info
-    return TraceWrite(
-        trace_id, root.project_name or default_project, root.name, start, start,
-        end if end is None or end.tzinfo is UTC else end.astimezone(UTC),
-        root.input, root.output, _merged(root.metadata, extra), _tags(root.tags),
-        None if info is None else _error_info(info),
     )
 
 
@@ -357,10 +371,10 @@ def _payloads(record: Record, project: str, explicit: set[UUID],
               ids: IdMap) -> list[tuple[Endpoint, Payload]]:
     """A record's items: a span's, and its derived trace's when it has one."""
     if isinstance(record, SpanRecord):
-        items: list[tuple[Endpoint, Payload]] = [("spans", span_write(record, project, ids))]
-        if record.parent_span_id is None and (not explicit or record.trace_id not in explicit):
-            items.append(("traces", derived_trace_write(record, project, ids)))
-        return items
+        derive = record.parent_span_id is None and (
+            not explicit or record.trace_id not in explicit)
+        span, trace = span_write(record, project, ids, derive)
+        return [("spans", span)] if trace is None else [("spans", span), ("traces", trace)]
     if isinstance(record, TraceRecord):
         return [("traces", trace_write(record, project, ids))]
     if not isinstance(record, FeedbackRecord):
@@ -428,17 +442,15 @@ def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_by
         try:
             encoded: list[tuple[Endpoint, bytes]]
             if type(record) is SpanRecord:
-                encode_into(span_write(record, project, ids), scratch)
+                span, trace = span_write(record, project, ids, record.parent_span_id is None
+                                          and (not explicit or record.trace_id not in explicit))
+                encode_into(span, scratch)
                 scratch.append(0x2C)  # ","
-                item = bytes(scratch)
-                derived = None
-                if record.parent_span_id is None and (
-                        not explicit or record.trace_id not in explicit):
-                    encode_into(derived_trace_write(record, project, ids), scratch)
+                encoded = [("spans", bytes(scratch))]
+                if trace is not None:
+                    encode_into(trace, scratch)
                     scratch.append(0x2C)
-                    derived = bytes(scratch)
-                encoded = [("spans", item)] if derived is None else [("spans", item),
-                                                                     ("traces", derived)]
+                    encoded.append(("traces", bytes(scratch)))
             else:
                 encoded = []
                 for endpoint, payload in _payloads(record, project, explicit, ids):
