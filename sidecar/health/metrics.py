@@ -9,28 +9,19 @@ collector rather than prometheus-client ``Histogram`` objects, whose lock and
 bookkeeping cost ~10x more per observation (the sidecar is single-threaded:
 observations and scrapes both run on the event loop). Nothing is registered in prometheus-client's
 global registry, so several instances (tests, one per app) never collide.
+
+This module only holds the sources and the histograms; the collectors and
+prometheus-client are loaded at the first scrape (``health/exposition.py``):
+a sidecar nobody scrapes keeps them (~1 MB) out of its memory.
 """
 
 from __future__ import annotations
 
-import platform
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
-from itertools import accumulate
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.registry import Collector
-
-from sidecar import __version__
-from sidecar.health.monitor import STATUSES
-from sidecar.health.resource_metrics import ResourceCollector
 from sidecar.snapshots import (
     BreakerState,
     CacheStats,
@@ -42,7 +33,11 @@ from sidecar.snapshots import (
 from sidecar.spool.faults import FaultStats
 from sidecar.spool.quarantine import QuarantineStats
 
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+# prometheus-client's CONTENT_TYPE_PLAIN_0_0_4 (checked by a test).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "span_sidecar_"
 BREAKER_STATES: tuple[BreakerState, ...] = ("closed", "open", "half_open")
 # From a cache hit (sub-millisecond) to a slow Opik request (tens of seconds).
@@ -51,162 +46,13 @@ DURATION_BUCKETS = (
     60.0,
 )
 
-# (metric name without prefix, help, value) for the per-sink numbers.
-_SINK_COUNTERS: tuple[tuple[str, str, Callable[[SinkStats], float]], ...] = (
-    ("records_read", "Parsed records handed to the sink's batches.",
-     lambda s: s.records_read),
-    ("records_shipped", "Records acknowledged by the sink.", lambda s: s.records_shipped),
-    ("records_quarantined", "Records quarantined (parse or sink rejects).",
-     lambda s: s.records_quarantined),
-    ("batches_shipped", "Batches acknowledged by the sink.", lambda s: s.batches_shipped),
-    # Back-pressure is counted apart, so that an alert on failures does not
-    # fire on rate limiting.
-    ("send_failures", "Send attempts that failed (429 back-pressure excluded).",
-     lambda s: max(0, s.attempts_failed - s.rate_limited_total)),
-    ("send_backpressure", "Send attempts answered with back-pressure (HTTP 429, or the "
-     "client-side rate limit).", lambda s: s.rate_limited_total),
-)
-_SINK_GAUGES: tuple[tuple[str, str, Callable[[SinkStats], float]], ...] = (
-    ("lag_bytes", "Spool bytes not yet acknowledged by the sink.", lambda s: s.lag_bytes),
-    ("lag_records", "Records read but not yet acknowledged by the sink.",
-     lambda s: s.lag_records),
-    ("lag_seconds", "Age of the oldest unacknowledged data (0 when current).",
-     lambda s: s.lag_seconds),
-)
-
-
-class SnapshotCollector(Collector):
-    """Turns the snapshots returned by the callables into metric families."""
-
-    def __init__(
-        self,
-        sinks: Callable[[], Sequence[SinkStats]],
-        spool: Callable[[], SpoolStats],
-        status: Callable[[], str],
-    ) -> None:
-        self._sinks = sinks
-        self._spool = spool
-        self._status = status
-
-    def describe(self) -> Iterable[Metric]:
-        # Registration must not call the snapshot callables (the components
-        # may not exist yet); names are unique by construction.
-        return ()
-
-    def collect(self) -> Iterable[Metric]:
-        sinks = self._sinks()
-        yield from _sink_families(sinks)
-        yield from _breaker_families(sinks)
-        spool = self._spool()
-        yield _gauge("spool_files", "Spool files being tracked.", spool.files)
-        yield _gauge("spool_bytes", "Bytes in the spool files being tracked.", spool.bytes)
-        health = GaugeMetricFamily(
-            PREFIX + "health_status", "1 for the current health status.", labels=["status"]
-        )
-        current = self._status()
-        for status in STATUSES:
-            health.add_metric([status], 1.0 if status == current else 0.0)
-        yield health
-        yield _build_info()
-
-
-def _build_info() -> GaugeMetricFamily:
-    info = GaugeMetricFamily(PREFIX + "build_info", "Always 1; the labels say what runs.",
-                             labels=["version", "python"])
-    info.add_metric([__version__, platform.python_version()], 1.0)
-    return info
-
-
-def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(PREFIX + name, help_text, value=value)
-
-
-def _sink_families(sinks: Sequence[SinkStats]) -> Iterable[Metric]:
-    for name, help_text, value in _SINK_COUNTERS:
-        counter = CounterMetricFamily(PREFIX + name, help_text, labels=["sink"])
-        for stats in sinks:
-            counter.add_metric([stats.sink], value(stats))
-        yield counter
-    for name, help_text, value in _SINK_GAUGES:
-        gauge = GaugeMetricFamily(PREFIX + name, help_text, labels=["sink"])
-        for stats in sinks:
-            gauge.add_metric([stats.sink], value(stats))
-        yield gauge
-    # Absent while the sink is current: 0 would read as 1970, and
-    # ``time() - metric`` as a lag of 56 years.
-    oldest = GaugeMetricFamily(
-        PREFIX + "oldest_unshipped_timestamp_seconds",
-        "Unix time the oldest byte not yet acknowledged by the sink was first seen "
-        "(absent when the sink is current).", labels=["sink"])
-    for stats in sinks:
-        if stats.oldest_unacked is not None:
-            oldest.add_metric([stats.sink], stats.oldest_unacked)
-    yield oldest
-
-
-def _breaker_families(sinks: Sequence[SinkStats]) -> Iterable[Metric]:
-    state = GaugeMetricFamily(
-        PREFIX + "breaker_state", "1 for the breaker's current state.", labels=["sink", "state"]
-    )
-    opened = CounterMetricFamily(
-        PREFIX + "breaker_opened", "Times the sink's breaker opened.", labels=["sink"]
-    )
-    for stats in sinks:
-        for name in BREAKER_STATES:
-            state.add_metric([stats.sink, name], 1.0 if stats.breaker.state == name else 0.0)
-        opened.add_metric([stats.sink], stats.breaker.opened_total)
-    yield state
-    yield opened
-
-
-class PolicyCollector(Collector):
-    """Sampling, redaction, truncation and spool-quota figures from snapshots.
-
-    Labels are bounded: agents (50 + "other", see the pipeline), pattern names
-    from code and config, the five field names, one drop reason.
-    """
-
-    def __init__(self, sinks: Callable[[], Sequence[SinkStats]],
-                 policies: Callable[[], PolicyStats], quota: Callable[[], QuotaStats]) -> None:
-        self._sinks, self._policies, self._quota = sinks, policies, quota
-
-    def describe(self) -> Iterable[Metric]:
-        return ()
-
-    def collect(self) -> Iterable[Metric]:
-        sampled = CounterMetricFamily(
-            PREFIX + "records_sampled_out", "Records dropped by sampling (acknowledged).",
-            labels=["sink", "agent"])
-        for stats in self._sinks():
-            for agent, n in stats.sampled_out_by_agent:
-                sampled.add_metric([stats.sink, agent], n)
-        yield sampled
-        policies = self._policies()
-        yield _labelled("redactions", "Values masked by redaction, per pattern.", "pattern",
-                        policies.redactions)
-        yield _labelled("fields_truncated", "Fields cut to spans.max_field_bytes.", "field",
-                        policies.truncated)
-        quota = self._quota()
-        yield _labelled("records_dropped", "Records deleted unshipped from the spool.",
-                        "reason", (("spool_full", quota.dropped_records),))
-        if quota.max_bytes is not None:
-            yield _gauge("spool_quota_bytes", "spool.max_bytes.", quota.max_bytes)
-
-
-def _labelled(name: str, help_text: str, label: str,
-              values: Iterable[tuple[str, int]]) -> CounterMetricFamily:
-    family = CounterMetricFamily(PREFIX + name, help_text, labels=[label])
-    for value, n in values:
-        family.add_metric([value], n)
-    return family
-
 
 class DurationHistograms:
     """Cumulative duration histograms per op, exported as one metric family."""
 
     def __init__(self, bounds: Sequence[float] = DURATION_BUCKETS) -> None:
         self._bounds = tuple(bounds)
-        self._labels = [repr(float(b)) for b in self._bounds] + ["+Inf"]
+        self.labels = [repr(float(b)) for b in self._bounds] + ["+Inf"]
         # per (op, sink): one count per bucket, +Inf last
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._sums: dict[tuple[str, str], float] = {}
@@ -216,63 +62,31 @@ class DurationHistograms:
         key = (op, sink)
         counts = self._counts.get(key)
         if counts is None:
-            counts = self._counts[key] = [0] * len(self._labels)
+            counts = self._counts[key] = [0] * len(self.labels)
             self._sums[key] = 0.0
         seconds = seconds if seconds > 0.0 else 0.0
         counts[bisect_left(self._bounds, seconds)] += 1
         self._sums[key] += seconds
 
-    def family(self) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(
-            PREFIX + "operation_duration_seconds",
-            "Duration of the sidecar's own operations (sink empty for the sidecar's own).",
-            labels=["op", "sink"],
-        )
+    def series(self) -> Iterator[tuple[tuple[str, str], list[int], float]]:
+        """Per (op, sink): the count of each bucket (not cumulative) and the sum."""
         for key, counts in self._counts.items():
-            buckets = list(zip(self._labels, accumulate(counts), strict=True))
-            family.add_metric(list(key), buckets, sum_value=self._sums[key])
-        return family
+            yield key, counts, self._sums[key]
 
 
-class _HistogramCollector(Collector):
-    def __init__(self, histograms: DurationHistograms) -> None:
-        self._histograms = histograms
+@dataclass(slots=True)
+class Sources:
+    """What ``/metrics`` reads at scrape time."""
 
-    def describe(self) -> Iterable[Metric]:
-        return ()
-
-    def collect(self) -> Iterable[Metric]:
-        yield self._histograms.family()
-
-
-class CacheCollector(Collector):
-    """The statistics cache's counters and its Redis breaker state."""
-
-    def __init__(self, stats: Callable[[], CacheStats]) -> None:
-        self._stats = stats
-
-    def describe(self) -> Iterable[Metric]:
-        return ()
-
-    def collect(self) -> Iterable[Metric]:
-        s = self._stats()
-        requests = CounterMetricFamily(
-            PREFIX + "cache_requests", "Statistics requests by how the cache answered them "
-            "(fallback: from memory while Redis failed).", labels=["backend", "result"])
-        for result, value in (("hit", s.hits), ("miss", s.misses), ("fallback", s.fallbacks)):
-            requests.add_metric([s.backend, result], value)
-        yield requests
-        yield CounterMetricFamily(PREFIX + "cache_errors", "Failed Redis calls of the cache.",
-                                  value=s.errors)
-        yield CounterMetricFamily(PREFIX + "cache_invalidations",
-                                  "Stored batches that invalidated cached statistics.",
-                                  value=s.invalidations)
-        state = GaugeMetricFamily(PREFIX + "cache_redis_breaker_state",
-                                  "1 for the state of the cache's Redis breaker.",
-                                  labels=["state"])
-        for name in BREAKER_STATES:
-            state.add_metric([name], 1.0 if s.redis == name else 0.0)
-        yield state
+    durations: DurationHistograms
+    sinks: Callable[[], Sequence[SinkStats]]
+    spool: Callable[[], SpoolStats]
+    status: Callable[[], str]
+    policies: Callable[[], PolicyStats]
+    quota: Callable[[], QuotaStats]
+    resources: tuple[Callable[[], FaultStats],
+                     Callable[[], Sequence[QuarantineStats]]] | None = None
+    cache: Callable[[], CacheStats] | None = None
 
 
 class Metrics:
@@ -290,28 +104,28 @@ class Metrics:
         policies: Callable[[], PolicyStats] = PolicyStats,
         quota: Callable[[], QuotaStats] = lambda: QuotaStats(None, 0, "keep"),
     ) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
         self.durations = DurationHistograms()
         # The bound method is the DurationRecorder's observe: one call, no wrapper.
         self.observe: Callable[[str, float, str], None] = self.durations.observe
-        self.registry.register(_HistogramCollector(self.durations))
-        self.registry.register(SnapshotCollector(sinks, spool, status))
-        self.registry.register(PolicyCollector(sinks, policies, quota))
-        # process_open_fds, process_max_fds, process_cpu_seconds_total,
-        # process_resident_memory_bytes, ... (each sink holds at most a few
-        # spool files open; the rest is sockets, the quarantine, inotify).
-        ProcessCollector(registry=self.registry)
+        self._sources = Sources(self.durations, sinks, spool, status, policies, quota)
+        self._registry: CollectorRegistry | None = None  # built at the first render
 
     def add_resources(self, faults: Callable[[], FaultStats],
                       quarantines: Callable[[], Sequence[QuarantineStats]]) -> None:
         """Export resource faults and the quarantine cap (``span_sidecar_resource_*``,
         ``span_sidecar_quarantine_*``)."""
-        self.registry.register(ResourceCollector(faults, quarantines))
+        self._sources.resources = (faults, quarantines)
+        self._registry = None
 
     def add_cache(self, stats: Callable[[], CacheStats]) -> None:
         """Export the statistics cache's counters (``span_sidecar_cache_*``)."""
-        self.registry.register(CacheCollector(stats))
+        self._sources.cache = stats
+        self._registry = None
 
     def render(self) -> bytes:
         """The exposition text (``CONTENT_TYPE``); calls the snapshot callables."""
-        return generate_latest(self.registry)
+        from sidecar.health import exposition
+
+        if self._registry is None:
+            self._registry = exposition.build_registry(self._sources)
+        return exposition.render(self._registry)

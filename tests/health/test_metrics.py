@@ -132,3 +132,39 @@ def test_resource_faults_and_the_quarantine_cap_are_exported() -> None:
     assert active == {"spool": 0, "quarantine": 1, "state": 0}
     assert got[("span_sidecar_quarantine_dropped_total", (("sink", "postgres"),))] == 7
     assert got[("span_sidecar_quarantine_held", (("sink", "postgres"),))] == 2
+
+
+def test_the_content_type_is_prometheus_clients() -> None:
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+    from sidecar.health.metrics import CONTENT_TYPE
+
+    assert CONTENT_TYPE == CONTENT_TYPE_PLAIN_0_0_4
+
+
+LAZY = """
+import sys
+from sidecar.app import App
+from sidecar.health.http import HttpServer
+from sidecar.health.metrics import Metrics
+from sidecar.snapshots import SpoolStats
+m = Metrics(sinks=list, spool=lambda: SpoolStats(0, 0), status=lambda: "healthy")
+m.observe("batch_flush", 0.01, "postgres")
+print("prometheus_client" in sys.modules)
+assert b'span_sidecar_operation_duration_seconds_count{op="batch_flush"' in m.render()
+print("prometheus_client" in sys.modules)
+"""
+
+
+def test_prometheus_client_is_loaded_by_the_first_scrape_not_before() -> None:
+    """A sidecar nobody scrapes keeps prometheus-client (~1 MB) out of its memory;
+    the histograms record all along."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    out = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]
