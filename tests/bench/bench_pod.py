@@ -19,7 +19,9 @@ process appending spans as agents write them (``tests/bench/agent_spans.py``
 through the client's ``SpoolWriter``) at that rate; after ``--settle``
 seconds, the window: the daemon's utime+stime (``/proc/<pid>/stat``, every
 thread) over the window's wall time is its share of a core, VmRSS sampled
-every second (median) and VmHWM at the end. Medians of ``--runs`` rounds,
+every second (median) and VmHWM at the end. ``--scrape-every S`` scrapes
+``/metrics`` every S seconds from before the settle on, as Prometheus would
+(a sidecar nobody scrapes does not load prometheus-client at all). Medians of ``--runs`` rounds,
 with min and max. With several ``--tree`` checkouts (e.g. an old one from
 ``git archive``), each round runs every tree in turn, alternating.
 
@@ -160,9 +162,17 @@ def wait_for(pred: Any, what: str, timeout: float = 120, step: float = 0.05) -> 
     return time.perf_counter()
 
 
+def scrape() -> None:
+    """``GET /metrics`` once, as Prometheus does."""
+    with urllib.request.urlopen(f"http://{HTTP_LISTEN}/metrics", timeout=5) as r:
+        r.read()
+
+
 def cost(root: Path, emu: OpikEmulator, python: str, tree: Path, rate: float,
-         window: float, settle: float, name: str) -> dict[str, float]:
-    """One daemon's CPU share and RSS over ``window`` s at ``rate`` spans/s."""
+         window: float, settle: float, name: str, scrape_every: float = 0.0,
+         ) -> dict[str, float]:
+    """One daemon's CPU share and RSS over ``window`` s at ``rate`` spans/s
+    (``scrape_every`` > 0: ``/metrics`` scraped that often, from before the settle)."""
     emu.reset()
     d = Daemon(root, emu, python, tree, name)
     writer: subprocess.Popen[bytes] | None = None
@@ -175,6 +185,10 @@ def cost(root: Path, emu: OpikEmulator, python: str, tree: Path, rate: float,
         if rate > 0:
             writer = subprocess.Popen([sys.executable, __file__, "--writer", str(d.spool),
                                        str(rate)])
+        scraped = -float("inf")
+        if scrape_every > 0:
+            scrape()
+            scraped = time.perf_counter()
         time.sleep(settle)
         d.alive()
         cpu0, _, _ = proc_sample(d.pid)
@@ -183,6 +197,9 @@ def cost(root: Path, emu: OpikEmulator, python: str, tree: Path, rate: float,
         while time.perf_counter() - t0 < window:
             time.sleep(min(1.0, window - (time.perf_counter() - t0)))
             rss.append(proc_sample(d.pid)[1])
+            if scrape_every > 0 and time.perf_counter() - scraped >= scrape_every:
+                scrape()
+                scraped = time.perf_counter()
         cpu1, _, hwm = proc_sample(d.pid)
         wall = time.perf_counter() - t0
         d.alive()
@@ -266,6 +283,8 @@ def main() -> None:
     ap.add_argument("--rates", default="0,100,1000", help="spans/s; 0 is idle")
     ap.add_argument("--startup-runs", type=int, default=5)
     ap.add_argument("--top", type=int, default=15, help="packages listed by import time")
+    ap.add_argument("--scrape-every", type=float, default=0.0,
+                    help="seconds between two GET /metrics, as Prometheus scrapes (0: never)")
     ap.add_argument("--python", default=DAEMON_PYTHON)
     ap.add_argument("--tree", action="append", type=Path, default=None,
                     help="a checkout to run (repeatable; default: this one)")
@@ -290,11 +309,12 @@ def main() -> None:
             for rate in rates:
                 for t in trees:
                     res = cost(root, emu, args.python, t, rate, args.window, args.settle,
-                               f"cost-{r}-{rate:g}-{trees.index(t)}")
+                               f"cost-{r}-{rate:g}-{trees.index(t)}", args.scrape_every)
                     raw[str(t)].setdefault(f"{rate:g}/s", []).append(res)
                     print(json.dumps({"tree": str(t), "rate": rate, **res}), flush=True)
     load["end"] = os.getloadavg()
     results: dict[str, Any] = {"window_s": args.window, "runs": args.runs,
+                               "scrape_every_s": args.scrape_every,
                                "python": args.python, "loadavg": load, "imports": imports,
                                "medians": {}}
     for name, by_kind in raw.items():
