@@ -14,7 +14,8 @@ Run on demand (not part of the test suite):
 4. idle RSS of the daemon with both sinks enabled.
 
 Each throughput run also reports the daemon's CPU a span (utime + stime from
-/proc when the last sink holds every span, start-up included).
+/proc when the last sink holds every span, start-up included) and its minor
+page faults a span (fresh pages of large blocks, each ~1.7 us of kernel time).
 
 To compare code, ``--rounds R --tree A --tree B`` runs only the throughput
 part (emulator capacity, Postgres alone, Opik alone, both), R alternating
@@ -158,10 +159,19 @@ def throughput(root: Path, emu: OpikEmulator, n: int,
     wait(finished, proc=run.proc)
     assert run.proc is not None
     cpu, _, hwm = proc_sample(run.proc.pid)
+    faults = minor_faults(run.proc.pid)
     run.stop()
     names = {"opik": "opik_spans_per_s", "postgres": "postgres_rows_per_s"}
     return {**{names[sink]: n / (t - t0) for sink, t in done.items()},
-            "cpu_us_per_span": cpu / n * 1e6, "peak_rss_mb": hwm / 2**20}
+            "cpu_us_per_span": cpu / n * 1e6, "peak_rss_mb": hwm / 2**20,
+            "minor_faults_per_span": faults / n}
+
+
+def minor_faults(pid: int) -> int:
+    """The process's minor page faults so far: each fresh page of a large
+    block (glibc maps every block of 256 KiB or more anew, see
+    sidecar/daemon.py) costs one, about 1.7 us of kernel time here."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def rounds(root: Path, emu: OpikEmulator, n: int, trees: list[Path],
@@ -182,9 +192,11 @@ def rounds(root: Path, emu: OpikEmulator, n: int, trees: list[Path],
                    "postgres_alone_cpu_us": pg["cpu_us_per_span"],
                    "opik_alone_spans_per_s": opik["opik_spans_per_s"],
                    "opik_alone_cpu_us": opik["cpu_us_per_span"],
+                   "opik_alone_minor_faults": opik["minor_faults_per_span"],
                    "both_opik_spans_per_s": both["opik_spans_per_s"],
                    "both_postgres_rows_per_s": both["postgres_rows_per_s"],
                    "both_cpu_us": both["cpu_us_per_span"],
+                   "both_minor_faults": both["minor_faults_per_span"],
                    "both_peak_rss_mb": both["peak_rss_mb"],
                    "postgres_vs_alone": both["postgres_rows_per_s"] / pg["postgres_rows_per_s"],
                    "opik_vs_capacity": both["opik_spans_per_s"] / capacity[-1]}
