@@ -367,13 +367,16 @@ class Plan:
         return sum(len(g.records) for g in self.groups)
 
 
+def _derives_trace(span: SpanRecord, explicit: set[UUID]) -> bool:
+    """A root span stands for its trace unless the batch writes that trace itself."""
+    return span.parent_span_id is None and (not explicit or span.trace_id not in explicit)
+
+
 def _payloads(record: Record, project: str, explicit: set[UUID],
               ids: IdMap) -> list[tuple[Endpoint, Payload]]:
     """A record's items: a span's, and its derived trace's when it has one."""
     if isinstance(record, SpanRecord):
-        derive = record.parent_span_id is None and (
-            not explicit or record.trace_id not in explicit)
-        span, trace = span_write(record, project, ids, derive)
+        span, trace = span_write(record, project, ids, _derives_trace(record, explicit))
         return [("spans", span)] if trace is None else [("spans", span), ("traces", trace)]
     if isinstance(record, TraceRecord):
         return [("traces", trace_write(record, project, ids))]
@@ -442,8 +445,7 @@ def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_by
         try:
             encoded: list[tuple[Endpoint, bytes]]
             if type(record) is SpanRecord:
-                span, trace = span_write(record, project, ids, record.parent_span_id is None
-                                          and (not explicit or record.trace_id not in explicit))
+                span, trace = span_write(record, project, ids, _derives_trace(record, explicit))
                 encode_into(span, scratch)
                 scratch.append(0x2C)  # ","
                 encoded = [("spans", bytes(scratch))]
@@ -469,10 +471,7 @@ def plan_in_slices(batch: Sequence[Record], project: str, max_items: int, max_by
                 group = None
             if group is None:
                 group = open_groups[endpoint] = Group(endpoint)
-            group.records.append(record)
-            group.indices.append(index)
-            group.items.append(item)
-            group.size += len(item)
+            group.add(record, index, item)
     done.extend(open_groups.values())
     yield Plan([g for g in done if g.records], rejects)
 
