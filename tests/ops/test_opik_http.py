@@ -107,12 +107,20 @@ def test_the_default_trusts_the_system_store_not_certifi(
         private_ca: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """OpenSSL's default paths honour SSL_CERT_FILE: a CA the host trusts is trusted."""
     monkeypatch.setenv("SSL_CERT_FILE", str(private_ca / "ca.pem"))
-    context = tls_verify(OpikSettings())
+    context = tls_verify(OpikSettings(url="https://opik.example/api"))
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     names = [dict(x[0] for x in c["subject"]).get("commonName") for c in context.get_ca_certs()]
     assert "span-sidecar test CA" in names
-    assert tls_verify(OpikSettings(verify_tls=False)) is False
+    assert tls_verify(OpikSettings(url="https://opik.example/api", verify_tls=False)) is False
+
+
+@pytest.mark.parametrize("url", ["http://localhost:5173/api", "HTTP://opik.internal:8080/api"])
+def test_a_plain_http_url_loads_no_trust_store(url: str, private_ca: Path) -> None:
+    """No connection of an http:// client uses TLS: the system store (~2.4 MB,
+    ~32 ms to load) is not loaded, and a CA bundle is not read either."""
+    assert tls_verify(OpikSettings(url=url)) is False
+    assert tls_verify(OpikSettings(url=url, ca_bundle=private_ca / "ca.pem")) is False
 
 
 async def test_the_system_store_reaches_the_sink(
