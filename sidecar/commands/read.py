@@ -94,4 +94,9 @@ def render_retention(result: RetentionResult) -> str:
     lines += [f"  {verb} {rows} rows from {name}" for name, rows in expiry.deleted]
     total = "would remove" if expiry.dry_run else "removed"
     lines.append(f"  {total} {expiry.rows} spans in all")
+    if expiry.pending_updates:
+        before = ("the cutoff" if expiry.pending_cutoff in (None, expiry.cutoff)
+                  else f"{expiry.pending_cutoff:%Y-%m-%d %H:%M:%S} UTC (partial days are kept)")
+        lines.append(f"  {verb} {expiry.pending_updates} pending span updates "
+                     f"received before {before}")
     return "\n".join(lines)

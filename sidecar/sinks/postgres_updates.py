@@ -10,7 +10,8 @@ after the batch's COPY, in one transaction:
    ``duration_ms``, ``error_info`` the ``status``);
 2. an update whose row is not stored yet (the Opik SDK sends ``span.end()``
    before the batch holding the create) waits in
-   ``span_sidecar_pending_updates`` (migration 0006), never as a row of its own;
+   ``span_sidecar_pending_updates`` (migration 0006), never as a row of its own
+   (one whose span never arrives is removed by retention past ``ttl_days``);
 3. pending updates of the spans this batch stored are applied and deleted.
 
 A re-delivery repeats the same statements to the same values (idempotent);
@@ -43,8 +44,9 @@ import orjson
 
 from sidecar.records import SpanUpdateRecord, utc_iso
 from sidecar.sinks.updates import changes
+from sidecar.store.partitions import PENDING_UPDATES
 
-PENDING = "span_sidecar_pending_updates"
+PENDING = PENDING_UPDATES  # retention expires what waits too long (store/partitions.py)
 # While the pending table seems empty, how long that is trusted before it is
 # looked at again (another sidecar of the fleet may have written to it).
 PENDING_RECHECK_S = 5.0

@@ -8,6 +8,7 @@ deletes) and deletes the older rows of the default partition and of the day
 the cutoff falls in, in batches, one short transaction each. A caller that
 holds the fleet's retention lease (``store/lease.py``) passes ``renew``,
 called before each step: nothing here spans more than one step's transaction.
+Pending span updates past the same TTL go too (``expire_pending_updates``).
 
 DDL cannot take bind parameters: partition names and bounds are formatted
 from ``date`` values computed here, never from input.
@@ -30,6 +31,10 @@ from sidecar.store.table import TABLE
 log = structlog.get_logger("sidecar.partitions")
 
 DEFAULT_PARTITION = f"{TABLE}_default"
+# Span updates waiting for their span's row (migration 0006). Named here, in
+# store/, because retention expires it too; the sink that fills and drains it
+# (sinks/postgres_updates.py) imports the name, as sinks/ imports store/.
+PENDING_UPDATES = "span_sidecar_pending_updates"
 _DAY_NAME = re.compile(rf"^{TABLE}_p(\d{{8}})$")
 # DDL on the parent waits for in-flight COPYs; past this it gives up until the
 # next run rather than queue every writer behind it.
@@ -63,6 +68,8 @@ class Expiry:
     dropped: tuple[tuple[str, int], ...] = ()  # (partition, rows) dropped whole
     deleted: tuple[tuple[str, int], ...] = ()  # (partition, rows) deleted in batches
     dry_run: bool = False
+    pending_updates: int = 0  # pending span updates removed (not counted in ``rows``)
+    pending_cutoff: datetime | None = None  # they were received before this
 
     @property
     def rows(self) -> int:
@@ -202,6 +209,47 @@ async def _delete_before(conn: asyncpg.Connection, table: str, cutoff: datetime,
         status = await conn.execute(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
             f"SELECT ctid FROM {table} WHERE start_time < $1 LIMIT $2))", cutoff, batch_rows)
+        n = int(status.split()[-1])
+        total += n
+        if n < batch_rows:
+            return total
+
+
+def pending_updates_cutoff(cutoff: datetime, trim_partial_day: bool = True) -> datetime:
+    """Pending updates received before this are expired with spans started before ``cutoff``.
+
+    Without ``trim_partial_day`` the day the cutoff falls in is kept whole, so
+    a span may still arrive into it: its updates are kept until that day goes.
+    """
+    return cutoff if trim_partial_day else day_start(cutoff.date())
+
+
+async def expire_pending_updates(conn: asyncpg.Connection, schema: str, before: datetime,
+                                 batch_rows: int, dry_run: bool,
+                                 renew: Renew = _nothing) -> int:
+    """Remove (or with ``dry_run`` count) the pending span updates received before
+    ``before``; ``renew`` is awaited before each batch. Returns how many.
+
+    An update is written after its span started, so the span one received
+    before the TTL's cutoff waits for started before it too: were that span
+    stored, the TTL would remove it. Such an update can never show anywhere,
+    and without this the table would keep the updates of every span that
+    never arrives (its create quarantined, its agent dead) forever.
+    A schema migrated before 0006 has no such table: nothing to remove.
+    """
+    table = f"{quote_ident(schema)}.{PENDING_UPDATES}"
+    if await conn.fetchval("SELECT to_regclass($1)", table) is None:
+        return 0
+    if dry_run:
+        return int(await conn.fetchval(
+            f"SELECT count(*) FROM {table} WHERE received_at < $1", before))
+    total = 0
+    while True:
+        await renew()
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE seq = ANY(ARRAY("
+            f"SELECT seq FROM {table} WHERE received_at < $1 ORDER BY seq LIMIT $2))",
+            before, batch_rows)
         n = int(status.split()[-1])
         total += n
         if n < batch_rows:

@@ -1,4 +1,5 @@
-"""Retention: day partitions kept ahead, and spans older than ``retention.ttl_days`` removed.
+"""Retention: day partitions kept ahead, and spans older than ``retention.ttl_days`` removed,
+with the pending span updates received before the same cutoff (their spans would be too).
 
 One sidecar of a fleet applies the TTL at a time: the pass holds the
 ``retention`` lease (``store/lease.py``: a row, taken, renewed before each
@@ -13,8 +14,9 @@ The running daemon calls ``Retention.run`` every ``retention.interval_s``.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import asyncpg
 import structlog
@@ -22,7 +24,14 @@ import structlog
 from sidecar.clock import Clock
 from sidecar.config.settings import PostgresSettings, RetentionSettings
 from sidecar.store.lease import Lease
-from sidecar.store.partitions import Expiry, ensure_partitions, expire, is_partitioned
+from sidecar.store.partitions import (
+    Expiry,
+    ensure_partitions,
+    expire,
+    expire_pending_updates,
+    is_partitioned,
+    pending_updates_cutoff,
+)
 from sidecar.store.pool import LazyPool
 from sidecar.store.rollups import expire_rollups, rollup_cutoffs
 
@@ -78,16 +87,22 @@ class Retention:
                      reason="another sidecar is applying retention")
             return RetentionResult(created, None, locked_out=True)
         try:
+            renew = partial(self.lease.renew, conn)
             expiry = await expire(conn, self.schema, cutoff, self.settings.delete_batch_rows,
-                                  dry_run, self.settings.trim_partial_day,
-                                  renew=lambda: self.lease.renew(conn))
+                                  dry_run, self.settings.trim_partial_day, renew=renew)
+            before = pending_updates_cutoff(cutoff, self.settings.trim_partial_day)
+            pending = await expire_pending_updates(conn, self.schema, before,
+                                                   self.settings.delete_batch_rows, dry_run,
+                                                   renew=renew)
+            expiry = replace(expiry, pending_updates=pending, pending_cutoff=before)
             if not dry_run:  # rollups outlive the raw rows (store/rollups.py)
                 await expire_rollups(conn, self.schema, *rollup_cutoffs(self.settings, self.now()))
         finally:
             await self.lease.release(conn)
         if not dry_run:
             log.info("retention.run.completed", schema=self.schema, cutoff=cutoff.isoformat(),
-                     partitions_dropped=len(expiry.dropped), rows_removed=expiry.rows)
+                     partitions_dropped=len(expiry.dropped), rows_removed=expiry.rows,
+                     pending_updates_removed=expiry.pending_updates)
         return RetentionResult(created, expiry)
 
     async def run(self, stop: asyncio.Event) -> None:

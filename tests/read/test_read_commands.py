@@ -173,12 +173,46 @@ def test_retention_dry_run_then_for_real(tmp_path: Path, pg_schema: str,
     out = cli.readouterr().out
     assert "would delete 40 rows from ml_observability_spans_default" in out
     assert "would remove 40 spans in all" in out
+    assert "pending span updates" not in out  # none waiting: no line
+    asyncio.run(pending_updates(pg_schema, datetime.now(UTC) - timedelta(days=9), 3))
+    asyncio.run(pending_updates(pg_schema, datetime.now(UTC), 1))
+    assert main(["retention", "--dry-run", "--config", str(cfg)], cli) == 0
+    out = cli.readouterr().out
+    assert "  would delete 3 pending span updates received before the cutoff" in out
     assert main(["retention", "--config", str(cfg)], cli) == 0
     out = cli.readouterr().out
     assert "removed 40 spans in all" in out and "created partition" in out
+    assert "  deleted 3 pending span updates received before the cutoff" in out
     unset = config(tmp_path, pg_schema, "")
     assert main(["retention", "--config", str(unset)], cli) == 0
     assert "retention.ttl_days is not set" in cli.readouterr().out
+
+
+def test_retention_output_says_when_pending_updates_of_a_kept_day_stay() -> None:
+    """Without trim_partial_day the updates of the cutoff's day are kept: the line says
+    from when on."""
+    from sidecar.commands.read import render_retention
+    from sidecar.store.partitions import Expiry
+    from sidecar.store.retention import RetentionResult
+
+    cutoff = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    day = datetime(2026, 11, 28, tzinfo=UTC)
+    out = render_retention(RetentionResult((), Expiry(cutoff, pending_updates=2,
+                                                      pending_cutoff=day)))
+    assert out.splitlines()[-1] == ("  deleted 2 pending span updates received before "
+                                    "2026-11-28 00:00:00 UTC (partial days are kept)")
+
+
+async def pending_updates(schema: str, received_at: datetime, n: int) -> None:
+    """``n`` span updates waiting for spans never stored, received at ``received_at``."""
+    conn = await connect(schema)
+    try:
+        await conn.execute(
+            f'INSERT INTO "{schema}".span_sidecar_pending_updates (span_id, payload, received_at) '
+            """SELECT gen_random_uuid(), '{"name": "late"}', $1 FROM generate_series(1, $2)""",
+            received_at, n)
+    finally:
+        await conn.close()
 
 
 async def until(probe: Callable[[], Awaitable[int]], want: int, deadline_s: float = 30) -> None:

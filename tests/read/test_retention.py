@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
+from structlog.testing import capture_logs
 
 from sidecar.clock import FakeClock
 from sidecar.store.lease import Lease
@@ -235,4 +236,114 @@ async def test_a_lease_left_by_a_dead_sidecar_is_taken_once_it_expires(pg_schema
         assert not done.locked_out and done.expiry is not None and done.expiry.rows == 5
     finally:
         await pool.close()
+        await conn.close()
+
+
+# -- pending span updates past the TTL ---------------------------------------
+
+PENDING = "span_sidecar_pending_updates"
+
+
+async def pend(conn: asyncpg.Connection, schema: str, received_at: datetime, n: int = 1) -> None:
+    """``n`` pending updates for spans never stored, received at ``received_at``."""
+    await conn.execute(
+        f"INSERT INTO {quote_ident(schema)}.{PENDING} (span_id, payload, received_at) "
+        """SELECT gen_random_uuid(), '{"name": "late"}', $1 FROM generate_series(1, $2)""",
+        received_at, n)
+
+
+async def pending_times(conn: asyncpg.Connection, schema: str) -> list[datetime]:
+    return [r[0] for r in await conn.fetch(
+        f"SELECT received_at FROM {quote_ident(schema)}.{PENDING} ORDER BY received_at")]
+
+
+async def test_pending_updates_received_before_the_cutoff_go_with_the_pass(
+        pg_schema: str) -> None:
+    """A pending update received before the TTL's cutoff is removed by a pass (its span
+    would be); one received after stays; a dry run only counts; no TTL keeps all."""
+    conn = await connect(pg_schema)
+    ret, pool = retention_for(pg_schema, NOON)
+    cutoff = NOON - timedelta(days=3)
+    old, new = cutoff - timedelta(hours=1), cutoff + timedelta(hours=1)
+    try:
+        await pend(conn, pg_schema, old)
+        await pend(conn, pg_schema, new)
+        keep = make_settings(pg_schema, retention={"ttl_days": None})
+        kept = Retention(keep.retention, keep.postgres, FakeClock(wall=NOON.timestamp()), pool)
+        assert (await kept.apply()).expiry is None
+        assert await pending_times(conn, pg_schema) == [old, new]
+        dry = await ret.apply(dry_run=True)
+        assert dry.expiry is not None and dry.expiry.pending_updates == 1
+        assert await pending_times(conn, pg_schema) == [old, new]  # a dry run removes nothing
+        with capture_logs() as logs:
+            done = await ret.apply()
+        assert done.expiry is not None and done.expiry.pending_updates == 1
+        assert done.expiry.pending_cutoff == cutoff and done.expiry.rows == 0
+        assert await pending_times(conn, pg_schema) == [new]
+        [completed] = [e for e in logs if e["event"] == "retention.run.completed"]
+        assert completed["pending_updates_removed"] == 1
+    finally:
+        await pool.close()
+        await conn.close()
+
+
+async def test_pending_updates_of_a_day_kept_whole_are_kept_with_it(pg_schema: str) -> None:
+    """Without trim_partial_day the cutoff's day is kept whole, so its span may still
+    arrive: updates received that day are kept; those of earlier days go."""
+    conn = await connect(pg_schema)
+    ret, pool = retention_for(pg_schema, NOON, trim_partial_day=False)
+    cutoff = NOON - timedelta(days=3)
+    day = datetime.combine(cutoff.date(), datetime.min.time(), UTC)
+    try:
+        await pend(conn, pg_schema, day - timedelta(minutes=1))
+        await pend(conn, pg_schema, cutoff - timedelta(hours=1))
+        done = await ret.apply()
+        assert done.expiry is not None and done.expiry.pending_updates == 1
+        assert done.expiry.pending_cutoff == day
+        assert await pending_times(conn, pg_schema) == [cutoff - timedelta(hours=1)]
+    finally:
+        await pool.close()
+        await conn.close()
+
+
+async def test_pending_updates_go_in_batches_renewing_the_lease(pg_schema: str) -> None:
+    """More than delete_batch_rows old pending updates: every one goes, a batch at a
+    time, the lease renewed before each."""
+    from sidecar.store.partitions import expire_pending_updates
+
+    conn = await connect(pg_schema)
+    ret, pool = retention_for(pg_schema, NOON)  # delete_batch_rows=100
+    old = NOON - timedelta(days=4)
+    try:
+        await pend(conn, pg_schema, old, 250)
+        await pend(conn, pg_schema, NOON)
+        done = await ret.apply()
+        assert done.expiry is not None and done.expiry.pending_updates == 250
+        assert await pending_times(conn, pg_schema) == [NOON]
+        await pend(conn, pg_schema, old, 250)
+        renewed = 0
+
+        async def renew() -> None:
+            nonlocal renewed
+            renewed += 1
+
+        assert await expire_pending_updates(conn, pg_schema, NOON - timedelta(days=3), 100,
+                                            dry_run=False, renew=renew) == 250
+        assert renewed == 3  # 100, 100, 50
+        assert await pending_times(conn, pg_schema) == [NOON]
+    finally:
+        await pool.close()
+        await conn.close()
+
+
+async def test_a_schema_without_the_pending_table_expires_no_updates(pg_schema: str) -> None:
+    """A schema migrated before 0006 has no pending table: nothing to remove, no error."""
+    from sidecar.store.partitions import expire_pending_updates
+
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await migrate_to_0_1(conn, pg_schema)
+        for dry_run in (True, False):
+            assert await expire_pending_updates(conn, pg_schema, NOON, 100, dry_run) == 0
+    finally:
         await conn.close()
