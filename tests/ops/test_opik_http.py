@@ -117,8 +117,8 @@ def test_the_default_trusts_the_system_store_not_certifi(
 
 @pytest.mark.parametrize("url", ["http://localhost:5173/api", "HTTP://opik.internal:8080/api"])
 def test_a_plain_http_url_loads_no_trust_store(url: str, private_ca: Path) -> None:
-    """No connection of an http:// client uses TLS: the system store (~2.4 MB,
-    ~32 ms to load) is not loaded, and a CA bundle is not read either."""
+    """No connection of an http:// client uses TLS: the system store (~0.8 MB
+    and ~35 ms in the daemon) is not loaded, and a CA bundle is not read either."""
     assert tls_verify(OpikSettings(url=url)) is False
     assert tls_verify(OpikSettings(url=url, ca_bundle=private_ca / "ca.pem")) is False
 
