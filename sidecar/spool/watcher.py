@@ -1,7 +1,10 @@
 """Wake-ups for the readers: inotify plus a periodic rescan.
 
 The rescan is the safety net for missed events and the only source in
-``poll`` mode (network volumes, where inotify sees nothing).
+``poll`` mode (network volumes, where inotify sees nothing). A watch that
+is lost (the directory removed or renamed: replaced by an operator, a
+volume mounted again) or refused (the watch limit) is tried again every
+``RETRY_WATCH_S``, so the rescan stands in for a second, not for good.
 
 On Linux the spool directory's inotify descriptor is read by the event loop
 itself (``loop.add_reader``): an idle sidecar has no thread and no timer
@@ -35,6 +38,7 @@ from sidecar.config.settings import SpoolSettings
 log = structlog.get_logger("sidecar.spool")
 
 THROTTLE_S = 0.25  # the longest wait between two wake-ups while writes go on
+RETRY_WATCH_S = 1.0  # a lost or refused watch is tried again this often
 
 
 class Inotify:
@@ -81,6 +85,7 @@ class SpoolWatcher:
         self.throttle_s = throttle_s
         self._subscribers: list[asyncio.Event] = []
         self.wakeups = 0  # how many times the readers were woken
+        self.watches = 0  # how many times an inotify watch was set up
 
     def subscribe(self) -> asyncio.Event:
         event = asyncio.Event()
@@ -106,25 +111,49 @@ class SpoolWatcher:
         await every(self.clock, interval, stop, self.notify)
 
     async def _inotify(self, stop: asyncio.Event) -> None:
-        self.settings.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            inotify = Inotify(self.settings.dir)
-        except OSError as exc:
-            if exc.errno != errno.ENOSYS:
-                # Inotify can fail (watch limits): the periodic rescan still runs.
-                log.warning("spool.watch.failed", error=str(exc)[:200], fallback="rescan")
-                return
-            await self._watchfiles(stop)
-            return
-        try:
-            await self._events(inotify, stop)
-        except OSError as exc:  # reading the descriptor failed: the rescan goes on alone
-            log.warning("spool.watch.failed", error=str(exc)[:200], fallback="rescan")
-        finally:
-            inotify.close()
+        """Watch the directory; set the watch up again whenever it is lost.
 
-    async def _events(self, inotify: Inotify, stop: asyncio.Event) -> None:
-        """Wake the readers at the first event, then at most every ``throttle_s``.
+        A watch is lost when the directory is removed or renamed (replaced by
+        an operator, a volume mounted again) or its descriptor fails; without
+        a watch only the periodic rescan wakes the readers, every
+        ``rescan_interval_s`` (5 s by default, five times a batch's wait).
+        So every ``RETRY_WATCH_S`` the watch is tried again on the
+        directory's path, and the first failure alone is logged
+        (``spool.watch.failed``), then ``spool.watch.restored``.
+        """
+        self.settings.dir.mkdir(parents=True, exist_ok=True)
+        failing = False
+        while True:
+            try:
+                inotify = Inotify(self.settings.dir)
+            except OSError as exc:
+                if exc.errno == errno.ENOSYS:
+                    await self._watchfiles(stop)
+                    return
+                # Inotify can fail (watch limits, the directory gone): the rescan still runs.
+                if not failing:
+                    log.warning("spool.watch.failed", error=str(exc)[:200], fallback="rescan")
+                failing = True
+            else:
+                self.watches += 1
+                if failing:
+                    log.info("spool.watch.restored", dir=str(self.settings.dir))
+                    self.notify()  # what was written meanwhile
+                failing = False
+                try:
+                    if not await self._events(inotify, stop):
+                        return
+                except OSError as exc:  # reading the descriptor failed
+                    log.warning("spool.watch.failed", error=str(exc)[:200], fallback="rescan")
+                finally:
+                    inotify.close()
+                failing = True
+            if await self.clock.wait(stop, RETRY_WATCH_S):
+                return
+
+    async def _events(self, inotify: Inotify, stop: asyncio.Event) -> bool:
+        """Wake the readers at the first event, then at most every ``throttle_s``;
+        False at the stop, True when the watch was lost.
 
         The descriptor is level-triggered: it is left unwatched during the
         throttle (what comes meanwhile waits in the kernel's queue), or the
@@ -139,18 +168,18 @@ class SpoolWatcher:
                 readable.clear()
                 loop.remove_reader(inotify.fd)
                 if stop.is_set():
-                    return
+                    return False
                 mask = inotify.read()
                 if not mask:
                     continue
                 self.notify()
-                if mask & inotify.lost:  # the directory went away: the rescan goes on alone
+                if mask & inotify.lost:  # the directory went away: watched again when back
                     log.warning("spool.watch.failed", error="the spool directory's watch "
                                 "was removed", fallback="rescan")
-                    return
+                    return True
                 # What comes meanwhile is one wake-up, after this wait.
                 if await self.clock.wait(stop, self.throttle_s):
-                    return
+                    return False
         finally:
             waker.cancel()
             loop.remove_reader(inotify.fd)

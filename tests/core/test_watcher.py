@@ -174,3 +174,56 @@ async def test_a_failing_read_of_the_descriptor_leaves_the_rescan(
         for _ in range(2):  # the rescan ticks on after the failure
             await _pass(clock, 5)
             await _woken(woken)
+
+
+async def test_a_replaced_directory_is_watched_again(tmp_path: Path) -> None:
+    """The directory renamed away and made anew (an operator, a volume
+    mounted again): the watch is lost, set up again on the new directory
+    within ``RETRY_WATCH_S``, and writes there wake the readers at once,
+    not at the next rescan (an hour away here)."""
+    from sidecar.spool.watcher import RETRY_WATCH_S
+
+    clock = FakeClock()
+    async with _watching(_settings(tmp_path), clock) as (watcher, woken):
+        spool = watcher.settings.dir
+        assert watcher.watches == 1
+        spool.rename(tmp_path / "spool.old")
+        spool.mkdir()
+        await _woken(woken)  # the old directory's watch said it went
+        await _pass(clock, RETRY_WATCH_S)
+        async with asyncio.timeout(5):
+            while watcher.watches < 2:
+                await yield_to_loop()
+        await _woken(woken)  # set up again: what was written meanwhile is looked at
+        _append(spool / "a.jsonl")
+        await _woken(woken)
+        assert watcher.wakeups == 3
+
+
+async def test_a_watch_refused_at_start_is_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused watch (the watch limit reached) is tried again every
+    ``RETRY_WATCH_S``; once it is set up, writes wake the readers at once."""
+    import errno
+
+    from sidecar.spool import watcher as module
+
+    real, refusals = module.Inotify, list[Path]()
+
+    def refuse_once(path: Path) -> module.Inotify:
+        if not refusals:
+            refusals.append(path)
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+        return real(path)
+
+    monkeypatch.setattr(module, "Inotify", refuse_once)
+    clock = FakeClock()
+    async with _watching(_settings(tmp_path), clock) as (watcher, woken):
+        assert watcher.watches == 0
+        await _pass(clock, module.RETRY_WATCH_S)
+        async with asyncio.timeout(5):
+            while watcher.watches < 1:
+                await yield_to_loop()
+        await _woken(woken)
+        _append(watcher.settings.dir / "a.jsonl")
+        await _woken(woken)

@@ -285,3 +285,30 @@ def test_a_nul_in_a_streamed_batch_is_stored_as_the_replacement_character(
     assert b'"sink.stream.fell_back"' in d.log.read_bytes()  # the path under test
     d.signal(signal.SIGTERM)
     assert d.wait(15) == 0
+
+
+def test_a_replaced_spool_directory_ships_within_a_second(sidecar_env: SidecarEnv) -> None:
+    """The spool directory renamed away and made anew under the running daemon
+    (an operator, a volume mounted again): its watch is set up again, so a
+    span written there is a row within about a second, not at the next
+    rescan (a minute away here); the file of the old directory, its rows
+    stored, is not sent twice."""
+    sidecar_env.configure(spool={"rescan_interval_s": 60})
+    d = sidecar_env.daemon().wait_started()
+    spool = sidecar_env.spool
+    write_spans(spool / "agent-h-1-0.jsonl", [span(1)])
+    wait_until(lambda: sidecar_env.rows() == 1, 10, "the first row")
+    spool.rename(spool.with_name("spool.old"))
+    spool.mkdir()
+    log = d.log
+
+    def restored() -> bool:
+        return b'"spool.watch.restored"' in log.read_bytes()
+
+    wait_until(restored, 10, "the watch set up again on the new directory")
+    write_spans(spool / "agent-h-1-0.jsonl", [span(2)])
+    # 10 s: without the watch, only the next rescan, 60 s away, would see it
+    wait_until(lambda: sidecar_env.rows() == 2, 10, "the row written in the new directory")
+    assert _distinct_and_total(sidecar_env) == (2, 2)
+    d.signal(signal.SIGTERM)
+    assert d.wait(15) == 0
