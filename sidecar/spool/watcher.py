@@ -111,15 +111,17 @@ class SpoolWatcher:
         await every(self.clock, interval, stop, self.notify)
 
     async def _inotify(self, stop: asyncio.Event) -> None:
-        """Watch the directory; set the watch up again whenever it is lost.
+        """Watch the directory; set the watch up again when it is lost.
 
         A watch is lost when the directory is removed or renamed (replaced by
-        an operator, a volume mounted again) or its descriptor fails; without
-        a watch only the periodic rescan wakes the readers, every
-        ``rescan_interval_s`` (5 s by default, five times a batch's wait).
-        So every ``RETRY_WATCH_S`` the watch is tried again on the
-        directory's path, and the first failure alone is logged
-        (``spool.watch.failed``), then ``spool.watch.restored``.
+        an operator, a volume mounted again), and refused when inotify's
+        limits are reached; without a watch only the periodic rescan wakes
+        the readers, every ``rescan_interval_s`` (5 s by default, five times
+        a batch's wait). So the watch is tried again on the directory's path
+        every ``RETRY_WATCH_S``: the first failure is logged
+        (``spool.watch.failed``), then ``spool.watch.restored``. A descriptor
+        that fails to read (an I/O error) is not tried again: the rescan
+        goes on alone, as a retry would only fail and log every second.
         """
         self.settings.dir.mkdir(parents=True, exist_ok=True)
         failing = False
@@ -130,7 +132,6 @@ class SpoolWatcher:
                 if exc.errno == errno.ENOSYS:
                     await self._watchfiles(stop)
                     return
-                # Inotify can fail (watch limits, the directory gone): the rescan still runs.
                 if not failing:
                     log.warning("spool.watch.failed", error=str(exc)[:200], fallback="rescan")
                 failing = True
@@ -138,16 +139,16 @@ class SpoolWatcher:
                 self.watches += 1
                 if failing:
                     log.info("spool.watch.restored", dir=str(self.settings.dir))
-                    self.notify()  # what was written meanwhile
-                failing = False
+                    self.notify()  # what was written while nothing watched
                 try:
                     if not await self._events(inotify, stop):
                         return
                 except OSError as exc:  # reading the descriptor failed
                     log.warning("spool.watch.failed", error=str(exc)[:200], fallback="rescan")
+                    return
                 finally:
                     inotify.close()
-                failing = True
+                failing = True  # lost: _events said so
             if await self.clock.wait(stop, RETRY_WATCH_S):
                 return
 
