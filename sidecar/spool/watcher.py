@@ -20,7 +20,10 @@ at 100 spans/s written one by one that was ~70 wake-ups a second, most of
 the daemon's CPU). The first line written after a quiet spell is read at
 once; the next ones wait at most ``throttle_s``, a fraction of
 ``batch.max_wait_ms`` (the app passes a quarter of it, at most 0.25 s), so a
-span still reaches its sink within about a batch's wait.
+span still reaches its sink within about a batch's wait. And none at all
+while every reader still holds its last wake-up: a reader with a batch
+pending sleeps until the batch is due, then takes it (clears its event)
+and rescans, so a wake-up before then would change nothing.
 """
 
 from __future__ import annotations
@@ -77,6 +80,19 @@ class Inotify:
         self._inotify.close()
 
 
+class Subscription(asyncio.Event):
+    """A reader's "the spool changed" event; clearing it (the reader took the
+    change and rescans) tells the watcher that a wake-up counts again."""
+
+    def __init__(self, taken: asyncio.Event) -> None:
+        super().__init__()
+        self._taken = taken
+
+    def clear(self) -> None:
+        super().clear()
+        self._taken.set()
+
+
 class SpoolWatcher:
     def __init__(self, settings: SpoolSettings, clock: Clock,
                  throttle_s: float = THROTTLE_S) -> None:
@@ -84,13 +100,18 @@ class SpoolWatcher:
         self.clock = clock
         self.throttle_s = throttle_s
         self._subscribers: list[asyncio.Event] = []
+        self._taken = asyncio.Event()  # a subscriber cleared its event
         self.wakeups = 0  # how many times the readers were woken
         self.watches = 0  # how many times an inotify watch was set up
 
     def subscribe(self) -> asyncio.Event:
-        event = asyncio.Event()
+        event = Subscription(self._taken)
         self._subscribers.append(event)
         return event
+
+    def _untaken(self) -> bool:
+        """Every reader still holds its last wake-up: another changes nothing."""
+        return bool(self._subscribers) and all(e.is_set() for e in self._subscribers)
 
     def notify(self) -> None:
         self.wakeups += 1
@@ -162,8 +183,19 @@ class SpoolWatcher:
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
         waker = asyncio.ensure_future(_set_when(stop, readable))
+        taker = asyncio.ensure_future(_set_when(stop, self._taken))
         try:
             while True:
+                # While every reader still holds its last wake-up (each waits
+                # for its pending batch's deadline, then rescans), another
+                # would change nothing: the kernel queues the events until a
+                # reader takes its wake-up (~3 wake-ups a second fewer at a
+                # steady trickle of writes).
+                while self._untaken():
+                    self._taken.clear()
+                    await self._taken.wait()
+                    if stop.is_set():
+                        return False
                 loop.add_reader(inotify.fd, readable.set)
                 await readable.wait()
                 readable.clear()
@@ -183,6 +215,7 @@ class SpoolWatcher:
                     return False
         finally:
             waker.cancel()
+            taker.cancel()
             loop.remove_reader(inotify.fd)
 
     async def _watchfiles(self, stop: asyncio.Event) -> None:

@@ -227,3 +227,26 @@ async def test_a_watch_refused_at_start_is_tried_again(
         await _woken(woken)
         _append(watcher.settings.dir / "a.jsonl")
         await _woken(woken)
+
+
+async def test_no_wakeup_while_every_reader_still_holds_the_last_one(tmp_path: Path) -> None:
+    """A reader waiting for its batch's deadline keeps its event set: further
+    wake-ups would change nothing, so the watcher waits until a reader takes
+    its wake-up, then wakes at once for what was written meanwhile."""
+    clock = FakeClock()
+    async with _watching(_settings(tmp_path), clock) as (watcher, woken):
+        path = watcher.settings.dir / "a.jsonl"
+        _append(path)
+        async with asyncio.timeout(5):
+            await woken.wait()  # held: not cleared
+        assert watcher.wakeups == 1
+        for _ in range(20):
+            _append(path)
+        await _pass(clock, 0.25)
+        for _ in range(50):
+            await yield_to_loop()
+        assert watcher.wakeups == 1  # the writes wait in the kernel's queue
+        assert clock.sleepers == 1  # only the rescan's timer: no throttle ticking
+        woken.clear()  # the reader takes it (and rescans)
+        await _woken(woken)  # what was written meanwhile
+        assert watcher.wakeups == 2
