@@ -11,10 +11,9 @@ from collections.abc import Callable, Iterable, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidecar.health.metrics import PREFIX
 from sidecar.spool.faults import RESOURCES, FaultStats
 from sidecar.spool.quarantine import QuarantineStats
-
-PREFIX = "span_sidecar_"
 
 
 class ResourceCollector(Collector):

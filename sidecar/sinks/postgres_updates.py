@@ -44,9 +44,8 @@ import orjson
 
 from sidecar.records import SpanUpdateRecord, utc_iso
 from sidecar.sinks.updates import changes
-from sidecar.store.partitions import PENDING_UPDATES
+from sidecar.store.partitions import PENDING_UPDATES  # retention expires them there too
 
-PENDING = PENDING_UPDATES  # retention expires what waits too long (store/partitions.py)
 # While the pending table seems empty, how long that is trusted before it is
 # looked at again (another sidecar of the fleet may have written to it).
 PENDING_RECHECK_S = 5.0
@@ -100,7 +99,7 @@ class SpanUpdates:
 
     def __init__(self, schema: str, table: str,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._pending = f"{schema}.{PENDING}"
+        self._pending = f"{schema}.{PENDING_UPDATES}"
         self._table = table
         cols = ", ".join(f"{c} {t}" for c, t in _TYPES.items())
         sets = ", ".join(f"{c} = COALESCE(u.{c}, t.{c})" for c in _KEPT)

@@ -202,14 +202,20 @@ async def _count_before(conn: asyncpg.Connection, table: str, cutoff: datetime) 
 
 async def _delete_before(conn: asyncpg.Connection, table: str, cutoff: datetime,
                          batch_rows: int, renew: Renew) -> int:
-    """Delete in batches of ``batch_rows``, each its own short transaction."""
+    return await _delete_in_batches(
+        conn, f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+        f"SELECT ctid FROM {table} WHERE start_time < $1 LIMIT $2))", cutoff, batch_rows, renew)
+
+
+async def _delete_in_batches(conn: asyncpg.Connection, statement: str, cutoff: datetime,
+                             batch_rows: int, renew: Renew) -> int:
+    """Run ``statement`` (a DELETE of at most $2 rows older than $1) until it
+    deletes fewer than ``batch_rows``: each batch its own short transaction,
+    ``renew`` awaited before each. Returns how many rows went."""
     total = 0
     while True:
         await renew()
-        status = await conn.execute(
-            f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-            f"SELECT ctid FROM {table} WHERE start_time < $1 LIMIT $2))", cutoff, batch_rows)
-        n = int(status.split()[-1])
+        n = int((await conn.execute(statement, cutoff, batch_rows)).split()[-1])
         total += n
         if n < batch_rows:
             return total
@@ -243,14 +249,7 @@ async def expire_pending_updates(conn: asyncpg.Connection, schema: str, before: 
     if dry_run:
         return int(await conn.fetchval(
             f"SELECT count(*) FROM {table} WHERE received_at < $1", before))
-    total = 0
-    while True:
-        await renew()
-        status = await conn.execute(
-            f"DELETE FROM {table} WHERE seq = ANY(ARRAY("
-            f"SELECT seq FROM {table} WHERE received_at < $1 ORDER BY seq LIMIT $2))",
-            before, batch_rows)
-        n = int(status.split()[-1])
-        total += n
-        if n < batch_rows:
-            return total
+    return await _delete_in_batches(
+        conn, f"DELETE FROM {table} WHERE seq = ANY(ARRAY("
+        f"SELECT seq FROM {table} WHERE received_at < $1 ORDER BY seq LIMIT $2))",
+        before, batch_rows, renew)
