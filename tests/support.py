@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 PG_DSN = os.environ.get("SIDECAR_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
@@ -146,6 +148,23 @@ class Daemon:
                 except orjson.JSONDecodeError:
                     continue
         return out
+
+    def http_port(self, timeout: float = 30.0) -> int:
+        """The port its HTTP server bound (``listen: 127.0.0.1:0``)."""
+        wait_until(lambda: bool(self.events("http.server.started")) or not self.alive,
+                   timeout, "the HTTP server")
+        assert self.alive, self.log.read_text()[-3000:]
+        return int(self.events("http.server.started")[0]["port"])
+
+
+Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Metrics:
+    """``/metrics``, each sample keyed by its name and sorted labels."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 class SidecarEnv:

@@ -22,7 +22,7 @@ import pytest
 from sidecar.exit_codes import EXIT_DRAIN_INCOMPLETE
 from tests.e2e.test_two_sinks import opik_ids, two_sinks
 from tests.opik_emulator import OpikEmulator
-from tests.support import Daemon, SidecarEnv, span, span_ids, wait_until, write_spans
+from tests.support import Daemon, SidecarEnv, scrape, span, span_ids, wait_until, write_spans
 from tests.tcp_proxy import TcpProxy
 
 
@@ -120,10 +120,17 @@ def test_a_drain_cut_short_by_its_timeout_exits_non_zero_and_says_what_it_left(
     EXIT_DRAIN_INCOMPLETE and logs drained: false with Postgres's files and bytes."""
     with TcpProxy("127.0.0.1", 5432) as proxy:
         sidecar_env.configure(postgres={"dsn": f"postgresql://postgres@127.0.0.1:{proxy.port}/test"},
-                              shutdown={"drain_timeout_s": 1})
+                              shutdown={"drain_timeout_s": 1},
+                              http={"enabled": True, "listen": "127.0.0.1:0"})
         d = sidecar_env.daemon().wait_started()
-        first = write_spans(sidecar_env.spool / "agent-h-1-0.jsonl", [span(0)])
-        wait_until(lambda: sidecar_env.rows() == len(first), 15, "a first span stored")
+        port = d.http_port()
+        write_spans(sidecar_env.spool / "agent-h-1-0.jsonl", [span(0)])
+        # Acknowledged by the daemon, not only visible in the table: the commit's
+        # answer could still be in the proxy when it freezes, and the first file
+        # would then rightly be reported as left.
+        wait_until(lambda: scrape(port).get(("span_sidecar_records_shipped_total",
+                                             (("sink", "postgres"),))) == 1,
+                   15, "a first span acknowledged")
         proxy.freeze()
         _, done = last_spans(sidecar_env, 100, first=1)
         d.signal(signal.SIGTERM)

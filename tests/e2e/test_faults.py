@@ -18,9 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Daemon, SidecarEnv, span, span_ids, wait_until, write_spans
+from tests.support import Daemon, SidecarEnv, scrape, span, span_ids, wait_until, write_spans
 
 FILE_LIMIT = 18
 SPOOL_FILES = 150
@@ -48,18 +47,6 @@ class LimitedDaemon(Daemon):
         return self
 
 
-def _port(d: Daemon) -> int:
-    wait_until(lambda: bool(d.events("http.server.started")) or not d.alive, 30, "HTTP")
-    assert d.alive, d.log.read_text()[-3000:]
-    return int(d.events("http.server.started")[0]["port"])
-
-
-def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-
 def _healthz(port: int) -> int:
     return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code
 
@@ -78,12 +65,12 @@ def test_the_file_limit_reached_is_waited_out_and_every_span_is_delivered(
     d = LimitedDaemon(env.config, env.tmp / "daemon-limited.log", nofile=FILE_LIMIT)
     env.daemons.append(d)
     d.start()
-    port = _port(d)
+    port = d.http_port()
     wait_until(lambda: env.rows() >= len(ids) or not d.alive, 90, "every span delivered")
     assert d.alive, d.log.read_text()[-3000:]
     assert _healthz(port) == 200
     assert sorted(span_ids(env.schema)) == sorted(ids)
-    assert _metrics(port)[("process_open_fds", ())] < FILE_LIMIT
+    assert scrape(port)[("process_open_fds", ())] < FILE_LIMIT
     # More arrive while it runs: still delivered.
     more = write_spans(env.spool / "late-1-0.jsonl", [span(5000 + j) for j in range(50)])
     wait_until(lambda: env.rows() >= len(ids) + len(more), 60, "the late spans")
@@ -131,7 +118,7 @@ def test_a_full_state_directory_is_waited_out_and_nothing_is_lost(
     env.configure(http={"enabled": True, "listen": "127.0.0.1:0"},
                   health={"evaluate_interval_s": 0.2})
     d = env.daemon()
-    port = _port(d)
+    port = d.http_port()
     wait_until(lambda: (env.state / "quarantine" / "postgres.jsonl").exists(), 20, "quarantine")
     filler = _fill(env.state)
     good: list[str] = []
@@ -146,7 +133,7 @@ def test_a_full_state_directory_is_waited_out_and_nothing_is_lost(
         good += write_spans(path, [span(n * 100 + 50 + j) for j in range(30)])
 
     def degraded() -> bool:
-        m = _metrics(port)
+        m = scrape(port)
         return m.get(("span_sidecar_resource_faults_active", (("resource", "quarantine"),)),
                      0) >= 1 and m.get(("span_sidecar_health_status",
                                         (("status", "degraded"),)), 0) == 1
@@ -166,7 +153,7 @@ def test_a_full_state_directory_is_waited_out_and_nothing_is_lost(
     assert d.events("resource.fault.cleared")
     # One start event per episode, not one per failed try.
     started = d.events("resource.fault.started")
-    tries = sum(v for (name, _), v in _metrics(port).items()
+    tries = sum(v for (name, _), v in scrape(port).items()
                 if name == "span_sidecar_resource_faults_total")
     assert tries > len(started)
     d.signal(signal.SIGTERM)

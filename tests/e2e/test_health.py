@@ -9,25 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.opik_emulator import OpikEmulator
 from tests.ops.helpers import cli, free_port
-from tests.support import Daemon, SidecarEnv, query, span, wait_until, write_spans
-
-
-def _port(d: Daemon) -> int:
-    wait_until(lambda: bool(d.events("http.server.started")), 20, "the HTTP server")
-    return int(d.events("http.server.started")[0]["port"])
-
-
-def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+from tests.support import SidecarEnv, query, scrape, span, wait_until, write_spans
 
 
 def _closed(c: socket.socket) -> bool:
@@ -66,16 +51,16 @@ def test_probes_and_metrics_match_what_was_shipped(sidecar_env: SidecarEnv) -> N
     """/healthz and /readyz answer 200; /metrics parses and its counters equal the rows."""
     sidecar_env.configure(http={"enabled": True, "listen": "127.0.0.1:0"})
     d = sidecar_env.daemon().wait_started()
-    port = _port(d)
+    port = d.http_port()
     write_spans(sidecar_env.spool / "a-h-1-0.jsonl", [span(i) for i in range(250)])
     (sidecar_env.spool / "a-h-1-0.jsonl").open("ab").write(b"not json\n")
     wait_until(lambda: sidecar_env.rows() == 250, 15)
     assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
     assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
     key = (("sink", "postgres"),)
-    wait_until(lambda: _metrics(port).get(("span_sidecar_records_quarantined_total", key)) == 1,
+    wait_until(lambda: scrape(port).get(("span_sidecar_records_quarantined_total", key)) == 1,
                10, "the quarantine counter")
-    m = _metrics(port)
+    m = scrape(port)
     assert m[("span_sidecar_records_shipped_total", key)] == 250
     assert m[("span_sidecar_records_read_total", key)] == 251
     assert m[("span_sidecar_breaker_state", (("sink", "postgres"), ("state", "closed")))] == 1
@@ -95,14 +80,14 @@ def test_readyz_stays_ready_when_every_sink_is_down(sidecar_env: SidecarEnv) -> 
                                     "connect_timeout_s": 0.5},
                           breaker={"failure_threshold": 2, "reset_timeout_s": 30})
     d = sidecar_env.daemon().wait_started()
-    port = _port(d)
+    port = d.http_port()
     write_spans(sidecar_env.spool / "a-h-1-0.jsonl", [span(1)])
     open_key = ("span_sidecar_breaker_state", (("sink", "postgres"), ("state", "open")))
-    wait_until(lambda: _metrics(port).get(open_key) == 1, 20, "the breaker to open")
+    wait_until(lambda: scrape(port).get(open_key) == 1, 20, "the breaker to open")
     ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
     assert ready.status_code == 200, ready.text
     assert "sink postgres breaker is open" in ready.text
-    m = _metrics(port)
+    m = scrape(port)
     assert m[("span_sidecar_lag_bytes", (("sink", "postgres"),))] > 0
 
 
@@ -139,7 +124,7 @@ def test_health_reasons_are_shown_and_clear_once_the_sink_recovers(
         retry={"initial_backoff_s": 0.05, "max_backoff_s": 0.2})
     emu.fail(503)
     d = sidecar_env.daemon().wait_started()
-    port = _port(d)
+    port = d.http_port()
     write_spans(sidecar_env.spool / "a-h-1-0.jsonl", [span(i) for i in range(20)])
 
     def live() -> dict[str, Any]:
@@ -174,7 +159,7 @@ def test_idle_http_clients_are_closed_and_healthz_keeps_answering(
     timeout (5 s; before: an hour of keep-alive, a descriptor each)."""
     sidecar_env.configure(http={"enabled": True, "listen": "127.0.0.1:0"})
     d = sidecar_env.daemon().wait_started()
-    port = _port(d)
+    port = d.http_port()
     conns = []
     try:
         for _ in range(200):
