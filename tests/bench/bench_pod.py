@@ -68,8 +68,14 @@ DAEMON_PYTHON = os.environ.get("BENCH_DAEMON_PYTHON", sys.executable)
 HTTP_LISTEN = "127.0.0.1:9464"  # http.listen's default
 
 
-def daemon_cmd(python: str, tree: Path, config: Path, flags: tuple[str, ...] = ()) -> list[str]:
-    """``span-sidecar run`` of the checkout at ``tree``."""
+def daemon_cmd(python: str, tree: Path, config: Path, flags: tuple[str, ...] = (),
+               loop_profile: tuple[Path, Path] | None = None) -> list[str]:
+    """``span-sidecar run`` of the checkout at ``tree``; with ``loop_profile``
+    (output, start file) under ``tests/bench/loop_profile.py``."""
+    if loop_profile is not None:
+        out, start = loop_profile
+        return [python, *flags, str(ROOT / "tests" / "bench" / "loop_profile.py"), str(out),
+                str(start), str(tree), "run", "--config", str(config)]
     return [python, *flags, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
             "from sidecar.cli import main; sys.exit(main())",
             str(tree), "run", "--config", str(config)]
@@ -111,13 +117,15 @@ class Daemon:
         self.log = root / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, flags: tuple[str, ...] = ()) -> float:
+    def start(self, flags: tuple[str, ...] = (),
+              loop_profile: tuple[Path, Path] | None = None) -> float:
         if ready():
             raise SystemExit(f"something else answers on {HTTP_LISTEN}: stop it first")
         t0 = time.perf_counter()
         with self.log.open("wb") as err:
-            self.proc = subprocess.Popen(daemon_cmd(self.python, self.tree, self.cfg, flags),
-                                         stdout=subprocess.DEVNULL, stderr=err)
+            self.proc = subprocess.Popen(
+                daemon_cmd(self.python, self.tree, self.cfg, flags, loop_profile),
+                stdout=subprocess.DEVNULL, stderr=err)
         return t0
 
     @property
@@ -174,14 +182,17 @@ def scrape() -> None:
 
 def cost(root: Path, emu: OpikEmulator, python: str, tree: Path, rate: float,
          window: float, settle: float, name: str, scrape_every: float = 0.0,
-         ) -> dict[str, float]:
+         profile_dir: Path | None = None) -> dict[str, float]:
     """One daemon's CPU share and RSS over ``window`` s at ``rate`` spans/s
-    (``scrape_every`` > 0: ``/metrics`` scraped that often, from before the settle)."""
+    (``scrape_every`` > 0: ``/metrics`` scraped that often, from before the settle;
+    ``profile_dir``: the loop's callbacks over the window, ``loop_profile.py``)."""
     emu.reset()
     d = Daemon(root, emu, python, tree, name)
     writer: subprocess.Popen[bytes] | None = None
+    profile = None if profile_dir is None else (profile_dir / f"{name}.json",
+                                                root / f"{name}.window")
     try:
-        d.start()
+        d.start(loop_profile=profile)
         wait_for(lambda: d.alive() and ready(), "/readyz")
         d.write(10)
         wait_for(lambda: d.alive() and d.rows() >= 10 and emu.stored() >= 10,
@@ -195,7 +206,10 @@ def cost(root: Path, emu: OpikEmulator, python: str, tree: Path, rate: float,
             scraped = time.perf_counter()
         time.sleep(settle)
         d.alive()
+        if profile is not None:
+            profile[1].touch()
         cpu0, _, _ = proc_sample(d.pid)
+        requests0 = len(emu.requests())
         t0 = time.perf_counter()
         rss: list[int] = []
         while time.perf_counter() - t0 < window:
@@ -208,6 +222,7 @@ def cost(root: Path, emu: OpikEmulator, python: str, tree: Path, rate: float,
         wall = time.perf_counter() - t0
         d.alive()
         stored = emu.stored()
+        requests = len(emu.requests()) - requests0
     finally:
         if writer is not None:
             writer.terminate()
@@ -215,7 +230,7 @@ def cost(root: Path, emu: OpikEmulator, python: str, tree: Path, rate: float,
         d.stop()
     return {"cpu_pct_of_core": 100 * (cpu1 - cpu0) / wall,
             "rss_mb": statistics.median(rss) / 2**20, "hwm_mb": hwm / 2**20,
-            "opik_stored": stored}
+            "opik_stored": stored, "opik_requests_per_s": requests / wall}
 
 
 def startup(root: Path, emu: OpikEmulator, python: str, tree: Path,
@@ -289,6 +304,9 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15, help="packages listed by import time")
     ap.add_argument("--scrape-every", type=float, default=0.0,
                     help="seconds between two GET /metrics, as Prometheus scrapes (0: never)")
+    ap.add_argument("--loop-profile", type=Path, default=None, metavar="DIR",
+                    help="time the event loop's callbacks over each window, task by task "
+                         "(tests/bench/loop_profile.py); one JSON file per daemon in DIR")
     ap.add_argument("--python", default=DAEMON_PYTHON)
     ap.add_argument("--tree", action="append", type=Path, default=None,
                     help="a checkout to run (repeatable; default: this one)")
@@ -301,6 +319,8 @@ def main() -> None:
     raw: dict[str, dict[str, list[dict[str, float]]]] = {
         str(t): {} for t in trees}
     load = {"start": os.getloadavg()}
+    if args.loop_profile is not None:
+        args.loop_profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, OpikEmulator() as emu:
         root = Path(tmp)
         for r in range(args.startup_runs):
@@ -315,7 +335,8 @@ def main() -> None:
             for rate in rates:
                 for t in trees:
                     res = cost(root, emu, args.python, t, rate, args.window, args.settle,
-                               f"cost-{r}-{rate:g}-{trees.index(t)}", args.scrape_every)
+                               f"cost-{r}-{rate:g}-{trees.index(t)}", args.scrape_every,
+                               args.loop_profile)
                     raw[str(t)].setdefault(f"{rate:g}/s", []).append(res)
                     print(json.dumps({"tree": str(t), "rate": rate, **res}), flush=True)
     load["end"] = os.getloadavg()

@@ -242,11 +242,41 @@ async def test_no_wakeup_while_every_reader_still_holds_the_last_one(tmp_path: P
         assert watcher.wakeups == 1
         for _ in range(20):
             _append(path)
-        await _pass(clock, 0.25)
         for _ in range(50):
             await yield_to_loop()
         assert watcher.wakeups == 1  # the writes wait in the kernel's queue
         assert clock.sleepers == 1  # only the rescan's timer: no throttle ticking
+        clock.advance(1.0)  # the reader's batch comes due
         woken.clear()  # the reader takes it (and rescans)
         await _woken(woken)  # what was written meanwhile
         assert watcher.wakeups == 2
+
+
+async def test_a_wakeup_taken_after_the_throttle_reads_the_queue_at_once(
+        tmp_path: Path) -> None:
+    """A reader takes its wake-up at its batch's deadline, later than the
+    throttle: what the kernel queued meanwhile wakes it at once, with no
+    timer and without handing the descriptor to the loop; an empty queue
+    is then waited on as before."""
+    clock = FakeClock()
+    async with _watching(_settings(tmp_path), clock) as (watcher, woken):
+        path = watcher.settings.dir / "a.jsonl"
+        _append(path)
+        async with asyncio.timeout(5):
+            await woken.wait()
+        armed = watcher.armed
+        _append(path)
+        clock.advance(1.0)
+        woken.clear()
+        async with asyncio.timeout(5):
+            await woken.wait()  # no clock movement needed: nothing to throttle
+        assert watcher.wakeups == 2 and watcher.armed == armed
+        assert clock.sleepers == 1  # only the rescan's timer
+        clock.advance(1.0)
+        woken.clear()  # nothing queued this time: the descriptor is waited on
+        for _ in range(50):
+            await yield_to_loop()
+        assert not woken.is_set() and watcher.armed == armed + 1
+        _append(path)
+        await _woken(woken)
+        assert watcher.wakeups == 3
