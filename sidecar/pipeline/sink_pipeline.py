@@ -152,12 +152,23 @@ class SinkPipeline:
         written after the watcher's last wake-up waited for the next batch).
         Each wake-up rescans and reads for every sink and streams to Postgres:
         at 100 spans/s this took the daemon from 1.6 to 1.35 % of a core
-        (tests/bench/bench_pod.py). A backlog is read without waiting.
+        (tests/bench/bench_pod.py). A backlog is read without waiting. The
+        wake-up is taken (the event cleared) only with no batch pending,
+        below.
         """
         self.spool.changed.set()
         while not stop.is_set():
-            due = self.batcher.time_left(self.clock.monotonic()) == 0.0
-            if self.spool.changed.is_set() or due:
+            pending = self.batcher.time_left(self.clock.monotonic())
+            if pending == 0.0:
+                self.reader.scan()  # due: what was written meanwhile joins the batch
+            elif pending is None and self.spool.changed.is_set():
+                # The wake-up is taken (cleared) only here, with no batch
+                # pending: a take tells the watcher to wake this reader again,
+                # which a reader with a batch pending does not need (it
+                # rescans at the deadline). Taken at each deadline too, it
+                # cost the watcher three turns of the loop and a timer a
+                # batch: the take, at once a wake-up for what the kernel had
+                # queued, then a second take and the throttle's timer.
                 self.spool.changed.clear()
                 self.reader.scan()
             lines = self._read()

@@ -97,7 +97,8 @@ class Harness:
     """A pipeline over ``tmp_path`` with its task, clock and files."""
 
     def __init__(self, tmp_path: Path, sink: FakeSink, *, max_records: int = 10,
-                 failure_threshold: int = 2, reset_timeout_s: float = 30.0) -> None:
+                 failure_threshold: int = 2, reset_timeout_s: float = 30.0,
+                 changed: asyncio.Event | None = None) -> None:
         self.clock = FakeClock()
         self.spool_dir = tmp_path / "spool"
         self.spool_dir.mkdir()
@@ -107,7 +108,8 @@ class Harness:
         reader = SpoolReader(self.spool_dir, PATTERNS, 1 << 20, 1 << 16, self.store.load(),
                              sink.name, self.clock)
         self.quarantine = Quarantine(self.state, sink.name, self.clock)
-        spool = SinkSpool(reader, self.store, self.quarantine, asyncio.Event(), self.state)
+        spool = SinkSpool(reader, self.store, self.quarantine, changed or asyncio.Event(),
+                          self.state)
         settings = PipelineSettings(
             BatchSettings(max_records=max_records, max_wait_ms=500),
             BreakerSettings(failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s),
@@ -441,3 +443,39 @@ async def test_a_pending_batch_takes_what_comes_at_its_deadline_not_at_each_wake
     assert ids(sink.stored) == [s["id"] for s in spans]
     await h.finish()
     assert sink.calls == 1 and h.checkpoint() == h.file.stat().st_size
+
+
+class _Takes(asyncio.Event):
+    """The spool's "changed" event, noting whether a batch was pending at each take."""
+
+    def __init__(self, pending: Any) -> None:
+        super().__init__()
+        self.pending = pending
+        self.taken_with: list[float | None] = []
+
+    def clear(self) -> None:
+        self.taken_with.append(self.pending())
+        super().clear()
+
+
+async def test_a_reader_takes_its_wake_up_only_with_no_batch_pending(tmp_path: Path) -> None:
+    """Taking the wake-up (clearing the event) asks the watcher for the next
+    one, which costs it turns of the loop; a reader with a batch pending
+    needs none (it rescans at the deadline anyway). So it takes its wake-up
+    after the hand-over, not at the deadline's rescan, and loses nothing."""
+    sink = FakeSink()
+    takes = _Takes(lambda: h.pipeline.batcher.time_left(h.clock.monotonic()))
+    h = Harness(tmp_path, sink, changed=takes)  # max_wait 0.5 s
+    spans = [span(i) for i in range(6)]
+    h.write(spans[:1])
+    h.start()
+    await h.until(lambda: h.pipeline.read_total == 1)
+    h.write(spans[1:3])  # a wake-up while the batch is pending
+    await h.until(lambda: sink.calls == 1)
+    await h.until(lambda: not takes.is_set())  # taken after the hand-over
+    h.write(spans[3:])  # idle: the next write is read at once
+    await h.until(lambda: h.pipeline.read_total == 6)
+    await h.until(lambda: len(sink.stored) == 6)
+    await h.finish()
+    assert ids(sink.stored) == [s["id"] for s in spans]
+    assert len(takes.taken_with) >= 3 and set(takes.taken_with) == {None}
