@@ -25,6 +25,12 @@ every second (median) and VmHWM at the end. ``--scrape-every S`` scrapes
 with min and max. With several ``--tree`` checkouts (e.g. an old one from
 ``git archive``), each round runs every tree in turn, alternating.
 
+Also reported: Opik's requests a second over the window. ``--loop-profile
+DIR`` runs each daemon under ``tests/bench/loop_profile.py``: the event
+loop's callbacks over the window, task by task, in CPU milliseconds a
+second (one JSON file per daemon), where a 30 s window's utime+stime is
+too coarse and too noisy to tell a few per cent.
+
 Each tree is byte-compiled first (``compileall``), as pip and the image do:
 with ``PYTHONDONTWRITEBYTECODE`` set, a tree fresh from ``git archive``
 would otherwise compile every module at each start (~0.15 s of CPU).
