@@ -185,9 +185,9 @@ class SpoolWatcher:
         queued is read at once, without handing the descriptor to the loop,
         and only an empty queue waits for the next event. The throttle is
         the time since the last wake-up, waited only when a reader takes
-        one sooner: a reader that takes its wake-up at its batch's deadline
-        costs the watcher one turn of the loop, not four (a timer, the
-        descriptor's readiness, the read, the reader's take).
+        one sooner, not a timer after every wake-up. So a take with events
+        queued costs the watcher one turn of the loop, where it cost three
+        (the take, the descriptor's readiness, the throttle's timer).
         """
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
