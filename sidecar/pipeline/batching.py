@@ -23,6 +23,7 @@ class Batch:
     # ``grown`` wakes the reader of ``stream()``, ``sealed`` ends it.
     sealed: asyncio.Event = field(default_factory=asyncio.Event)
     grown: asyncio.Event = field(default_factory=asyncio.Event)
+    queued: bool = False  # handed to the consumer (a streaming sink's: maybe still filling)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -45,6 +45,8 @@ log = structlog.get_logger("sidecar.pipeline")
 # (operation, seconds, sink): where the pipeline's timings go.
 Observe = Callable[[str, float, str], None]
 YIELD_EVERY = 200
+# Lines read at once from which a streaming sink gets a batch while it fills.
+STREAM_FROM = 200
 # Lines parsed between two turns of the loop for a batched sink (~50 us).
 YIELD_EVERY_BATCHED = 8
 # Agents named in the sampled-out counters; later ones count as "other", so
@@ -218,13 +220,20 @@ class SinkPipeline:
         # its turns (the backend idles while we hold the loop), and so do the
         # probes.
         every = YIELD_EVERY if streaming else YIELD_EVERY_BATCHED
+        # Read in bulk (a backlog, a burst), a batch goes to a streaming sink
+        # at its first line. Otherwise it goes whole when it is due or full:
+        # streamed from its first line, a trickle of spans kept a COPY open
+        # on the server for the whole of batch.max_wait_ms (~90 % of the
+        # time at 100 spans a second), which through PgBouncer pinned a
+        # server connection per sidecar, and with pool_size 1 kept /stats
+        # waiting up to a second; whole, a second's spans take milliseconds.
+        bulk = streaming and len(lines) >= STREAM_FROM
         for n, line in enumerate(lines, 1):
             batch = batcher.current  # _ingest adds to it; only _hand_over replaces it
-            fresh = streaming and not batch.ends
             self._ingest(line)
-            if fresh and batch.ends:
-                # A streaming sink gets the batch at its first line (this
-                # is where reading blocks while the sink is busy).
+            if bulk and not batch.queued and batch.ends:
+                # This is where reading blocks while the sink is busy.
+                batch.queued = True
                 await queue.put(batch)
             if batcher.full:
                 await self._hand_over(queue)
@@ -237,7 +246,8 @@ class SinkPipeline:
     async def _hand_over(self, queue: asyncio.Queue[Batch | None]) -> None:
         batch = self.batcher.take()
         batch.sealed_at = self.clock.monotonic()
-        if not self.streaming:
+        if not batch.queued:
+            batch.queued = True
             await queue.put(batch)
 
     def _ingest(self, line: Line) -> None:

@@ -479,3 +479,57 @@ async def test_a_reader_takes_its_wake_up_only_with_no_batch_pending(tmp_path: P
     await h.finish()
     assert ids(sink.stored) == [s["id"] for s in spans]
     assert len(takes.taken_with) >= 3 and set(takes.taken_with) == {None}
+
+
+class _TimedStreamSink(StreamingFakeSink):
+    """Notes on ``clock`` when each stream opened and whether its batch was still filling."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.opened: list[float] = []
+
+    async def send_stream(self, records: AsyncIterator[Record]) -> Outcome:
+        self.opened.append(self.clock.monotonic())
+        return await super().send_stream(records)
+
+
+async def test_a_trickle_goes_to_a_streaming_sink_whole_at_its_deadline(tmp_path: Path) -> None:
+    """Spans that come slower than a batch fills are not streamed from the
+    first line (that held a COPY open on the server for the batch's whole
+    wait): the batch goes whole when it is due, every span delivered."""
+    h = Harness(tmp_path, StreamingFakeSink(), max_records=1000)  # max_wait 0.5 s
+    sink = _TimedStreamSink(h.clock)
+    h.sink = h.pipeline.sink = h.pipeline.streaming = sink
+    spans = [span(i) for i in range(40)]
+    h.write(spans[:10])
+    h.start()
+    await h.until(lambda: h.pipeline.read_total == 10)
+    started = h.clock.monotonic()
+    for i in range(10, 40, 10):
+        h.clock.advance(0.1)
+        h.write(spans[i:i + 10])
+        for _ in range(20):
+            await yield_to_loop()
+        assert sink.opened == []  # nothing open while the batch waits
+    await h.until(lambda: len(sink.stored) == 40)
+    await h.finish()
+    assert sink.opened == [pytest.approx(started + 0.5)] and sink.calls == 0
+    assert ids(sink.stored) == [s["id"] for s in spans]
+
+
+async def test_a_backlog_is_streamed_while_its_batch_fills(tmp_path: Path) -> None:
+    """Read in bulk (a backlog, a burst), the batch goes to a streaming sink
+    at its first line, before it is sealed: Postgres works while we parse."""
+    h = Harness(tmp_path, StreamingFakeSink(), max_records=1000)  # max_wait 0.5 s
+    sink = _TimedStreamSink(h.clock)
+    h.sink = h.pipeline.sink = h.pipeline.streaming = sink
+    spans = [span(i) for i in range(300)]
+    h.write(spans)
+    h.start()
+    for _ in range(50):
+        await yield_to_loop()
+    assert sink.opened == [h.clock.monotonic()]  # no time passed: opened while it fills
+    await h.until(lambda: len(sink.stored) == len(spans))
+    await h.finish()
+    assert len(sink.opened) == 1 and ids(sink.stored) == [s["id"] for s in spans]
