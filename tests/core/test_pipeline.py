@@ -484,12 +484,13 @@ async def test_a_reader_takes_its_wake_up_only_with_no_batch_pending(tmp_path: P
 class _TimedStreamSink(StreamingFakeSink):
     """Notes on ``clock`` when each stream opened and whether its batch was still filling."""
 
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.clock = clock
+        self.clock: FakeClock | None = None  # the harness's, once it is built
         self.opened: list[float] = []
 
     async def send_stream(self, records: AsyncIterator[Record]) -> Outcome:
+        assert self.clock is not None
         self.opened.append(self.clock.monotonic())
         return await super().send_stream(records)
 
@@ -498,9 +499,9 @@ async def test_a_trickle_goes_to_a_streaming_sink_whole_at_its_deadline(tmp_path
     """Spans that come slower than a batch fills are not streamed from the
     first line (that held a COPY open on the server for the batch's whole
     wait): the batch goes whole when it is due, every span delivered."""
-    h = Harness(tmp_path, StreamingFakeSink(), max_records=1000)  # max_wait 0.5 s
-    sink = _TimedStreamSink(h.clock)
-    h.sink = h.pipeline.sink = h.pipeline.streaming = sink
+    sink = _TimedStreamSink()
+    h = Harness(tmp_path, sink, max_records=1000)  # max_wait 0.5 s
+    sink.clock = h.clock
     spans = [span(i) for i in range(40)]
     h.write(spans[:10])
     h.start()
@@ -521,9 +522,9 @@ async def test_a_trickle_goes_to_a_streaming_sink_whole_at_its_deadline(tmp_path
 async def test_a_backlog_is_streamed_while_its_batch_fills(tmp_path: Path) -> None:
     """Read in bulk (a backlog, a burst), the batch goes to a streaming sink
     at its first line, before it is sealed: Postgres works while we parse."""
-    h = Harness(tmp_path, StreamingFakeSink(), max_records=1000)  # max_wait 0.5 s
-    sink = _TimedStreamSink(h.clock)
-    h.sink = h.pipeline.sink = h.pipeline.streaming = sink
+    sink = _TimedStreamSink()
+    h = Harness(tmp_path, sink, max_records=1000)  # max_wait 0.5 s
+    sink.clock = h.clock
     spans = [span(i) for i in range(300)]
     h.write(spans)
     h.start()

@@ -300,12 +300,8 @@ def test_a_replaced_spool_directory_ships_within_a_second(sidecar_env: SidecarEn
     wait_until(lambda: sidecar_env.rows() == 1, 10, "the first row")
     spool.rename(spool.with_name("spool.old"))
     spool.mkdir()
-    log = d.log
-
-    def restored() -> bool:
-        return b'"spool.watch.restored"' in log.read_bytes()
-
-    wait_until(restored, 10, "the watch set up again on the new directory")
+    wait_until(lambda: bool(d.events("spool.watch.restored")), 10,
+               "the watch set up again on the new directory")
     write_spans(spool / "agent-h-1-0.jsonl", [span(2)])
     # 10 s: without the watch, only the next rescan, 60 s away, would see it
     wait_until(lambda: sidecar_env.rows() == 2, 10, "the row written in the new directory")
