@@ -14,6 +14,7 @@ reload): records handled after it get the new ones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -86,20 +87,30 @@ class PolicyStage:
         """Use these sections' policies for every record handled from now on."""
         self.policies = Policies.compile(sampling, spans, self.environment, self._opik_api_key)
 
+    def screen(self, raws: Sequence[bytes]) -> tuple[Policies, set[int]]:
+        """The redaction gate over many spool lines at once: the policies it
+        used and the indices of the lines it could not clear. Pass the
+        policies to ``apply`` as ``cleared_by`` for the other lines."""
+        p = self.policies
+        return p, (set() if p.redactor is None else p.redactor.suspects(raws))
+
     def apply(self, record: Record, raw: bytes | None = None,
-              count: bool = True) -> Record | SampledOut:
+              count: bool = True, cleared_by: Policies | None = None) -> Record | SampledOut:
         """The record to ship (redacted, truncated), or ``SAMPLED_OUT``.
 
         ``raw`` is the record's spool line: when given, a record whose line
         has no candidate secret and fits the field limit is returned as it is
-        without looking at its fields.
+        without looking at its fields. ``cleared_by``: the policies whose
+        ``screen`` cleared ``raw`` already; the gate is not run again unless
+        a reload has replaced them since.
         """
         p = self.policies
         if not p.sampler.keep(record):
             return SAMPLED_OUT
         redactions: Counts = {}
         truncated: Counts = {}
-        if p.redactor is not None and (raw is None or p.redactor.may_match(raw)):
+        if p.redactor is not None and (raw is None or (
+                cleared_by is not p and p.redactor.may_match(raw))):
             record = _redact(record, p.redactor, redactions)
         if not isinstance(record, FeedbackRecord) and (raw is None
                                                        or len(raw) > p.max_field_bytes):

@@ -7,6 +7,8 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
+
 from sidecar.config.settings import (
     BatchSettings,
     BreakerSettings,
@@ -75,6 +77,30 @@ async def test_secrets_are_masked_before_the_sink_sees_them(tmp_path: Path) -> N
     assert isinstance(rec, SpanRecord)
     assert rec.input is not None and json.loads(bytes(rec.input)) == {"key": "[REDACTED]"}
     assert rec.tags == ["[REDACTED]"]
+
+
+@pytest.mark.parametrize("sink", [FakeSink(), StreamingFakeSink()], ids=["send", "stream"])
+async def test_the_slices_gate_masks_each_secret_wherever_it_falls(tmp_path: Path,
+                                                                   sink: FakeSink) -> None:
+    """The gate runs once a slice of lines (8 for a batched sink, 200 for a
+    streaming one), over the slice joined: secrets at a slice's edges, next
+    to each other, and in a slice of their own are masked, clean lines pass
+    as they were written."""
+    h = Harness(tmp_path, sink, max_records=1000)
+    h.pipeline.policies = stage_of(Settings())
+    planted = {0, 7, 8, 9, 15, 16, 199, 200, 201, 230, 449}
+    h.write([span(i, input={"key": "AKIAIOSFODNN7EXAMPLE"} if i in planted else {"n": i})
+             for i in range(450)])
+    h.start()
+    await h.until(lambda: len(h.sink.stored) == 450)
+    await h.finish()
+    inputs = {json.loads(bytes(r.input))["key"] for r in h.sink.stored
+              if isinstance(r, SpanRecord) and r.input is not None and b"key" in bytes(r.input)}
+    assert inputs == {"[REDACTED]"}
+    masked = [i for i, r in enumerate(h.sink.stored)
+              if isinstance(r, SpanRecord) and r.input is not None and b"key" in bytes(r.input)]
+    assert masked == sorted(planted)
+    assert dict(h.pipeline.policies.stats().redactions) == {"aws_access_key_id": len(planted)}
 
 
 async def test_reconfigure_applies_new_batch_and_breaker_settings(tmp_path: Path) -> None:

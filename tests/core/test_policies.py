@@ -271,3 +271,75 @@ def test_the_raw_gate_answers_as_the_package_search_does() -> None:
             return pattern.search(text)
 
     assert [_finder(Plain())(t) for t in texts] == [_finder(pattern)(t) for t in texts]
+
+
+def test_the_locator_answers_as_the_package_search_does() -> None:
+    """``suspects`` searches from positions through RE2 directly: the start it
+    finds must be the package's own search from that position."""
+    import re2
+
+    from sidecar.policies.redaction import _locator
+
+    pattern = re2.compile(rb"(?:^|[^0-9-])[2-6][0-9]{3}|sk-[A-Za-z0-9]{20,}")
+    text = b'ab\n4111 x sk-abcdefghijklmnopqrstuvwx\n5555'
+    for pos in range(len(text) + 1):
+        found = pattern.search(text, pos)
+        assert _locator(pattern)(text, pos) == (-1 if found is None else found.start()), pos
+
+    class Plain:  # a pattern without the package's internals: the fallback
+        def search(self, text: bytes, pos: int) -> object:
+            return pattern.search(text, pos)
+
+    assert [_locator(Plain())(text, p) for p in range(len(text))] == \
+        [_locator(pattern)(text, p) for p in range(len(text))]
+
+
+def test_suspects_names_exactly_the_lines_with_a_candidate() -> None:
+    """One search over the joined lines finds each line the gate would pass,
+    and no clean one: a key name, a token, an e-mail, lines next to each other,
+    the first and the last, and a card number at a line's very start (found
+    through the newline before it: RE2's ``^`` fails at a search's start
+    position, so the search after a hit must start on that newline)."""
+    def line(i: int, **fields: Any) -> bytes:  # fixed ids: a random one can hold a "card"
+        return orjson.dumps(span(i, id=str(uuid.UUID(int=i)), trace_id=str(uuid.UUID(int=i)),
+                                 **fields))
+
+    clean = [line(i) for i in range(200)]
+    r = redactor()
+    assert not any(r.may_match(raw) for raw in clean)
+    assert r.suspects(clean) == set()
+    assert r.suspects([]) == set()
+    lines = list(clean)
+    lines[0] = line(0, metadata={"password": "x"})
+    lines[6] = line(6, input={"q": "sk-" + "a" * 30})
+    lines[7] = b"4111111111111111"  # not a record, but the gate is the gate
+    lines[8] = line(8, output={"to": "jane@example.com"})
+    lines[199] = line(199, tags=["Bearer abcdefgh12345"])
+    expected = {0, 6, 7, 8, 199}
+    assert {i for i, raw in enumerate(lines) if r.may_match(raw)} == expected
+    assert r.suspects(lines) == expected
+    # user patterns: a backslash anywhere, or the pattern itself
+    user = redactor(patterns=[{"name": "ticket", "regex": "TCK-[0-9]{6}"}])
+    lines = list(clean)
+    lines[3] = line(3, input={"t": "TCK-123456"})
+    lines[4] = line(4, input={"t": "a\"b"})  # an escape: \"
+    assert user.suspects(lines) == {3, 4}
+    # an anchored user pattern: a value's ends are not the line's, every line walks
+    anchored = redactor(patterns=[{"name": "whole", "regex": "^TCK$"}])
+    assert anchored.suspects(clean[:5]) == {0, 1, 2, 3, 4}
+
+
+def test_a_screen_from_replaced_policies_clears_nothing() -> None:
+    """A reload between ``screen`` and ``apply`` (the pipeline awaits in
+    between when a batch fills): the line is gated again with the new policies."""
+    stage = stage_of(Settings())
+    raw = orjson.dumps(span(0, input={"t": "TCK-123456"}))
+    rec = parse_line(raw)
+    old, suspects = stage.screen([raw])
+    assert suspects == set()
+    assert stage.apply(rec, raw, cleared_by=old) is rec
+    new = Settings(spans={"redaction": {"patterns": [
+        {"name": "ticket", "regex": "TCK-[0-9]{6}"}]}})
+    stage.configure(new.sampling, new.spans)
+    out = stage.apply(rec, raw, cleared_by=old)
+    assert isinstance(out, SpanRecord) and js(out.input) == {"t": R}

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from sidecar.config.settings import Settings
-from sidecar.policies import PolicyStage, SampledOut
+from sidecar.policies import Policies, PolicyStage, SampledOut
 from sidecar.records import Record, Rejected, SpanRecord, encode_json, parse_line
 from tests.core.crashers import crashers
 from tests.core.helpers import span, stage_of
@@ -51,10 +51,10 @@ class _Exploding(PolicyStage):
     """A policy stage that raises for lines carrying a marker (a bug we did not foresee)."""
 
     def apply(self, record: Record, raw: bytes | None = None,
-              count: bool = True) -> Record | SampledOut:
+              count: bool = True, cleared_by: Policies | None = None) -> Record | SampledOut:
         if raw is not None and b"EXPLODE" in raw:
             raise RecursionError("maximum recursion depth exceeded")
-        return super().apply(record, raw, count)
+        return super().apply(record, raw, count, cleared_by)
 
 
 async def test_a_line_the_policy_stage_raises_on_is_quarantined_and_the_pipeline_goes_on(

@@ -274,3 +274,24 @@ def test_what_the_gate_skips_holds_nothing_to_mask(tree: Any, texts: list[str],
     raw = render(("obj", pairs), rng, rate).encode("utf-8", "surrogatepass")
     if not r.may_match(raw):
         assert r._rewrite(raw, {}, 0) is None  # the walk the gate skipped: nothing masked
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(st.one_of(_GATE_TEXT, st.sampled_from(["", "4111111111111111", "x"])),
+                      min_size=0, max_size=12),
+       rng=st.randoms(), user=st.sampled_from(["none", "plain", "anchored"]),
+       rate=st.sampled_from([0.0, 0.1]))
+def test_suspects_never_clears_a_line_the_gate_passes(texts: list[str], rng: random.Random,
+                                                       user: str, rate: float) -> None:
+    """For any lines (JSON or not, escaped or not, secrets at their edges):
+    every line ``may_match`` passes is among the joined search's suspects."""
+    from sidecar.config.settings import RedactionPattern, RedactionSettings
+    from sidecar.policies.redaction import Redactor
+
+    patterns = {"none": (), "plain": (RedactionPattern(name="u", regex=r"tck-\d"),),
+                "anchored": (RedactionPattern(name="t", regex=r"^x?TCK-\d+$"),)}[user]
+    r = Redactor(RedactionSettings(patterns=patterns))
+    raws = [(render(t, rng, rate) if rng.random() < 0.5 else t)
+            .encode("utf-8", "surrogatepass").replace(b"\n", b" ") for t in texts]
+    passed = {i for i, raw in enumerate(raws) if r.may_match(raw)}
+    assert passed <= r.suspects(raws)
