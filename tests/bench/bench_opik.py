@@ -24,6 +24,10 @@ as the daemon's code), and prints each tree's medians with min and max:
 
     .venv/bin/python tests/bench/bench_opik.py --spans 150000 --rounds 3 \
         --tree /tmp/before --tree .
+
+``--agent-spans`` writes the strict Postgres bench's mix (v7 ids, a
+quarter of the spans roots) instead of ``tests.support.span`` (v4 ids
+that Opik needs mapped, every span a root with a derived trace).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -46,6 +51,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.bench.agent_spans import agent_span
 from tests.bench.bench_pipeline import (
     count,
     daemon_cmd,
@@ -98,9 +104,19 @@ class Run:
         self.cfg.write_text(yaml.safe_dump(cfg))
         self.proc: subprocess.Popen[bytes] | None = None
 
+    # --agent-spans: the strict bench's mix (tests/bench/agent_spans.py)
+    # instead of tests.support.span, whose v4 ids Opik needs mapped (a
+    # blake2b each, two a span) and whose every span is a root (a derived
+    # trace item each); agents' spans are mostly children with v7 ids.
+    agent_spans = False
+
     def write(self, start: int, n: int, name: str = "a") -> None:
         path = self.spool / f"{name}-h-1-{start}.jsonl"
-        path.write_bytes(b"".join(line(span(i)) for i in range(start, start + n)))
+        if self.agent_spans:
+            rng = random.Random(22 + start)
+            path.write_bytes(b"".join(line(agent_span(i, rng)) for i in range(start, start + n)))
+        else:
+            path.write_bytes(b"".join(line(span(i)) for i in range(start, start + n)))
 
     def start(self) -> None:
         cmd = daemon_cmd(self.cfg)
@@ -259,7 +275,10 @@ def main() -> None:
                     help="only the throughput runs, this many alternating rounds over --tree")
     ap.add_argument("--tree", type=Path, action="append",
                     help="a checkout whose sidecar/ the daemon runs (repeat to compare)")
+    ap.add_argument("--agent-spans", action="store_true",
+                    help="spans as agents write them (v7 ids, mostly children), not one shape")
     args = ap.parse_args()
+    Run.agent_spans = args.agent_spans
     if args.rounds:
         with tempfile.TemporaryDirectory() as tmp, OpikEmulator() as emu:
             res = rounds(Path(tmp), emu, args.spans, args.tree or [Path(".")], args.rounds)

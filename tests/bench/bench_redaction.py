@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -44,14 +45,23 @@ def corpus(n: int, secret_share: float) -> list[bytes]:
     return out
 
 
-def in_process(lines: list[bytes], redaction: bool) -> float:
+SLICE_LINES = 200  # the Postgres pipeline's: one gate search a slice (--slice-lines)
+
+
+def in_process(lines: list[bytes], redaction: bool, every: int = SLICE_LINES) -> float:
+    """Lines a second through ``parse_line`` and the policy stage, the gate
+    run once a slice of ``every`` lines as the pipeline does (1: each line's
+    own gate, as before the slices)."""
     settings = Settings(spans={"redaction": {"enabled": redaction}})
     stage = PolicyStage(settings.sampling, settings.spans)
     t0 = time.perf_counter()
-    for raw in lines:
-        rec = parse_line(raw)
-        if not isinstance(rec, Rejected):
-            stage.apply(rec, raw)
+    for start in range(0, len(lines), every):
+        chunk = lines[start:start + every]
+        cleared, suspects = stage.screen(chunk) if every > 1 else (None, set())
+        for at, raw in enumerate(chunk):
+            rec = parse_line(raw)
+            if not isinstance(rec, Rejected):
+                stage.apply(rec, raw, cleared_by=None if at in suspects else cleared)
     return len(lines) / (time.perf_counter() - t0)
 
 
@@ -75,9 +85,10 @@ def daemon_run(lines: list[bytes], redaction: bool) -> float:
     return len(lines) / elapsed
 
 
-def measure(mode: str, lines: list[bytes], runs: int) -> tuple[list[float], list[float]]:
+def measure(mode: str, lines: list[bytes], runs: int,
+            every: int = SLICE_LINES) -> tuple[list[float], list[float]]:
     """Runs alternating off/on (the machine is shared): the rates of each."""
-    run = daemon_run if mode == "daemon" else in_process
+    run = daemon_run if mode == "daemon" else partial(in_process, every=every)
     off: list[float] = []
     on: list[float] = []
     for _ in range(runs):
@@ -102,6 +113,8 @@ def main() -> None:
     ap.add_argument("--secret-share", type=float, default=0.01)
     ap.add_argument("--mode", choices=("in-process", "daemon", "both"), default="both")
     ap.add_argument("--daemon", action="store_true", help="the same as --mode daemon")
+    ap.add_argument("--slice-lines", type=int, default=SLICE_LINES,
+                    help="in process: lines a gate search covers (1: a search a line)")
     args = ap.parse_args()
     modes = ["daemon"] if args.daemon else (
         ["in-process", "daemon"] if args.mode == "both" else [args.mode])
@@ -109,7 +122,7 @@ def main() -> None:
     print(f"{args.spans} spans, {args.secret_share:.0%} with a secret")
     for mode in modes:
         runs = args.daemon_runs if mode == "daemon" else args.runs
-        report(f"{mode} ({runs} runs)", *measure(mode, lines, runs))
+        report(f"{mode} ({runs} runs)", *measure(mode, lines, runs, args.slice_lines))
 
 
 if __name__ == "__main__":
