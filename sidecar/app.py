@@ -30,6 +30,7 @@ from sidecar.health import HealthReporter, Metrics, Notifier, SelfMonitor
 from sidecar.health.progress import Progress
 from sidecar.logging import set_level
 from sidecar.pipeline.drain import DrainReport, drain
+from sidecar.pipeline.shared_parse import SharedParses
 from sidecar.pipeline.sink_pipeline import PipelineSettings, SinkPipeline, SinkSpool
 from sidecar.policies import PolicyStage
 from sidecar.read.service import ReadSide
@@ -167,6 +168,10 @@ class App:
             for sink in sinks:
                 self.pipelines.append(self._pipeline(sink, watcher))
             pipelines = self.pipelines
+            if len(pipelines) > 1:  # a line read by all of them is parsed once
+                shared = SharedParses(len(pipelines))
+                for p in pipelines:
+                    p.shared = shared
             for p in pipelines:
                 stack.callback(p.reader.close)
                 stack.callback(p.quarantine.close)

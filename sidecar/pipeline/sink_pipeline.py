@@ -23,7 +23,9 @@ from sidecar.clock import Clock, yield_to_loop
 from sidecar.config.settings import BatchSettings, BreakerSettings, RetrySettings
 from sidecar.pipeline.batching import Batch, Batcher
 from sidecar.pipeline.drain import SinkLeft, SpoolSnapshot
+from sidecar.pipeline.shared_parse import Decided, SharedParses
 from sidecar.policies import Policies, PolicyStage, SampledOut
+from sidecar.policies.stage import Found
 from sidecar.records import Record, Rejected, SpanRecord, parse_line
 from sidecar.sinks.base import (
     Delivered,
@@ -92,6 +94,8 @@ class SinkPipeline:
         self.clock, self.observe = clock, observe
         # Shared by every sink's pipeline; only one of them counts what it did.
         self.policies, self.counts_policies = policies, counts_policies
+        # Lines another sink's pipeline parsed as they were read (the app's, with two sinks).
+        self.shared: SharedParses | None = None
         self.breaker = CircuitBreaker(settings.breaker, sink.name)
         r = settings.retry
         self.backoff = Backoff(r.initial_backoff_s, r.max_backoff_s, r.multiplier)
@@ -230,18 +234,25 @@ class SinkPipeline:
         bulk = streaming and len(lines) >= STREAM_FROM
         # The redaction gate runs once a slice, over its lines joined: one
         # call into RE2 a line was most of the gate's cost (Redactor.suspects).
-        policies = self.policies
+        policies, shared = self.policies, self.shared
         cleared: Policies | None = None
         suspects: set[int] = set()
         for n, line in enumerate(lines, 1):
             batch = batcher.current  # _ingest adds to it; only _hand_over replaces it
             at = (n - 1) % every  # the line's place in its slice
             if at == 0 and policies is not None:
+                chunk = lines[n - 1:n - 1 + every]
+                # Lines another pipeline decided already are not searched
+                # (b""), and are suspects: gated on their own if, after all,
+                # they must be decided here (their entry was stale).
+                held = set() if shared is None else {
+                    i for i, x in enumerate(chunk) if shared.holds(x)}
                 try:
                     cleared, suspects = policies.screen(
-                        [x.raw for x in lines[n - 1:n - 1 + every]])
+                        [b"" if i in held else x.raw for i, x in enumerate(chunk)])
                 except Exception:  # each line's own gate then, which quarantines alone
                     cleared, suspects = None, set()
+                suspects |= held
             self._ingest(line, None if at in suspects else cleared)
             if bulk and not batch.queued and batch.ends:
                 # This is where reading blocks while the sink is busy.
@@ -266,18 +277,30 @@ class SinkPipeline:
         """``cleared_by``: the policies whose redaction gate cleared the line
         (``PolicyStage.screen``)."""
         self.read_total += 1
+        stage, shared = self.policies, self.shared
+        compiled = None if stage is None else stage.policies
+        whole = not (line.too_long or line.unfinished)  # a line a parse decides
+        decided = shared.take(line, compiled) if shared is not None and whole else None
         result: Record | Rejected | SampledOut
-        stage = "parser"
-        try:
-            # A line must never stop the pipeline: whatever parsing or the
-            # policy stage raise for it quarantines that line, named by the
-            # exception's type (its text may quote the line, so it is left out).
-            result = parsed = self._parse(line)
-            if self.policies is not None and not isinstance(parsed, Rejected):
-                stage = "policy stage"
-                result = self.policies.apply(parsed, line.raw, self.counts_policies, cleared_by)
-        except Exception as exc:
-            result = Rejected(f"{stage} failed: {type(exc).__name__}")
+        found: Found | None = None
+        if decided is not None:  # another sink's pipeline parsed it a moment ago
+            parsed, result, found = decided.parsed, decided.result, decided.found
+        else:
+            step = "parser"
+            try:
+                # A line must never stop the pipeline: whatever parsing or the
+                # policy stage raise for it quarantines that line, named by the
+                # exception's type (its text may quote the line, so it is left out).
+                result = parsed = self._parse(line)
+                if stage is not None and not isinstance(parsed, Rejected):
+                    step = "policy stage"
+                    result, found = stage.decide(parsed, line.raw, cleared_by)
+            except Exception as exc:
+                result = parsed = Rejected(f"{step} failed: {type(exc).__name__}")
+            if shared is not None and whole:
+                shared.put(line, Decided(line.raw, compiled, parsed, result, found, 0))
+        if found is not None and stage is not None and self.counts_policies:
+            stage.count(found)
         now = self.clock.monotonic()
         if isinstance(result, Rejected):
             self.quarantine.put(line.raw, line.file.path, line.offset, result.reason,

@@ -1,12 +1,13 @@
 """The policy stage: sample, then redact, then truncate, once per record.
 
 Transforms between parse and batch (Vector's transforms are the model). One
-``PolicyStage`` is built by the app and shared by every sink's pipeline: each
-pipeline parses its own copy of a line and the decisions are deterministic,
-so every sink gets the same result. Counters of what the stage did
-(redactions per pattern, truncated fields) are counted by one pipeline only
-(``apply(..., count=True)``), so a record counts once whatever the number of
-sinks; sampled-out records are counted by each pipeline, per sink.
+``PolicyStage`` is built by the app and shared by every sink's pipeline;
+the decisions are deterministic, so every sink gets the same result (a line
+the readers take together is decided once: ``sidecar/pipeline/shared_parse.py``).
+Counters of what the stage did (redactions per pattern, truncated fields)
+are counted by one pipeline only (``decide`` returns them, ``count`` adds
+them), so a record counts once whatever the number of sinks; sampled-out
+records are counted by each pipeline, per sink.
 
 ``configure`` swaps the compiled policies in one assignment (a SIGHUP
 reload): records handled after it get the new ones.
@@ -51,6 +52,8 @@ class SampledOut:
 
 
 SAMPLED_OUT: Final = SampledOut()
+# What the stage did to a record: masks by pattern name, truncations by field.
+Found = tuple[Counts, Counts]
 JSON_FIELDS = ("input", "output", "metadata")
 LIMITED_FIELDS = (*JSON_FIELDS, "events", "error_info")
 
@@ -96,7 +99,17 @@ class PolicyStage:
 
     def apply(self, record: Record, raw: bytes | None = None,
               count: bool = True, cleared_by: Policies | None = None) -> Record | SampledOut:
-        """The record to ship (redacted, truncated), or ``SAMPLED_OUT``.
+        """The record to ship (redacted, truncated), or ``SAMPLED_OUT``;
+        ``decide``, then ``count`` what it did when ``count``."""
+        result, found = self.decide(record, raw, cleared_by)
+        if count and found is not None:
+            self.count(found)
+        return result
+
+    def decide(self, record: Record, raw: bytes | None = None,
+               cleared_by: Policies | None = None) -> tuple[Record | SampledOut, Found | None]:
+        """The record to ship, or ``SAMPLED_OUT``, and what was masked and
+        truncated in it (None: nothing), not counted yet.
 
         ``raw`` is the record's spool line: when given, a record whose line
         has no candidate secret and fits the field limit is returned as it is
@@ -106,7 +119,7 @@ class PolicyStage:
         """
         p = self.policies
         if not p.sampler.keep(record):
-            return SAMPLED_OUT
+            return SAMPLED_OUT, None
         redactions: Counts = {}
         truncated: Counts = {}
         if p.redactor is not None and (raw is None or (
@@ -115,10 +128,12 @@ class PolicyStage:
         if not isinstance(record, FeedbackRecord) and (raw is None
                                                        or len(raw) > p.max_field_bytes):
             record = _truncate(record, p.max_field_bytes, truncated)
-        if count and (redactions or truncated):
-            _add(self._redactions, redactions)
-            _add(self._truncated, truncated)
-        return record
+        return record, ((redactions, truncated) if redactions or truncated else None)
+
+    def count(self, found: Found) -> None:
+        """Count what ``decide`` did to one record (once, whatever the sinks)."""
+        _add(self._redactions, found[0])
+        _add(self._truncated, found[1])
 
     def stats(self) -> PolicyStats:
         return PolicyStats(tuple(sorted(self._redactions.items())),

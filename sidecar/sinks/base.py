@@ -71,7 +71,9 @@ class Sink(Protocol):
                         exc: BaseException | None, tb: TracebackType | None) -> None: ...
 
     async def send(self, batch: Sequence[Record]) -> Outcome:
-        """Deliver a batch; never raises except on cancellation."""
+        """Deliver a batch; never raises except on cancellation. The records
+        are read, never changed: another sink may hold the same objects
+        (``sidecar/pipeline/shared_parse.py``)."""
         ...
 
     async def check(self) -> bool:

@@ -98,10 +98,12 @@ class Harness:
 
     def __init__(self, tmp_path: Path, sink: FakeSink, *, max_records: int = 10,
                  failure_threshold: int = 2, reset_timeout_s: float = 30.0,
-                 changed: asyncio.Event | None = None) -> None:
-        self.clock = FakeClock()
-        self.spool_dir = tmp_path / "spool"
-        self.spool_dir.mkdir()
+                 changed: asyncio.Event | None = None, clock: FakeClock | None = None,
+                 spool_dir: Path | None = None) -> None:
+        """``clock`` and ``spool_dir``: another harness's, for two sinks on one spool."""
+        self.clock = clock or FakeClock()
+        self.spool_dir = spool_dir or tmp_path / "spool"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.state = StateDir(tmp_path / "state")
         self.sink = sink
         self.store = CheckpointStore(self.state, sink.name)

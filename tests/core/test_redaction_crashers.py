@@ -11,6 +11,7 @@ import pytest
 
 from sidecar.config.settings import Settings
 from sidecar.policies import Policies, PolicyStage, SampledOut
+from sidecar.policies.stage import Found
 from sidecar.records import Record, Rejected, SpanRecord, encode_json, parse_line
 from tests.core.crashers import crashers
 from tests.core.helpers import span, stage_of
@@ -50,11 +51,11 @@ async def test_crashers_are_shipped_between_good_lines(tmp_path: Path) -> None:
 class _Exploding(PolicyStage):
     """A policy stage that raises for lines carrying a marker (a bug we did not foresee)."""
 
-    def apply(self, record: Record, raw: bytes | None = None,
-              count: bool = True, cleared_by: Policies | None = None) -> Record | SampledOut:
+    def decide(self, record: Record, raw: bytes | None = None,
+               cleared_by: Policies | None = None) -> tuple[Record | SampledOut, Found | None]:
         if raw is not None and b"EXPLODE" in raw:
             raise RecursionError("maximum recursion depth exceeded")
-        return super().apply(record, raw, count, cleared_by)
+        return super().decide(record, raw, cleared_by)
 
 
 async def test_a_line_the_policy_stage_raises_on_is_quarantined_and_the_pipeline_goes_on(
