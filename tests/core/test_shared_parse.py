@@ -54,10 +54,29 @@ def test_other_bytes_or_other_policies_at_the_same_place_are_not_taken() -> None
     assert shared.take(_line(0, other), None) is None
     assert len(shared) == 0  # the stale entry is gone
     old, new = stage_of(Settings()).policies, stage_of(Settings()).policies
-    shared.put(_line(0, raw), _decided(raw, old))
-    assert shared.take(_line(0, raw), new) is None
-    shared.put(_line(0, raw), _decided(raw, old))
-    assert shared.take(_line(0, raw), old) is not None
+    shared.put(_line(0, raw, ino=8), _decided(raw, old))
+    assert shared.take(_line(0, raw, ino=8), new) is None
+    shared.put(_line(0, raw, ino=9), _decided(raw, old))
+    assert shared.take(_line(0, raw, ino=9), old) is not None
+
+
+def test_a_pipeline_behind_the_one_that_left_a_line_leaves_nothing() -> None:
+    """Once a line was left here, a pipeline deciding an earlier line of that
+    file (its entry taken, dropped or stale) is behind: the other one read
+    past it, so nothing it decides there is kept. A truncated file (a new
+    generation) starts again."""
+    raws = [json.dumps(span(i)).encode() for i in range(3)]
+    at = [0, len(raws[0]) + 1, len(raws[0]) + len(raws[1]) + 2]
+    shared = SharedParses(readers=2)
+    shared.put(_line(at[1], raws[1]), _decided(raws[1]))
+    shared.put(_line(at[0], raws[0]), _decided(raws[0]))  # behind: not kept
+    assert not shared.holds(_line(at[0], raws[0])) and len(shared) == 1
+    shared.put(_line(at[2], raws[2]), _decided(raws[2]))  # ahead: kept
+    assert len(shared) == 2
+    truncated = _line(at[0], raws[0])
+    truncated.gen = 1
+    shared.put(truncated, _decided(raws[0]))
+    assert shared.holds(truncated) and len(shared) == 3
 
 
 def test_the_entries_are_bounded_the_oldest_going_first() -> None:
@@ -184,6 +203,24 @@ async def test_a_line_decided_before_a_reload_is_decided_again_and_gated(
     inputs = [json.loads(bytes(r.input)) for r in b.sink.stored
               if isinstance(r, SpanRecord) and r.input is not None]
     assert inputs[2] == {"t": "[REDACTED]"} and inputs[1] == {"n": 1}
-    # none taken; b's own decisions wait for a, which read them already,
-    # until newer lines push them out
-    assert shared.taken == 0 and len(shared) == 5
+    # none taken, and b left none of its own: a read past them already
+    assert shared.taken == 0 and len(shared) == 0
+
+
+async def test_a_bulk_read_shares_nothing(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of STREAM_FROM lines or more (a backlog) decides for itself: one
+    reader leads the other by far more lines than are kept, so sharing there
+    only cost instructions."""
+    parsed = _counting_parses(monkeypatch)
+    a, b, shared = _pair(tmp_path, max_records=1000)
+    n = sink_pipeline.STREAM_FROM + 50
+    records = [span(i) for i in range(n)]
+    _write(a, b, records)
+    a.start()
+    b.start()
+    await a.until(partial(_both_hold, a, b, n))
+    await a.finish()
+    await b.finish()
+    assert ids(a.sink.stored) == ids(b.sink.stored) == [r["id"] for r in records]
+    assert len(parsed) == 2 * n and len(shared) == 0 and shared.taken == 0
