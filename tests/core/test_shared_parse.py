@@ -224,3 +224,23 @@ async def test_a_bulk_read_shares_nothing(tmp_path: Path,
     await b.finish()
     assert ids(a.sink.stored) == ids(b.sink.stored) == [r["id"] for r in records]
     assert len(parsed) == 2 * n and len(shared) == 0 and shared.taken == 0
+
+
+async def test_a_bad_line_read_together_is_quarantined_by_each_sink(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused line's decision is shared too: parsed once, it goes to each
+    sink's own quarantine with the same reason, and what follows ships."""
+    parsed = _counting_parses(monkeypatch)
+    a, b, shared = _pair(tmp_path)
+    a.start()
+    b.start()
+    a.write([span(0), b'{"kind": "span", "id": "not-a-uuid"}\n', span(2)])
+    b.pipeline.spool.changed.set()
+    await a.until(partial(_both_hold, a, b, 2))
+    await a.until(lambda: bool(a.quarantined()) and bool(b.quarantined()))
+    await a.finish()
+    await b.finish()
+    assert ids(a.sink.stored) == ids(b.sink.stored) and len(a.sink.stored) == 2
+    reasons = [[e["reason"] for e in h.quarantined()] for h in (a, b)]
+    assert reasons[0] == reasons[1] and len(reasons[0]) == 1
+    assert len(parsed) == 3 and shared.taken == 3
