@@ -253,11 +253,13 @@ class SinkPipeline:
                 # they must be decided here (their entry was stale).
                 held = set() if shared is None else {
                     i for i, x in enumerate(chunk) if shared.holds(x)}
-                try:
-                    cleared, suspects = policies.screen(
-                        [b"" if i in held else x.raw for i, x in enumerate(chunk)])
-                except Exception:  # each line's own gate then, which quarantines alone
-                    cleared, suspects = None, set()
+                cleared, suspects = None, set()
+                if len(held) < len(chunk):  # all held (a trickle's second reader): no search
+                    try:
+                        cleared, suspects = policies.screen(
+                            [b"" if i in held else x.raw for i, x in enumerate(chunk)])
+                    except Exception:  # each line's own gate then, which quarantines alone
+                        pass
                 suspects |= held
             self._ingest(line, None if at in suspects else cleared, shared)
             if bulk and not batch.queued and batch.ends:

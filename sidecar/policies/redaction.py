@@ -56,31 +56,39 @@ _CARD_WORD = re.compile(rb"[2-6][0-9]{12,18}")
 _ANCHORS = re.compile(r"[\^$]|\\[Az]")
 
 
-def _finder(pattern: Any) -> Callable[[bytes], bool]:
-    """Whether a compiled RE2 pattern occurs in bytes, as one call into RE2.
+def _direct(pattern: Any) -> Callable[[bytes, int], int] | None:
+    """RE2's own ``Match`` for a compiled pattern, as one call: where the
+    leftmost match from ``pos`` starts, or -1 (``pos`` is a context
+    boundary: ``^`` fails there). None where the package's internals differ.
 
     The package's ``search`` builds a generator and a match object per call
-    (a third of the cost on a ~1 KB line); the gate only needs yes or no.
-    Falls back to ``search`` where the package's internals differ.
+    (a third of the cost on a ~1 KB line); the gate only needs where.
     """
     compiled, anchor = getattr(pattern, "_regexp", None), getattr(re2, "_Anchor", None)
     if compiled is None or anchor is None or not hasattr(compiled, "Match"):
+        return None
+    unanchored = anchor.UNANCHORED
+    return lambda text, pos: int(compiled.Match(unanchored, text, pos, len(text))[0][0])
+
+
+def _finder(pattern: Any) -> Callable[[bytes], bool]:
+    """Whether a compiled RE2 pattern occurs in bytes (``search`` as the fallback)."""
+    locate = _direct(pattern)
+    if locate is None:
         return lambda text: pattern.search(text) is not None
-    unanchored, miss = anchor.UNANCHORED, (-1, -1)
-    return lambda text: bool(compiled.Match(unanchored, text, 0, len(text))[0] != miss)
+    return lambda text: locate(text, 0) >= 0
 
 
 def _locator(pattern: Any) -> Callable[[bytes, int], int]:
-    """Where a compiled RE2 pattern's leftmost match from ``pos`` starts, or -1,
-    as one call into RE2 (``pos`` is a context boundary: ``^`` fails there)."""
-    compiled, anchor = getattr(pattern, "_regexp", None), getattr(re2, "_Anchor", None)
-    if compiled is None or anchor is None or not hasattr(compiled, "Match"):
-        def search(text: bytes, pos: int) -> int:
-            found = pattern.search(text, pos)
-            return -1 if found is None else int(found.start())
-        return search
-    unanchored = anchor.UNANCHORED
-    return lambda text, pos: int(compiled.Match(unanchored, text, pos, len(text))[0][0])
+    """Where a compiled RE2 pattern's leftmost match from ``pos`` starts, or -1."""
+    locate = _direct(pattern)
+    if locate is not None:
+        return locate
+
+    def search(text: bytes, pos: int) -> int:
+        found = pattern.search(text, pos)
+        return -1 if found is None else int(found.start())
+    return search
 
 
 def _backslash(text: bytes, pos: int) -> int:
