@@ -1,19 +1,22 @@
 """The Opik sink: spans, traces and feedback scores over Opik's REST API.
 
-It speaks HTTP with one shared ``httpx.AsyncClient`` (HTTP/1.1 keep-alive;
-headers, TLS and gzip as the Opik SDK does them: ``opik_http.py``) and
-never imports the ``opik`` package (about 50 MB and 400 MB of dependencies
-for a few JSON requests). A batch becomes up to four kinds of requests
-(spans, traces, trace scores, span scores), each cut to at most
-``max_batch_records`` items and ``max_request_bytes``; spans and traces go
-concurrently (up to ``max_in_flight``), scores after them.
+It speaks HTTP with one shared ``httpx.AsyncClient`` over aiohttp's
+connections (HTTP/1.1 keep-alive; headers, TLS and gzip as the Opik SDK does
+them: ``opik_http.py``) and never imports the ``opik`` package (about 50 MB
+and 400 MB of dependencies for a few JSON requests). A batch becomes up to
+four kinds of requests (spans, traces, trace scores, span scores), each cut
+to at most ``max_batch_records`` items and ``max_request_bytes``; spans and
+traces go concurrently (up to ``max_in_flight``), scores after them.
 
 Outcomes: every request 2xx -> Delivered. 429 -> Retry(failure=False) after
 ``RateLimit-Reset`` (else ``Retry-After``, else a backoff), and every request
 of the sink, of any batch, waits until then (``opik_limits.RateGate``).
 408, 409, 5xx, 401/402/403/404 (a configuration or account problem, not a
 record's: quarantining every record would be wrong), timeouts and connection
-errors -> Retry(failure=True). Any other 4xx means
+errors -> Retry(failure=True). ``timeout_s`` bounds connecting and each wait
+for the server's bytes; a request as a whole gets ``REQUEST_TIMEOUTS`` times
+that, which is what ends a send to a server that stopped reading (aiohttp
+has no write timeout). Any other 4xx means
 invalid data: the request is split in halves until the refused records are
 found, and those come back in PartlyRejected with the server's error text.
 A Retry after a partial success resends the requests that already
@@ -27,6 +30,7 @@ from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 
+import aiohttp
 import httpx
 import orjson
 import structlog
@@ -58,6 +62,8 @@ _MAX_ERROR_TEXT = 500
 # spans, Postgres against its rate alone (single runs, at ~0.1 ms a slice):
 # 8 records, 0.85-0.87; 16, 0.77-0.83; 64, 0.63; 256, 0.60. Opik alone pays ~4 % for 8.
 PLAN_SLICE_RECORDS = 8
+# A request as a whole, in opik.timeout_s: connect, send, answer.
+REQUEST_TIMEOUTS = 3
 
 
 class _RetryNow(Exception):
@@ -111,7 +117,7 @@ class OpikSink:
             return True
         try:
             await self._http().get("is-alive/ping", timeout=min(self.settings.timeout_s, 5.0))
-        except httpx.HTTPError:
+        except (httpx.HTTPError, aiohttp.ClientError):
             return False
         return True
 
@@ -203,11 +209,15 @@ class OpikSink:
         if group.target is not None:  # an update: PATCH .../{id}
             path = path.format(id=group.target)
         body, headers = self._compressor.encode(group.body(records))
+        limit = self.settings.timeout_s * REQUEST_TIMEOUTS
         try:
-            response = await self._http().request(method, path, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"
-            raise _RetryNow(Retry(f"opik: {kind}: {type(exc).__name__}")) from None
+            async with asyncio.timeout(limit):
+                response = await self._http().request(method, path, content=body,
+                                                      headers=headers)
+        except TimeoutError:
+            raise _RetryNow(Retry(f"opik: timeout: no answer within {limit:g} s")) from None
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            raise _RetryNow(Retry(f"opik: {_transport_failure(exc)}")) from None
         # httpx links a read response and its stream both ways: a cycle that
         # would keep the request body (~1 MB) until the collector's next full
         # pass. Unlinked, the response and its request go when this returns.
@@ -239,6 +249,18 @@ class OpikSink:
         if self._client is None:
             raise RuntimeError("OpikSink used outside 'async with'")
         return self._client
+
+
+def _transport_failure(exc: Exception) -> str:
+    """"timeout: <name>" or "connection error: <name>", after aiohttp's own exception.
+
+    The transport maps every aiohttp connection error, a refused connection
+    included, to httpx's ``ConnectTimeout``; what aiohttp raised says which.
+    An aiohttp error the transport does not map (a malformed answer) comes as is.
+    """
+    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    timed_out = isinstance(cause, (TimeoutError, httpx.TimeoutException))
+    return f"{'timeout' if timed_out else 'connection error'}: {type(cause).__name__}"
 
 
 def _merged(outcomes: list[Retry]) -> Retry:

@@ -17,6 +17,15 @@
   the Opik path); level 6 saves 2-3 points more for twice the CPU. Over any
   real network the saved bytes cost more time than the CPU; on loopback
   nothing is saved.
+- The connections are aiohttp's, under httpx's client (``httpx-aiohttp``):
+  the sink still speaks httpx (requests, responses, proxies from the
+  environment, its exceptions), while aiohttp, which every sidecar loads for
+  its probe server anyway, moves the bytes. Measured on this project's
+  machine against httpcore, httpx's own transport: 0.86 -> 0.50 ms of CPU a
+  request back to back, 3.0 -> 1.7 ms at one request every 0.25 s (the
+  daemon's rhythm at 100 spans/s), and httpcore's anyio backend is never
+  loaded (2.4 MB less RSS). aiohttp has no write timeout, so the sink bounds
+  each request as a whole (``OpikSink``).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import ssl
 from urllib.parse import urlsplit
 
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 
 from sidecar.config.settings import OpikSettings
 
@@ -88,9 +98,9 @@ class Compressor:
 
 
 def client_for(settings: OpikSettings, max_connections: int | None = None) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` for Opik's API (base URL, headers, TLS, timeouts)."""
+    """An ``httpx.AsyncClient`` over aiohttp for Opik's API (base URL, headers, TLS, timeouts)."""
     n = max_connections or settings.max_in_flight + 1
-    return httpx.AsyncClient(
+    return HttpxAiohttpClient(
         base_url=settings.url.rstrip("/") + "/",
         headers=headers_for(settings),
         verify=tls_verify(settings),

@@ -1,11 +1,16 @@
-"""The Opik client's parity with the SDK: workspace header, gzip, TLS from the system store."""
+"""The Opik client: parity with the SDK (workspace header, gzip, TLS from the
+system store), and its transport's edges (aiohttp under httpx): failures named
+for what they are, a server that stops reading, proxies from the environment."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import socket
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -13,7 +18,7 @@ import pytest
 
 from sidecar.config.settings import OpikSettings
 from sidecar.sinks.base import Delivered, Retry
-from sidecar.sinks.opik import OpikSink
+from sidecar.sinks.opik import REQUEST_TIMEOUTS, OpikSink
 from sidecar.sinks.opik_http import MIN_GZIP_BYTES, Compressor, is_loopback, tls_verify
 from tests.opik_emulator import OpikEmulator
 from tests.opik_fixtures import no_proxies, settings_for, span
@@ -131,3 +136,90 @@ async def test_the_system_store_reaches_the_sink(
     with pytest.raises(httpx.ConnectError):  # certifi's bundle, what httpx uses by default
         async with httpx.AsyncClient(trust_env=False) as plain:
             await plain.get(tls_emu.base_url + "/is-alive/ping")
+
+
+# -- the transport's edges -----------------------------------------------------------------
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_refused_connection_is_named_a_connection_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The aiohttp transport maps it to httpx's ConnectTimeout; the reason must
+    not send an operator looking for a slow server."""
+    no_proxies(monkeypatch)
+    settings = OpikSettings(enabled=True, url=f"http://127.0.0.1:{_closed_port()}/api")
+    async with OpikSink(settings) as opik:
+        outcome = await opik.send([span()])
+        assert not await opik.check()
+    assert isinstance(outcome, Retry) and outcome.failure
+    assert outcome.reason == "opik: connection error: ClientConnectorError"
+
+
+@asynccontextmanager
+async def _serve(answer: bytes | None) -> AsyncIterator[int]:
+    """A TCP server on loopback: ``answer`` to whatever arrives, or (None)
+    never a byte read, its receive buffer as small as the kernel allows."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if answer is not None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+        await closed.wait()
+        writer.close()
+
+    closed = asyncio.Event()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by accepted sockets
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(handle, sock=sock)
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        closed.set()
+        server.close()
+
+
+async def test_a_server_that_stops_reading_cannot_hold_a_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp has no write timeout: a ~7 MB body to a peer that reads nothing
+    fills the socket buffers and would wait forever without the sink's bound."""
+    no_proxies(monkeypatch)
+    records = [span(input={"text": "x" * 25_000}) for _ in range(280)]
+    async with _serve(None) as port:
+        settings = OpikSettings(enabled=True, url=f"http://127.0.0.1:{port}/api",
+                                timeout_s=0.5)
+        async with OpikSink(settings) as opik:
+            outcome = await asyncio.wait_for(opik.send(records), 30)
+    limit = 0.5 * REQUEST_TIMEOUTS
+    assert isinstance(outcome, Retry) and outcome.failure
+    assert outcome.reason == f"opik: timeout: no answer within {limit:g} s"
+
+
+async def test_a_malformed_answer_is_a_connection_error_not_a_crash(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    no_proxies(monkeypatch)
+    async with _serve(b"SSH-2.0-OpenSSH_9.6\r\n\r\n") as port:
+        settings = OpikSettings(enabled=True, url=f"http://127.0.0.1:{port}/api")
+        async with OpikSink(settings) as opik:
+            outcome = await opik.send([span()])
+    assert isinstance(outcome, Retry) and outcome.failure
+    assert outcome.reason.startswith("opik: connection error: "), outcome.reason
+
+
+async def test_a_proxy_from_the_environment_carries_the_requests(
+        emu: OpikEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY is honoured as the Opik SDK's httpx client honours it: the
+    emulator, standing in for the proxy, gets the request for a host that
+    does not resolve (``.invalid``) and stores its spans."""
+    monkeypatch.setenv("HTTP_PROXY", emu.base_url.removesuffix("/api"))
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    records = [span() for _ in range(3)]
+    async with OpikSink(OpikSettings(enabled=True, url="http://opik.invalid/api")) as opik:
+        assert await opik.send(records) == Delivered()
+    assert set(emu.spans()) == {str(r.id) for r in records}
+    assert emu.requests("spans")[0].headers["host"] == "opik.invalid"
