@@ -114,7 +114,8 @@ class OpikSettings(SinkSection):
     max_batch_records: int = Field(default=1000, ge=1, le=1000)
     max_request_bytes: int = Field(default=8 << 20, ge=64 << 10)
     # Connecting, and each wait for Opik's bytes; a request as a whole gets
-    # three times this (its transport, aiohttp, has no write timeout).
+    # three times this plus a second for each 32 KiB of its body (its
+    # transport, aiohttp, has no write timeout).
     timeout_s: float = Field(default=10.0, gt=0)
     max_in_flight: int = Field(default=2, ge=1, le=16)
     # Batches sent at once, acknowledged in order: the next batch is encoded

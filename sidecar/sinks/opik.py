@@ -15,8 +15,9 @@ of the sink, of any batch, waits until then (``opik_limits.RateGate``).
 record's: quarantining every record would be wrong), timeouts and connection
 errors -> Retry(failure=True). ``timeout_s`` bounds connecting and each wait
 for the server's bytes; a request as a whole gets ``REQUEST_TIMEOUTS`` times
-that, which is what ends a send to a server that stopped reading (aiohttp
-has no write timeout). Any other 4xx means
+that plus a second for each ``MIN_UPLOAD_BYTES_PER_S`` of its body, which is
+what ends a send to a server that stopped reading (aiohttp has no write
+timeout) while a slow link still gets a whole body through. Any other 4xx means
 invalid data: the request is split in halves until the refused records are
 found, and those come back in PartlyRejected with the server's error text.
 A Retry after a partial success resends the requests that already
@@ -62,8 +63,10 @@ _MAX_ERROR_TEXT = 500
 # spans, Postgres against its rate alone (single runs, at ~0.1 ms a slice):
 # 8 records, 0.85-0.87; 16, 0.77-0.83; 64, 0.63; 256, 0.60. Opik alone pays ~4 % for 8.
 PLAN_SLICE_RECORDS = 8
-# A request as a whole, in opik.timeout_s: connect, send, answer.
+# A request as a whole: connect, send and answer, each opik.timeout_s, plus
+# the body at no less than 256 kbit/s (a slow link's upload still finishes).
 REQUEST_TIMEOUTS = 3
+MIN_UPLOAD_BYTES_PER_S = 32 << 10
 
 
 class _RetryNow(Exception):
@@ -117,7 +120,7 @@ class OpikSink:
             return True
         try:
             await self._http().get("is-alive/ping", timeout=min(self.settings.timeout_s, 5.0))
-        except (httpx.HTTPError, aiohttp.ClientError):
+        except Exception:  # any failure of the transport: not reachable
             return False
         return True
 
@@ -209,14 +212,14 @@ class OpikSink:
         if group.target is not None:  # an update: PATCH .../{id}
             path = path.format(id=group.target)
         body, headers = self._compressor.encode(group.body(records))
-        limit = self.settings.timeout_s * REQUEST_TIMEOUTS
+        limit = self.settings.timeout_s * REQUEST_TIMEOUTS + len(body) / MIN_UPLOAD_BYTES_PER_S
         try:
             async with asyncio.timeout(limit):
                 response = await self._http().request(method, path, content=body,
                                                       headers=headers)
         except TimeoutError:
-            raise _RetryNow(Retry(f"opik: timeout: no answer within {limit:g} s")) from None
-        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            raise _RetryNow(Retry(f"opik: timeout: no answer within {limit:.1f} s")) from None
+        except Exception as exc:  # whatever the transport raised: retried, named
             raise _RetryNow(Retry(f"opik: {_transport_failure(exc)}")) from None
         # httpx links a read response and its stream both ways: a cycle that
         # would keep the request body (~1 MB) until the collector's next full
@@ -256,9 +259,12 @@ def _transport_failure(exc: Exception) -> str:
 
     The transport maps every aiohttp connection error, a refused connection
     included, to httpx's ``ConnectTimeout``; what aiohttp raised says which.
-    An aiohttp error the transport does not map (a malformed answer) comes as is.
+    An aiohttp error the transport does not map (a malformed answer) comes as
+    is; a refused proxy says why (``opik_transport.py``).
     """
-    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    if isinstance(exc, httpx.ProxyError) and exc.__cause__ is None:
+        return f"connection error: {exc}"
+    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
     timed_out = isinstance(cause, (TimeoutError, httpx.TimeoutException))
     return f"{'timeout' if timed_out else 'connection error'}: {type(cause).__name__}"
 

@@ -17,15 +17,8 @@
   the Opik path); level 6 saves 2-3 points more for twice the CPU. Over any
   real network the saved bytes cost more time than the CPU; on loopback
   nothing is saved.
-- The connections are aiohttp's, under httpx's client (``httpx-aiohttp``):
-  the sink still speaks httpx (requests, responses, proxies from the
-  environment, its exceptions), while aiohttp, which every sidecar loads for
-  its probe server anyway, moves the bytes. Measured on this project's
-  machine against httpcore, httpx's own transport: 0.86 -> 0.50 ms of CPU a
-  request back to back, 3.0 -> 1.7 ms at one request every 0.25 s (the
-  daemon's rhythm at 100 spans/s), and httpcore's anyio backend is never
-  loaded (2.4 MB less RSS). aiohttp has no write timeout, so the sink bounds
-  each request as a whole (``OpikSink``).
+- The connections are aiohttp's, under httpx's client: ``opik_transport.py``
+  says why and what that module makes good.
 """
 
 from __future__ import annotations
@@ -36,9 +29,9 @@ import ssl
 from urllib.parse import urlsplit
 
 import httpx
-from httpx_aiohttp import HttpxAiohttpClient
 
 from sidecar.config.settings import OpikSettings
+from sidecar.sinks.opik_transport import OpikClient
 
 MIN_GZIP_BYTES = 1024
 GZIP_LEVEL = 1
@@ -54,17 +47,19 @@ def headers_for(settings: OpikSettings) -> dict[str, str]:
     return headers
 
 
-def tls_verify(settings: OpikSettings) -> ssl.SSLContext | bool:
-    """What httpx should verify with: the system store, a CA bundle, or nothing.
+def tls_verify(settings: OpikSettings, url: str | None = None) -> ssl.SSLContext | bool:
+    """What to verify ``url`` (Opik's by default) with: the system store, a CA
+    bundle, or nothing.
 
-    Nothing for a plain ``http://`` URL: no connection of the client uses TLS
-    (redirects are not followed, and a proxy's TLS has its own context), and
-    loading the system store again cost ~35 ms of CPU at every start and
-    ~0.8 MB of RSS for as long as the daemon runs (measured in the daemon on
-    this project's machine; aiohttp, loaded for the probe server, holds a
-    store of its own from its import).
+    Nothing for a plain ``http://`` URL: no connection to it uses TLS
+    (redirects are not followed; an ``https://`` proxy asks again with its
+    own URL), and loading the system store again cost ~35 ms of CPU at every
+    start and ~0.8 MB of RSS for as long as the daemon runs (measured in the
+    daemon on this project's machine; aiohttp, loaded for the probe server,
+    holds a store of its own from its import).
     """
-    if not settings.verify_tls or urlsplit(settings.url).scheme.lower() == "http":
+    scheme = urlsplit(url or settings.url).scheme.lower()
+    if not settings.verify_tls or scheme == "http":
         return False
     if settings.ca_bundle is not None:
         return ssl.create_default_context(cafile=str(settings.ca_bundle))
@@ -100,7 +95,8 @@ class Compressor:
 def client_for(settings: OpikSettings, max_connections: int | None = None) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` over aiohttp for Opik's API (base URL, headers, TLS, timeouts)."""
     n = max_connections or settings.max_in_flight + 1
-    return HttpxAiohttpClient(
+    return OpikClient(
+        proxy_tls=lambda: tls_verify(settings, "https:"),
         base_url=settings.url.rstrip("/") + "/",
         headers=headers_for(settings),
         verify=tls_verify(settings),

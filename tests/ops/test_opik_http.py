@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from sidecar.config.settings import OpikSettings
+from sidecar.sinks import opik as opik_sink
 from sidecar.sinks.base import Delivered, Retry
 from sidecar.sinks.opik import REQUEST_TIMEOUTS, OpikSink
 from sidecar.sinks.opik_http import MIN_GZIP_BYTES, Compressor, is_loopback, tls_verify
@@ -183,20 +185,52 @@ async def _serve(answer: bytes | None) -> AsyncIterator[int]:
         server.close()
 
 
-async def test_a_server_that_stops_reading_cannot_hold_a_request(
+def _sockets_to(port: int) -> int:
+    """This process's sockets connected to ``port`` on loopback (the client side)."""
+    found = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            with socket.socket(fileno=os.dup(int(name))) as s:
+                found += s.getpeername()[1] == port
+        except (OSError, ValueError, IndexError, TypeError):
+            continue  # not a socket, not connected, gone, or not TCP
+    return found
+
+
+async def _until(condition: Callable[[], bool], deadline_s: float) -> None:
+    """Poll ``condition`` (the kernel's state: there is no event to wait on) until it holds."""
+    async with asyncio.timeout(deadline_s):
+        while not condition():  # noqa: ASYNC110 - polling interval of a condition wait
+            await asyncio.sleep(0.01)
+
+
+def _send_buffer_max() -> int:
+    """The most a TCP socket of this host buffers for sending (tcp_wmem's maximum)."""
+    return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+
+
+async def test_a_server_that_stops_reading_cannot_hold_a_request_or_its_socket(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """aiohttp has no write timeout: a ~7 MB body to a peer that reads nothing
-    fills the socket buffers and would wait forever without the sink's bound."""
+    """aiohttp has no write timeout: a body larger than the kernel's socket
+    buffers, to a peer that reads nothing, would wait forever without the
+    sink's bound. Then the connection must go at once, with the unsent rest
+    of the body: asyncio's close() would keep both while the peer lives."""
     no_proxies(monkeypatch)
-    records = [span(input={"text": "x" * 25_000}) for _ in range(280)]
+    monkeypatch.setattr(opik_sink, "MIN_UPLOAD_BYTES_PER_S", 8 << 20)
+    size = _send_buffer_max() + (3 << 20)
+    records = [span(input={"text": "x" * 25_000}) for _ in range(size // 25_000 + 1)]
     async with _serve(None) as port:
         settings = OpikSettings(enabled=True, url=f"http://127.0.0.1:{port}/api",
-                                timeout_s=0.5)
+                                timeout_s=0.5, max_request_bytes=size + (2 << 20))
         async with OpikSink(settings) as opik:
-            outcome = await asyncio.wait_for(opik.send(records), 30)
-    limit = 0.5 * REQUEST_TIMEOUTS
+            outcome = await asyncio.wait_for(opik.send(records), 60)
+            await _until(lambda: _sockets_to(port) == 0, 5)  # TimeoutError: the socket stayed
     assert isinstance(outcome, Retry) and outcome.failure
-    assert outcome.reason == f"opik: timeout: no answer within {limit:g} s"
+    words = outcome.reason.split()
+    assert words[:6] == ["opik:", "timeout:", "no", "answer", "within", words[5]], words
+    body = size + 400 * len(records)  # the text, and each item's envelope (an overestimate)
+    assert 0.5 * REQUEST_TIMEOUTS + size / (8 << 20) <= float(words[5]) <= \
+        0.5 * REQUEST_TIMEOUTS + body / (8 << 20) + 0.1
 
 
 async def test_a_malformed_answer_is_a_connection_error_not_a_crash(
@@ -223,3 +257,45 @@ async def test_a_proxy_from_the_environment_carries_the_requests(
         assert await opik.send(records) == Delivered()
     assert set(emu.spans()) == {str(r.id) for r in records}
     assert emu.requests("spans")[0].headers["host"] == "opik.invalid"
+
+
+@pytest.mark.parametrize(("variable", "proxy", "problem"), [
+    ("ALL_PROXY", "socks5://127.0.0.1:{port}",
+     "a socks5 proxy (only http:// and https:// proxies are supported)"),
+    ("HTTP_PROXY", "http://ops%3Ateam:s3cr3t-XYZ@127.0.0.1:{port}",
+     "proxy credentials Basic auth cannot carry"),
+    ("HTTP_PROXY", "http://ops:s3cr3t-\u20ac@127.0.0.1:{port}",
+     "proxy credentials Basic auth cannot carry"),
+])
+async def test_a_proxy_aiohttp_cannot_use_fails_with_its_reason_not_a_crash(
+        variable: str, proxy: str, problem: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SOCKS, a ':' in the user name, a password outside Latin-1: httpcore
+    took the credentials, aiohttp's Basic auth raises ValueError or
+    UnicodeEncodeError in the middle of a request (which would have killed
+    the start-up probe). The reason never names the credentials."""
+    no_proxies(monkeypatch)
+    monkeypatch.setenv(variable, proxy.format(port=_closed_port()))
+    async with OpikSink(OpikSettings(enabled=True, url="http://opik.invalid/api")) as opik:
+        assert not await opik.check()
+        outcome = await opik.send([span()])
+    assert isinstance(outcome, Retry) and outcome.failure
+    assert outcome.reason.startswith(f"opik: connection error: {problem}"), outcome.reason
+    assert "s3cr3t" not in outcome.reason and "ops" not in outcome.reason
+
+
+async def test_an_https_proxy_is_verified_even_for_a_plain_http_opik(
+        tls_emu: OpikEmulator, private_ca: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy's certificate is checked against the store Opik's own
+    connections would use: refused by default (a private CA), trusted once
+    the host trusts that CA. The API key would otherwise cross an
+    unverified TLS hop."""
+    monkeypatch.setenv("HTTP_PROXY", tls_emu.base_url.removesuffix("/api"))
+    settings = OpikSettings(enabled=True, url="http://opik.invalid/api")
+    async with OpikSink(settings) as opik:
+        refused = await opik.send([span()])
+    assert isinstance(refused, Retry) and refused.failure and not tls_emu.spans()
+    monkeypatch.setenv("SSL_CERT_FILE", str(private_ca / "ca.pem"))
+    records = [span() for _ in range(2)]
+    async with OpikSink(settings) as opik:
+        assert await opik.send(records) == Delivered()
+    assert set(tls_emu.spans()) == {str(r.id) for r in records}
