@@ -47,19 +47,25 @@ def headers_for(settings: OpikSettings) -> dict[str, str]:
     return headers
 
 
-def tls_verify(settings: OpikSettings, url: str | None = None) -> ssl.SSLContext | bool:
-    """What to verify ``url`` (Opik's by default) with: the system store, a CA
-    bundle, or nothing.
+def tls_verify(settings: OpikSettings) -> ssl.SSLContext | bool:
+    """What the connections to Opik verify with: ``tls_trust``, or nothing.
 
     Nothing for a plain ``http://`` URL: no connection to it uses TLS
-    (redirects are not followed; an ``https://`` proxy asks again with its
-    own URL), and loading the system store again cost ~35 ms of CPU at every
+    (redirects are not followed; an ``https://`` proxy gets ``tls_trust``
+    itself), and loading the system store again cost ~35 ms of CPU at every
     start and ~0.8 MB of RSS for as long as the daemon runs (measured in the
     daemon on this project's machine; aiohttp, loaded for the probe server,
     holds a store of its own from its import).
     """
-    scheme = urlsplit(url or settings.url).scheme.lower()
-    if not settings.verify_tls or scheme == "http":
+    if urlsplit(settings.url).scheme.lower() == "http":
+        return False
+    return tls_trust(settings)
+
+
+def tls_trust(settings: OpikSettings) -> ssl.SSLContext | bool:
+    """What a TLS connection of the client verifies with: the system store, a
+    CA bundle, or nothing (``opik.verify_tls: false``)."""
+    if not settings.verify_tls:
         return False
     if settings.ca_bundle is not None:
         return ssl.create_default_context(cafile=str(settings.ca_bundle))
@@ -96,7 +102,7 @@ def client_for(settings: OpikSettings, max_connections: int | None = None) -> ht
     """An ``httpx.AsyncClient`` over aiohttp for Opik's API (base URL, headers, TLS, timeouts)."""
     n = max_connections or settings.max_in_flight + 1
     return OpikClient(
-        proxy_tls=lambda: tls_verify(settings, "https:"),
+        proxy_tls=lambda: tls_trust(settings),
         base_url=settings.url.rstrip("/") + "/",
         headers=headers_for(settings),
         verify=tls_verify(settings),

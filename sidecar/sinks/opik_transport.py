@@ -74,14 +74,18 @@ def proxy_problem(proxy: httpx.Proxy) -> str | None:
         return f"a {scheme} proxy (only http:// and https:// proxies are supported)"
     if proxy.auth is not None:  # aiohttp's BasicAuth: no ':' in the user, Latin-1 only
         user, password = proxy.auth
-        try:
-            f"{user}:{password}".encode("latin-1")
-        except UnicodeEncodeError:
-            user = ":"
-        if ":" in user:
+        if ":" in user or not _latin1(user + password):
             return ("proxy credentials Basic auth cannot carry "
                     "(a ':' in the user name, or a character outside Latin-1)")
     return None
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class OpikClient(HttpxAiohttpClient):
