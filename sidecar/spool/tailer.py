@@ -43,6 +43,10 @@ log = structlog.get_logger("sidecar.spool")
 class SpoolReader(SpoolFiles):
     """Tracks the spool's files for one sink and hands out complete lines."""
 
+    # The last read left complete lines behind: it stopped at its budget, or
+    # a file held more than a chunk. A reader that was not cut short is caught up.
+    cut_short: bool = False
+
     # -- reading -------------------------------------------------------------
     def read(self, max_lines: int, max_bytes: int = 1 << 62) -> list[Line]:
         """Complete lines, fairly across files: at most one chunk of each file,
@@ -56,9 +60,11 @@ class SpoolReader(SpoolFiles):
         out: list[Line] = []
         files = list(self.files.values())
         taken = 0
+        self.cut_short = False
         for i in range(len(files)):
             f = files[(self._rr + i) % len(files)]
             if len(out) >= max_lines or taken >= max_bytes:
+                self.cut_short = True
                 break
             if f.key not in self.files or not self._ready(f):
                 continue
@@ -92,6 +98,7 @@ class SpoolReader(SpoolFiles):
                 f.drained_at = size
                 return []
             n = min(size - f.read_pos, self.chunk)
+            self.cut_short = self.cut_short or n < size - f.read_pos
             # Inline, not in a worker thread: a page-cache read of 1 MiB takes
             # ~0.1 ms, and buffers allocated in worker threads land in other
             # malloc arenas, which made RSS creep while a backlog drained.
@@ -182,6 +189,11 @@ class SpoolReader(SpoolFiles):
                     os.close(fd)
         except OSError:
             pass  # the shorter fingerprint still identifies it
+
+    def unread(self) -> bool:
+        """Whether a file grew, at the last scan, past what reads took or found
+        unfinished."""
+        return any(f.size > max(f.read_pos, f.drained_at) for f in self.files.values())
 
     def lag_bytes(self) -> int:
         return sum(max(0, f.size - f.acked) for f in self.files.values())

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from sidecar.clock import FakeClock, yield_to_loop
 from sidecar.config.settings import BatchSettings, BreakerSettings, RetrySettings
 from sidecar.pipeline.sink_pipeline import (
+    STREAM_FROM,
     YIELD_EVERY_BATCHED,
     PipelineSettings,
     SinkPipeline,
@@ -30,7 +31,7 @@ from sidecar.sinks.base import Delivered, Outcome, PartlyRejected, Retry
 from sidecar.spool.checkpoints import CheckpointStore
 from sidecar.spool.quarantine import Quarantine
 from sidecar.spool.state import StateDir
-from sidecar.spool.tailer import SpoolReader
+from sidecar.spool.tailer import Line, SpoolReader
 from tests.clocking import drive
 from tests.core.helpers import PATTERNS, span
 from tests.support import append
@@ -327,11 +328,13 @@ async def test_lag_returns_to_zero_under_steady_traffic(tmp_path: Path) -> None:
         assert (stats.lag_records, stats.lag_bytes, stats.lag_seconds) == (0, 0, 0.0)
         h.clock.advance(5.0)  # time passes between bursts: it must not count as lag
     h.write([span(999)])
-    await drive(h.clock, lambda: h.pipeline.read_total == 201)
-    h.clock.advance(0.3)  # less than max_wait: the batch is still pending
+    for _ in range(20):  # the wake-up: a rescan, and the batch's wait begins
+        await yield_to_loop()
+    h.clock.advance(0.3)  # less than max_wait: the span waits in the spool
     stats = h.pipeline.stats()
-    assert stats.lag_records == 1 and stats.lag_bytes > 0
+    assert stats.lag_bytes == h.file.stat().st_size - h.checkpoint() > 0
     assert stats.lag_seconds == pytest.approx(0.3)  # the pending span's age, not the run's
+    await drive(h.clock, lambda: len(h.sink.stored) == 201)
     await h.finish()
 
 
@@ -398,26 +401,32 @@ async def test_a_finished_batch_is_committed_without_waiting_for_more_input(
     await h.finish()
 
 
-async def test_parsing_a_large_read_lets_other_tasks_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lines", [STREAM_FROM, STREAM_FROM - 1])
+async def test_parsing_a_large_read_lets_other_tasks_run(tmp_path: Path, lines: int) -> None:
     """A batched (non-streaming) sink's producer gives the loop back every few
-    lines: the other sink's stream and the probes do not wait behind a 1000-line
-    read (~6 ms of parsing)."""
+    lines of a large read: the other sink's stream and the probes do not wait
+    behind a 1000-line read (~6 ms of parsing). A short read (a trickle's,
+    ~1 ms) is parsed in one turn: more turns would only wake a cold loop."""
     h = Harness(tmp_path, FakeSink(), max_records=1000)
-    h.write([span(i) for i in range(10 * YIELD_EVERY_BATCHED)])
+    h.write([span(i) for i in range(lines)])
     turns: list[int] = []
 
     async def other_work() -> None:
-        while h.pipeline.read_total < 10 * YIELD_EVERY_BATCHED:
+        while h.pipeline.read_total < lines:
             turns.append(h.pipeline.read_total)
             await yield_to_loop()
 
     other = asyncio.create_task(other_work())
     h.start()
-    await h.until(lambda: len(h.sink.stored) == 10 * YIELD_EVERY_BATCHED)
+    await h.until(lambda: len(h.sink.stored) == lines)
     await other
     await h.finish()
     # Turns taken while the producer was part-way through the read.
-    assert len({n for n in turns if 0 < n < 10 * YIELD_EVERY_BATCHED}) >= 9
+    midway = {n for n in turns if 0 < n < lines}
+    if lines >= STREAM_FROM:
+        assert len(midway) >= lines // YIELD_EVERY_BATCHED - 1
+    else:
+        assert midway == set()
 
 
 async def test_a_pending_batch_takes_what_comes_at_its_deadline_not_at_each_wake_up(
@@ -445,6 +454,70 @@ async def test_a_pending_batch_takes_what_comes_at_its_deadline_not_at_each_wake
     assert ids(sink.stored) == [s["id"] for s in spans]
     await h.finish()
     assert sink.calls == 1 and h.checkpoint() == h.file.stat().st_size
+
+
+async def test_a_trickle_is_read_once_a_batch_from_the_wake_up_that_finds_it(
+        tmp_path: Path) -> None:
+    """Caught up on a trickle, the wake-up that finds new bytes reads nothing
+    yet: it opens the batch's wait (a rescan only, so the bytes count as lag),
+    and at its end one read takes what came meanwhile and the batch goes at
+    once. Nothing waits longer than ``batch.max_wait_ms`` after its wake-up."""
+    sink = FakeSink()
+    h = Harness(tmp_path, sink)  # max_wait 0.5 s
+    reads: list[int] = []
+    read = h.pipeline.reader.read
+
+    def counted(max_lines: int, max_bytes: int = 1 << 62) -> list[Line]:
+        lines = read(max_lines, max_bytes)
+        reads.append(len(lines))
+        return lines
+
+    h.pipeline.reader.read = counted  # type: ignore[method-assign]
+    spans = [span(i) for i in range(6)]
+    h.write(spans[:2])
+    h.start()  # the first read after a start is at once (it may be a backlog)
+    await h.until(lambda: sink.calls == 1)
+    await h.until(lambda: h.clock.sleepers == 0)  # caught up, waiting for a wake-up
+    reads.clear()
+    woke = h.clock.monotonic()
+    h.write(spans[2:3])
+    for s in spans[3:]:
+        for _ in range(20):
+            await yield_to_loop()
+        assert h.pipeline.read_total == 2 and sum(reads) == 0  # not read at the wake-up
+        assert h.pipeline.stats().lag_bytes > 0
+        h.clock.advance(0.1)
+        append(h.file, orjson.dumps(s) + b"\n")  # written during the wait
+    await h.until(lambda: sink.calls == 2)
+    assert h.clock.monotonic() - woke == pytest.approx(0.5)  # the wake-up's batch deadline
+    assert ids(sink.stored) == [s["id"] for s in spans]
+    assert [n for n in reads if n] == [4]  # one read took the batch's lines
+    await h.finish()
+    assert h.checkpoint() == h.file.stat().st_size
+
+
+async def test_a_reader_cut_short_reads_on_at_its_wake_up(tmp_path: Path) -> None:
+    """A read that left lines behind (a backlog: ``SpoolReader.cut_short``)
+    is no trickle: the next wake-up reads at once, with no batch wait."""
+    sink = FakeSink()
+    h = Harness(tmp_path, sink, max_records=2)
+    read = h.pipeline.reader.read
+
+    def backlog(max_lines: int, max_bytes: int = 1 << 62) -> list[Line]:
+        lines = read(max_lines, max_bytes)
+        h.pipeline.reader.cut_short = True  # as a read in a backlog leaves it
+        return lines
+
+    h.pipeline.reader.read = backlog  # type: ignore[method-assign]
+    h.write([span(0), span(1)])
+    h.start()
+    await h.until(lambda: sink.calls == 1)  # a full batch: none pending
+    h.write([span(2), span(3)])
+    for _ in range(50):
+        await yield_to_loop()
+    assert h.pipeline.read_total == 4 and h.clock.monotonic() == 1_000.0  # no time passed
+    await h.until(lambda: len(sink.stored) == 4)
+    await h.finish()
 
 
 class _Takes(asyncio.Event):

@@ -544,3 +544,43 @@ async def test_the_unfinished_tail_of_a_dead_writers_idle_file_is_handed_on(spoo
     assert [x.unfinished for x in lines] == [False, True]
     fresh = make_reader(spool)  # without an idle limit the tail waits
     assert [x.unfinished for x in await read_all(fresh)] == [False]
+
+
+# -- whether a read left lines behind (the pipeline's trickle) ----------------------------
+async def test_a_read_says_when_it_left_complete_lines_behind(spool: Path) -> None:
+    """Cut short by its line budget (before another file's turn), or by a
+    chunk smaller than what a file holds, a read says so; one that took
+    everything does not."""
+    f = spool / "agent-h-1-0.jsonl"
+    append(f, b"".join(numbered(30)))
+    append(spool / "agent-h-2-0.jsonl", b"".join(numbered(30, start=100)))
+    reader = make_reader(spool, chunk=4096, max_line=1024)
+    reader.scan()
+    assert len(reader.read(10)) == 30 and reader.cut_short  # the budget: one file's chunk
+    assert len(reader.read(1000)) == 30 and not reader.cut_short  # the other file
+    append(f, b"".join(numbered(200, start=30, pad=40)))  # ~12 kB: three chunks
+    reader.scan()
+    assert reader.read(10_000) and reader.cut_short  # one chunk of the file
+    while reader.read(10_000):
+        pass
+    assert not reader.cut_short
+    reader.close()
+
+
+async def test_unread_is_growth_past_what_reads_took_or_found_unfinished(spool: Path) -> None:
+    f = spool / "agent-h-1-0.jsonl"
+    append(f, b"".join(numbered(3)))
+    reader = make_reader(spool)
+    reader.scan()
+    assert reader.unread()
+    await read_all(reader)
+    assert not reader.unread()
+    append(f, b'{"half": ')  # an unfinished line: read, nothing complete
+    reader.scan()
+    assert reader.unread()
+    assert reader.read(100) == [] and not reader.unread()
+    append(f, b'"written"}\n')
+    reader.scan()
+    assert reader.unread()
+    assert raws(reader.read(100)) == [b'{"half": "written"}\n'] and not reader.unread()
+    reader.close()
