@@ -22,7 +22,13 @@ from uuid6 import uuid7
 from sidecar.clock import FakeClock, yield_to_loop
 from sidecar.records import Record, SpanRecord, parse_line
 from sidecar.sinks.base import Delivered, PartlyRejected, RejectError, Retry
-from sidecar.sinks.opik import PLAN_SLICE_RECORDS, OpikSink, _RetryNow, _seconds
+from sidecar.sinks.opik import (
+    PLAN_SLICE_RECORDS,
+    PLAN_WHOLE_BELOW,
+    OpikSink,
+    _RetryNow,
+    _seconds,
+)
 from sidecar.sinks.opik_ids import to_v7
 from sidecar.sinks.opik_payloads import (
     Group,
@@ -438,9 +444,11 @@ def test_a_record_failing_alone_opens_no_group() -> None:
     assert [(g.endpoint, g.indices) for g in work.groups] == [("traces", [1])]
 
 
-async def test_encoding_a_batch_lets_the_event_loop_run(sink: OpikSink) -> None:
+@pytest.mark.parametrize("size", [PLAN_WHOLE_BELOW, PLAN_WHOLE_BELOW - 1])
+async def test_encoding_a_batch_lets_the_event_loop_run(sink: OpikSink, size: int) -> None:
     """A 1000-span batch is ~15 ms of encoding: the Postgres stream and the
-    HTTP probes must get turns in between, not wait behind it."""
+    HTTP probes must get turns in between, not wait behind it. A trickle's
+    batch (~1 ms) is encoded in one turn."""
     turns: list[int] = []
     done = asyncio.Event()
 
@@ -449,12 +457,18 @@ async def test_encoding_a_batch_lets_the_event_loop_run(sink: OpikSink) -> None:
             turns.append(len(turns))
             await yield_to_loop()
 
-    batch = [span(parent_span_id=None) for _ in range(10 * PLAN_SLICE_RECORDS)]
+    batch = [span(parent_span_id=None) for _ in range(size)]
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(other_work())
+        await yield_to_loop()  # the other work's first turn
+        before = len(turns)
         await sink._plan(batch)
+        during = len(turns) - before
         done.set()
-    assert len(turns) >= 9
+    if size >= PLAN_WHOLE_BELOW:
+        assert during >= size // PLAN_SLICE_RECORDS - 1
+    else:
+        assert during == 0
 
 
 async def test_a_failed_attempt_leaves_nothing_for_the_garbage_collector(
