@@ -12,20 +12,21 @@ import errno
 import itertools
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.clock import FakeClock, yield_to_loop
-from sidecar.health.progress import QUIET_SAMPLE_S, SAMPLE_S, Progress
+from sidecar.health.progress import BEHIND_AFTER_S, QUIET_SAMPLE_S, SAMPLE_S, Progress
 from sidecar.snapshots import BreakerStats, SinkStats
 from sidecar.spool.faults import RETRY_S, FaultTracker
 from tests.clocking import drive
 
 
-def _stats(shipped: int, lag_bytes: int = 0) -> SinkStats:
+def _stats(shipped: int, lag_bytes: int = 0, lag_seconds: float = 0.0) -> SinkStats:
     return SinkStats(sink="postgres", records_read=shipped, records_shipped=shipped,
                      records_quarantined=0, batches_shipped=shipped, attempts_failed=0,
                      rate_limited_total=0, lag_bytes=lag_bytes, lag_records=0,
-                     lag_seconds=0.0, breaker=BreakerStats("closed", 0, 0, 0),
+                     lag_seconds=lag_seconds, breaker=BreakerStats("closed", 0, 0, 0),
                      oldest_unacked=None, bytes_shipped=shipped * 100)
 
 
@@ -39,8 +40,10 @@ async def _run_for(clock: FakeClock, run: object, seconds: float) -> None:
     await task
 
 
-async def test_progress_samples_a_quiet_sidecar_every_few_seconds_a_busy_one_every_second(
+async def test_progress_samples_a_current_sidecar_every_few_seconds_one_behind_every_second(
 ) -> None:
+    """Idle, or shipping a trickle as it comes (a batch's lag), the sidecar is
+    sampled every few seconds; behind, every second, for the catch-up's pace."""
     clock = FakeClock()
     shipped = 0
     calls: list[float] = []
@@ -53,15 +56,20 @@ async def test_progress_samples_a_quiet_sidecar_every_few_seconds_a_busy_one_eve
     await _run_for(clock, progress.run, 60.0)
     assert len(calls) <= 60 / QUIET_SAMPLE_S + 2  # was 61: one a second
     calls.clear()
-    shipped = 1
 
-    def busy() -> list[SinkStats]:  # shipping: a new figure every sample
-        nonlocal shipped
-        calls.append(clock.monotonic())
-        shipped += 10
-        return [_stats(shipped, lag_bytes=1000)]
+    def shipping(lag_seconds: float) -> Callable[[], list[SinkStats]]:
+        def stats() -> list[SinkStats]:  # a new figure every sample
+            nonlocal shipped
+            calls.append(clock.monotonic())
+            shipped += 10
+            return [_stats(shipped, lag_bytes=1000, lag_seconds=lag_seconds)]
+        return stats
 
-    progress._sinks = busy
+    progress._sinks = shipping(1.2)  # current: a batch's wait behind
+    await _run_for(clock, progress.run, 60.0)
+    assert len(calls) <= 60 / QUIET_SAMPLE_S + 2
+    calls.clear()
+    progress._sinks = shipping(BEHIND_AFTER_S)
     await _run_for(clock, progress.run, 10.0)
     gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert gaps and max(gaps) == SAMPLE_S
