@@ -22,8 +22,9 @@ once; the next ones wait at most ``throttle_s``, a fraction of
 ``batch.max_wait_ms`` (the app passes a quarter of it, at most 0.25 s), so a
 span still reaches its sink within about a batch's wait. And none at all
 while every reader still holds its last wake-up: a reader with a batch
-pending sleeps until the batch is due, then takes it (clears its event)
-and rescans, so a wake-up before then would change nothing.
+pending, or on a trickle waiting out the batch's wait its wake-up opened,
+sleeps until then, then takes it (clears its event) and rescans, so a
+wake-up before then would change nothing.
 """
 
 from __future__ import annotations
