@@ -24,7 +24,11 @@ span still reaches its sink within about a batch's wait. And none at all
 while every reader still holds its last wake-up: a reader with a batch
 pending, or on a trickle waiting out the batch's wait its wake-up opened,
 sleeps until then, then takes it (clears its event) and rescans, so a
-wake-up before then would change nothing.
+wake-up before then would change nothing. After a take the next wake-up
+waits a throttle too: the reader rescans and reads as it takes, so what the
+kernel queued before the take is nearly always read by then (woken at once,
+each reader woke once a batch for nothing: 10.7 -> 9.7 ms of CPU a second at
+100 spans/s).
 """
 
 from __future__ import annotations
@@ -182,19 +186,16 @@ class SpoolWatcher:
         While every reader still holds its last wake-up (each waits for its
         pending batch's deadline, then rescans), another would change
         nothing: the kernel queues the events (coalescing a file's repeated
-        ``IN_MODIFY``) until a reader takes its wake-up. Then what was
-        queued is read at once, without handing the descriptor to the loop,
-        and only an empty queue waits for the next event. The throttle is
-        the time since the last wake-up, waited only when a reader takes
-        one sooner, not a timer after every wake-up. So a take with events
-        queued costs the watcher one turn of the loop, where it cost three
-        (the take, the descriptor's readiness, the throttle's timer).
+        ``IN_MODIFY``) until a reader takes its wake-up. A throttle after
+        the take (or after the last wake-up, whichever is later) what was
+        queued is read without handing the descriptor to the loop, and only
+        an empty queue waits for the next event.
         """
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
         waker = asyncio.ensure_future(_set_when(stop, readable))
         taker = asyncio.ensure_future(_set_when(stop, self._taken))
-        last = -float("inf")  # when the readers were last woken
+        last = -float("inf")  # when the readers were last woken, or one took a wake-up
         try:
             while True:
                 while self._untaken():
@@ -202,6 +203,10 @@ class SpoolWatcher:
                     await self._taken.wait()
                     if stop.is_set():
                         return False
+                    # A take is followed by the reader's rescan and read:
+                    # what was queued before it is read now, so the next
+                    # wake-up waits a throttle from the take.
+                    last = self.clock.monotonic()
                 early = last + self.throttle_s - self.clock.monotonic()
                 if early > 0 and await self.clock.wait(stop, early):
                     return False

@@ -179,8 +179,8 @@ async def test_a_failing_read_of_the_descriptor_leaves_the_rescan(
 async def test_a_replaced_directory_is_watched_again(tmp_path: Path) -> None:
     """The directory renamed away and made anew (an operator, a volume
     mounted again): the watch is lost, set up again on the new directory
-    within ``RETRY_WATCH_S``, and writes there wake the readers at once,
-    not at the next rescan (an hour away here)."""
+    within ``RETRY_WATCH_S``, and writes there wake the readers within a
+    throttle of their last take, not at the next rescan (an hour away here)."""
     from sidecar.spool.watcher import RETRY_WATCH_S
 
     clock = FakeClock()
@@ -196,6 +196,7 @@ async def test_a_replaced_directory_is_watched_again(tmp_path: Path) -> None:
                 await yield_to_loop()
         await _woken(woken)  # set up again: what was written meanwhile is looked at
         _append(spool / "a.jsonl")
+        await _pass(clock, 0.25)  # the throttle from the reader's take
         await _woken(woken)
         assert watcher.wakeups == 3
 
@@ -203,7 +204,8 @@ async def test_a_replaced_directory_is_watched_again(tmp_path: Path) -> None:
 async def test_a_watch_refused_at_start_is_tried_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A refused watch (the watch limit reached) is tried again every
-    ``RETRY_WATCH_S``; once it is set up, writes wake the readers at once."""
+    ``RETRY_WATCH_S``; once it is set up, writes wake the readers (within a
+    throttle of their last take)."""
     import errno
 
     from sidecar.spool import watcher as module
@@ -226,13 +228,15 @@ async def test_a_watch_refused_at_start_is_tried_again(
                 await yield_to_loop()
         await _woken(woken)
         _append(watcher.settings.dir / "a.jsonl")
+        await _pass(clock, 0.25)
         await _woken(woken)
 
 
 async def test_no_wakeup_while_every_reader_still_holds_the_last_one(tmp_path: Path) -> None:
     """A reader waiting for its batch's deadline keeps its event set: further
     wake-ups would change nothing, so the watcher waits until a reader takes
-    its wake-up, then wakes at once for what was written meanwhile."""
+    its wake-up, then, a throttle after the take (the reader rescans and
+    reads as it takes), wakes it for what the kernel queued."""
     clock = FakeClock()
     async with _watching(_settings(tmp_path), clock) as (watcher, woken):
         path = watcher.settings.dir / "a.jsonl"
@@ -248,16 +252,22 @@ async def test_no_wakeup_while_every_reader_still_holds_the_last_one(tmp_path: P
         assert clock.sleepers == 1  # only the rescan's timer: no throttle ticking
         clock.advance(1.0)  # the reader's batch comes due
         woken.clear()  # the reader takes it (and rescans)
-        await _woken(woken)  # what was written meanwhile
+        for _ in range(50):
+            await yield_to_loop()
+        assert not woken.is_set()  # not at once: the reader's rescan read it
+        await _pass(clock, 0.25)
+        await _woken(woken)  # what the kernel queued
         assert watcher.wakeups == 2
 
 
-async def test_a_wakeup_taken_after_the_throttle_reads_the_queue_at_once(
+async def test_a_taken_wakeup_reads_the_queue_a_throttle_later(
         tmp_path: Path) -> None:
-    """A reader takes its wake-up at its batch's deadline, later than the
-    throttle: what the kernel queued meanwhile wakes it at once, with no
-    timer and without handing the descriptor to the loop; an empty queue
-    is then waited on as before."""
+    """A reader takes its wake-up at its batch's deadline, then rescans and
+    reads: what the kernel queued before the take is read by then, so the
+    watcher reads the queue a throttle after the take (one wake-up of the
+    reader, where one at once was nearly always for nothing), without
+    handing the descriptor to the loop; an empty queue is then waited on
+    as before."""
     clock = FakeClock()
     async with _watching(_settings(tmp_path), clock) as (watcher, woken):
         path = watcher.settings.dir / "a.jsonl"
@@ -268,12 +278,14 @@ async def test_a_wakeup_taken_after_the_throttle_reads_the_queue_at_once(
         _append(path)
         clock.advance(1.0)
         woken.clear()
+        await _pass(clock, 0.25)
         async with asyncio.timeout(5):
-            await woken.wait()  # no clock movement needed: nothing to throttle
+            await woken.wait()
         assert watcher.wakeups == 2 and watcher.armed == armed
         assert clock.sleepers == 1  # only the rescan's timer
         clock.advance(1.0)
         woken.clear()  # nothing queued this time: the descriptor is waited on
+        await _pass(clock, 0.25)
         for _ in range(50):
             await yield_to_loop()
         assert not woken.is_set() and watcher.armed == armed + 1
