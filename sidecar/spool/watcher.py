@@ -186,10 +186,10 @@ class SpoolWatcher:
         While every reader still holds its last wake-up (each waits for its
         pending batch's deadline, then rescans), another would change
         nothing: the kernel queues the events (coalescing a file's repeated
-        ``IN_MODIFY``) until a reader takes its wake-up. A throttle after
-        the take (or after the last wake-up, whichever is later) what was
-        queued is read without handing the descriptor to the loop, and only
-        an empty queue waits for the next event.
+        ``IN_MODIFY``) until a reader takes its wake-up. What was queued is
+        read a throttle after the take (or after the last wake-up, whichever
+        is later), without handing the descriptor to the loop; only an empty
+        queue waits for the next event.
         """
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
