@@ -239,6 +239,7 @@ class SinkPipeline:
         looked up once a call."""
         batcher = self.batcher
         streaming = self.streaming is not None
+        short = len(lines) < STREAM_FROM  # a trickle's read, not a backlog's or a burst's
         # A streaming sink (Postgres) parses in 200-line slices, letting the
         # consumer stream what is parsed and handle the backend's answers:
         # that keeps Postgres busy while we parse. A batched sink (Opik)
@@ -246,7 +247,7 @@ class SinkPipeline:
         # its turns (the backend idles while we hold the loop), and so do the
         # probes. A short read (a trickle's, under ~1 ms of parsing) is one
         # slice: its turns would only be more wake-ups of a cold loop.
-        every = YIELD_EVERY if streaming or len(lines) < STREAM_FROM else YIELD_EVERY_BATCHED
+        every = YIELD_EVERY if streaming or short else YIELD_EVERY_BATCHED
         # Read in bulk (a backlog, a burst), a batch goes to a streaming sink
         # at its first line. Otherwise it goes whole when it is due or full:
         # streamed from its first line, a trickle of spans kept a COPY open
@@ -254,7 +255,7 @@ class SinkPipeline:
         # time at 100 spans a second), which through PgBouncer pinned a
         # server connection per sidecar, and with pool_size 1 kept /stats
         # waiting up to a second; whole, a second's spans take milliseconds.
-        bulk = streaming and len(lines) >= STREAM_FROM
+        bulk = streaming and not short
         # The redaction gate runs once a slice, over its lines joined: one
         # call into RE2 a line was most of the gate's cost (Redactor.suspects).
         # Decisions are shared with the other sinks' pipelines only for a
@@ -262,7 +263,7 @@ class SinkPipeline:
         # and each runs the parse cold): in a backlog one reader leads by far
         # more lines than are kept, and sharing cost ~7 % more instructions
         # a span with both sinks (callgrind), for no hits.
-        shared = self.shared if len(lines) < STREAM_FROM else None
+        shared = self.shared if short else None
         policies = self.policies
         cleared: Policies | None = None
         suspects: set[int] = set()
